@@ -1,0 +1,2 @@
+//! leasekeeper: replicated task and lease state for schedulers.
+pub mod state;

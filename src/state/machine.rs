@@ -1,0 +1,628 @@
+//! The state machine: applies commands to tasks and leases, deterministically.
+//!
+//! No I/O, no clocks, no randomness: the same commands in the same order give the same state
+//! and the same answers on every node. Time-like inputs travel inside the commands.
+use super::types::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Attempt records kept per task; older ones are dropped (their tokens then read as unknown).
+pub const HISTORY_LIMIT: usize = 64;
+
+/// What the node around the state machine must know about one apply step.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub events: Vec<Event>,
+    /// Leases claimed or renewed: the node notes its own monotonic time for them.
+    pub heard: Vec<(Token, u64, u64)>,
+    /// Leases that ended.
+    pub gone: Vec<Token>,
+}
+
+impl Effects {
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.heard.clear();
+        self.gone.clear();
+    }
+}
+
+/// The voter configurations in force when an entry applies (two during joint consensus).
+/// Expiry needs a majority in each.
+pub type VoterConfigs = [BTreeSet<NodeId>];
+
+/// The persisted part of the state; indexes are rebuilt on load.
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    tasks: Vec<Task>,
+    leases: Vec<Lease>,
+    last_token: Token,
+    last_revision: Revision,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct State {
+    tasks: BTreeMap<String, Task>,
+    leases: BTreeMap<Token, Lease>,
+    /// Every token still in some task's history → that task.
+    tokens: BTreeMap<Token, String>,
+    /// (queue, state, id) for listing.
+    by_queue_state: BTreeSet<(String, TaskState, String)>,
+    /// Claimable order per queue: (not_before_unix_ms, updated_rev, id) of PENDING tasks.
+    ready: BTreeMap<String, BTreeSet<(u64, Revision, String)>>,
+    last_token: Token,
+    last_revision: Revision,
+}
+
+fn ready_key(t: &Task) -> (u64, Revision, String) {
+    (t.not_before_unix_ms, t.updated_rev, t.spec.id.clone())
+}
+
+fn quorum(votes: &BTreeSet<NodeId>, configs: &VoterConfigs) -> bool {
+    !configs.is_empty()
+        && configs
+            .iter()
+            .all(|c| !c.is_empty() && c.iter().filter(|n| votes.contains(n)).count() * 2 > c.len())
+}
+
+/// Retry delay before the attempt after `failures` failures.
+pub fn backoff_ms(spec: &TaskSpec, failures: u32) -> u64 {
+    let shift = failures.saturating_sub(1).min(32);
+    spec.initial_backoff_ms
+        .saturating_mul(1u64 << shift)
+        .min(spec.max_backoff_ms.max(spec.initial_backoff_ms))
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // ------------------------------------------------------------------ reads
+
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+    pub fn lease(&self, token: Token) -> Option<&Lease> {
+        self.leases.get(&token)
+    }
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+    pub fn last_revision(&self) -> Revision {
+        self.last_revision
+    }
+
+    /// Whether a claim on `queue` at `now_unix_ms` would find a task (lets a leader skip writing
+    /// an entry that would only answer "no task").
+    pub fn has_claimable(&self, queue: &str, now_unix_ms: u64) -> bool {
+        self.ready
+            .get(queue)
+            .and_then(|r| r.first())
+            .is_some_and(|(nb, _, _)| *nb <= now_unix_ms)
+    }
+
+    /// Earliest not-before instant of a pending task in `queue`.
+    pub fn next_ready_at(&self, queue: &str) -> Option<u64> {
+        self.ready.get(queue).and_then(|r| r.first()).map(|(nb, _, _)| *nb)
+    }
+
+    /// Tasks ordered by (queue, state, id), starting after `after`, filtered, at most `limit`.
+    /// Returns the page and the key to continue from, if more may follow.
+    pub fn list(
+        &self,
+        queue: Option<&str>,
+        state: Option<TaskState>,
+        after: Option<&(String, TaskState, String)>,
+        limit: usize,
+    ) -> (Vec<&Task>, Option<(String, TaskState, String)>) {
+        use std::ops::Bound::*;
+        let lower = match (after, queue, state) {
+            (Some(k), _, _) => Excluded(k.clone()),
+            (None, Some(q), Some(s)) => Included((q.to_string(), s, String::new())),
+            (None, Some(q), None) => Included((q.to_string(), TaskState::Pending, String::new())),
+            (None, None, _) => Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for key in self.by_queue_state.range((lower, Unbounded)) {
+            if let Some(q) = queue {
+                if key.0 != q {
+                    break;
+                }
+            }
+            if let Some(s) = state {
+                if key.1 != s {
+                    if queue.is_some() && key.1 > s {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            if out.len() == limit {
+                return (out, last);
+            }
+            out.push(&self.tasks[&key.2]);
+            last = Some(key.clone());
+        }
+        (out, None)
+    }
+
+    // ------------------------------------------------------------------ snapshots
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let p = Persisted {
+            tasks: self.tasks.values().cloned().collect(),
+            leases: self.leases.values().cloned().collect(),
+            last_token: self.last_token,
+            last_revision: self.last_revision,
+        };
+        postcard::to_stdvec(&p).expect("state serializes")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let p: Persisted = postcard::from_bytes(bytes)?;
+        let mut s = State {
+            last_token: p.last_token,
+            last_revision: p.last_revision,
+            ..Default::default()
+        };
+        for l in p.leases {
+            s.leases.insert(l.token, l);
+        }
+        for t in p.tasks {
+            for r in &t.history {
+                s.tokens.insert(r.lease_token, t.spec.id.clone());
+            }
+            s.index(&t);
+            s.tasks.insert(t.spec.id.clone(), t);
+        }
+        s.check_invariants();
+        Ok(s)
+    }
+
+    // ------------------------------------------------------------------ apply
+
+    /// Applies the command of log entry `rev`. `configs` are the voter sets in force.
+    pub fn apply(&mut self, rev: Revision, req: &Request, configs: &VoterConfigs, fx: &mut Effects) -> Response {
+        debug_assert!(rev > self.last_revision, "revisions only grow: {rev} after {}", self.last_revision);
+        self.last_revision = rev;
+        let now = req.now_unix_ms;
+        let resp = match &req.cmd {
+            Command::Submit(spec) => self.submit(rev, now, spec, fx),
+            Command::Claim { queue, worker_id, lease_ttl_ms, task_id } => {
+                self.claim(rev, now, queue, worker_id, *lease_ttl_ms, task_id.as_deref(), fx)
+            }
+            Command::RenewBatch { tokens } => Response::Renewed(tokens.iter().map(|t| (*t, self.renew(*t, fx))).collect()),
+            Command::Progress { token, progress } => self.progress(rev, now, *token, progress, fx),
+            Command::Complete { task_id, token, report } => self.complete(rev, now, task_id, *token, report, fx),
+            Command::Release { token, reason } => self.release(rev, now, *token, reason, fx),
+            Command::Cancel { task_id, reason } => self.cancel(rev, now, task_id, reason, fx),
+            Command::ExpiryVote { voter, votes } => self.vote(rev, now, *voter, votes, configs, fx),
+        };
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        resp
+    }
+
+    /// Records that a non-command entry (blank, membership) was applied.
+    pub fn note_revision(&mut self, rev: Revision) {
+        if rev > self.last_revision {
+            self.last_revision = rev;
+        }
+    }
+
+    fn index(&mut self, t: &Task) {
+        self.by_queue_state.insert((t.spec.queue.clone(), t.state, t.spec.id.clone()));
+        if t.state == TaskState::Pending {
+            self.ready.entry(t.spec.queue.clone()).or_default().insert(ready_key(t));
+        }
+    }
+
+    fn unindex(&mut self, t: &Task) {
+        self.by_queue_state.remove(&(t.spec.queue.clone(), t.state, t.spec.id.clone()));
+        if t.state == TaskState::Pending {
+            if let Some(r) = self.ready.get_mut(&t.spec.queue) {
+                r.remove(&ready_key(t));
+                if r.is_empty() {
+                    self.ready.remove(&t.spec.queue);
+                }
+            }
+        }
+    }
+
+    /// Takes a task out of the indexes for a change; `put` puts it back.
+    fn take(&mut self, id: &str) -> Option<Task> {
+        let t = self.tasks.remove(id)?;
+        debug_assert!(!t.state.is_terminal(), "terminal task {id} taken for a change");
+        self.unindex(&t);
+        Some(t)
+    }
+
+    fn put(&mut self, rev: Revision, now: u64, mut t: Task, kind: Option<EventKind>, fx: &mut Effects) -> Task {
+        t.updated_rev = rev;
+        t.updated_at_unix_ms = now;
+        while t.history.len() > HISTORY_LIMIT {
+            let old = t.history.remove(0);
+            self.tokens.remove(&old.lease_token);
+        }
+        self.index(&t);
+        if let Some(kind) = kind {
+            fx.events.push(Event { revision: rev, kind, task: t.clone() });
+        }
+        self.tasks.insert(t.spec.id.clone(), t.clone());
+        t
+    }
+
+    fn submit(&mut self, rev: Revision, now: u64, spec: &TaskSpec, fx: &mut Effects) -> Response {
+        if let Some(existing) = self.tasks.get(&spec.id) {
+            return if existing.spec == *spec {
+                Response::Submitted { task: existing.clone(), created: false }
+            } else {
+                Response::Rejected(Rejection::AlreadyExists { id: spec.id.clone() })
+            };
+        }
+        debug_assert!(spec.max_attempts >= 1);
+        let t = Task {
+            spec: spec.clone(),
+            state: TaskState::Pending,
+            attempt: 0,
+            failures: 0,
+            progress: Vec::new(),
+            result: Vec::new(),
+            exit_code: None,
+            error: String::new(),
+            history: Vec::new(),
+            created_rev: rev,
+            updated_rev: rev,
+            created_at_unix_ms: now,
+            updated_at_unix_ms: now,
+            not_before_unix_ms: 0,
+            lease: None,
+        };
+        let task = self.put(rev, now, t, Some(EventKind::Submitted), fx);
+        Response::Submitted { task, created: true }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn claim(
+        &mut self,
+        rev: Revision,
+        now: u64,
+        queue: &str,
+        worker_id: &str,
+        ttl_override: Option<u64>,
+        task_id: Option<&str>,
+        fx: &mut Effects,
+    ) -> Response {
+        let id = match task_id {
+            Some(id) => match self.tasks.get(id) {
+                None => return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() }),
+                Some(t) if t.spec.queue != queue => {
+                    return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() })
+                }
+                Some(t) if t.state.is_terminal() => {
+                    return Response::Rejected(Rejection::Terminal { id: id.to_string(), state: t.state })
+                }
+                Some(t) if t.state != TaskState::Pending => {
+                    return Response::Rejected(Rejection::NotClaimable { id: id.to_string(), state: t.state })
+                }
+                Some(_) => id.to_string(),
+            },
+            None => {
+                if !self.has_claimable(queue, now) {
+                    return Response::NoTask;
+                }
+                self.ready[queue].first().expect("claimable").2.clone()
+            }
+        };
+        let mut t = self.take(&id).expect("indexed task exists");
+        debug_assert!(rev > self.last_token, "tokens only grow");
+        self.last_token = rev;
+        let token = rev;
+        t.attempt += 1;
+        t.state = TaskState::Running;
+        t.lease = Some(token);
+        let lease = Lease {
+            token,
+            task_id: id.clone(),
+            attempt: t.attempt,
+            worker_id: worker_id.to_string(),
+            ttl_ms: ttl_override.unwrap_or(t.spec.lease_ttl_ms),
+            renewals: 0,
+            votes: BTreeSet::new(),
+        };
+        t.history.push(AttemptRecord {
+            attempt: t.attempt,
+            worker_id: worker_id.to_string(),
+            lease_token: token,
+            outcome: Outcome::Running,
+            exit_code: None,
+            error: String::new(),
+            started_rev: rev,
+            ended_rev: 0,
+            late: false,
+            reported: None,
+            expiry_voters: Vec::new(),
+        });
+        self.tokens.insert(token, id.clone());
+        self.leases.insert(token, lease.clone());
+        fx.heard.push((token, 0, lease.ttl_ms));
+        let task = self.put(rev, now, t, Some(EventKind::Claimed), fx);
+        Response::Claimed { task, lease }
+    }
+
+    /// Why `token` holds no live lease.
+    pub fn lost_reason(&self, token: Token) -> LostReason {
+        let Some(task) = self.tokens.get(&token).and_then(|id| self.tasks.get(id)) else {
+            return LostReason::Unknown;
+        };
+        match task.record(token).map(|r| r.outcome) {
+            Some(Outcome::Expired) => LostReason::Expired {
+                voters: task.record(token).map(|r| r.expiry_voters.clone()).unwrap_or_default(),
+            },
+            Some(Outcome::Released) => LostReason::Released,
+            Some(Outcome::Failed) => LostReason::Failed,
+            Some(Outcome::Cancelled) if task.state == TaskState::Cancelled => LostReason::Cancelled,
+            Some(_) => LostReason::Finished { state: task.state },
+            None => LostReason::Unknown,
+        }
+    }
+
+    fn touch(&mut self, token: Token, fx: &mut Effects) -> Result<&Lease, LostReason> {
+        if !self.leases.contains_key(&token) {
+            return Err(self.lost_reason(token));
+        }
+        let l = self.leases.get_mut(&token).expect("checked");
+        l.renewals += 1;
+        l.votes.clear();
+        fx.heard.push((token, l.renewals, l.ttl_ms));
+        Ok(l)
+    }
+
+    fn renew(&mut self, token: Token, fx: &mut Effects) -> RenewOutcome {
+        match self.touch(token, fx) {
+            Ok(l) => RenewOutcome::Alive { renewals: l.renewals },
+            Err(reason) => RenewOutcome::Lost(reason),
+        }
+    }
+
+    fn progress(&mut self, rev: Revision, now: u64, token: Token, progress: &[u8], fx: &mut Effects) -> Response {
+        let lease = match self.touch(token, fx) {
+            Ok(l) => l.clone(),
+            Err(reason) => return Response::Rejected(Rejection::LeaseLost { token, reason }),
+        };
+        let mut t = self.take(&lease.task_id).expect("a live lease's task exists");
+        t.progress = progress.to_vec();
+        self.put(rev, now, t, Some(EventKind::Progress), fx);
+        Response::Progressed { lease }
+    }
+
+    /// Ends the live lease `token`, recording `outcome` on its attempt.
+    fn end_lease(&mut self, rev: Revision, t: &mut Task, token: Token, outcome: Outcome, fx: &mut Effects) -> Lease {
+        let lease = self.leases.remove(&token).expect("live lease");
+        debug_assert_eq!(t.lease, Some(token));
+        t.lease = None;
+        if let Some(r) = t.record_mut(token) {
+            r.outcome = outcome;
+            r.ended_rev = rev;
+        }
+        fx.gone.push(token);
+        lease
+    }
+
+    /// After a failed or expired attempt: retry later, or fail for good.
+    fn after_failure(&mut self, now: u64, t: &mut Task, exit_code: Option<i32>, error: String) -> EventKind {
+        t.failures += 1;
+        if t.failures >= t.spec.max_attempts {
+            t.state = TaskState::Failed;
+            t.exit_code = exit_code;
+            t.error = error;
+            EventKind::Failed
+        } else {
+            t.state = TaskState::Pending;
+            t.error = error;
+            t.not_before_unix_ms = now.saturating_add(backoff_ms(&t.spec, t.failures));
+            EventKind::RetryScheduled
+        }
+    }
+
+    fn complete(
+        &mut self,
+        rev: Revision,
+        now: u64,
+        task_id: &str,
+        token: Token,
+        report: &Report,
+        fx: &mut Effects,
+    ) -> Response {
+        let Some(task) = self.tasks.get(task_id) else {
+            return Response::Rejected(Rejection::TaskNotFound { id: task_id.to_string() });
+        };
+        let Some(record) = task.record(token) else {
+            return Response::Rejected(Rejection::TokenNotOfTask { token, task_id: task_id.to_string() });
+        };
+        if let Some(prev) = &record.reported {
+            // Idempotent: the same report gets the same answer; a different one is refused.
+            return if prev == report {
+                Response::Completed { task: task.clone(), late: record.late }
+            } else {
+                Response::Rejected(Rejection::LeaseLost { token, reason: self.lost_reason(token) })
+            };
+        }
+        if task.state.is_terminal() {
+            return Response::Rejected(Rejection::Terminal { id: task_id.to_string(), state: task.state });
+        }
+        let live = task.lease == Some(token);
+        let mut t = self.take(task_id).expect("present");
+        let kind;
+        if live {
+            if report.success {
+                self.end_lease(rev, &mut t, token, Outcome::Succeeded, fx);
+                t.state = TaskState::Succeeded;
+                t.result = report.result.clone();
+                t.exit_code = Some(report.exit_code);
+                t.error.clear();
+                kind = EventKind::Succeeded;
+            } else {
+                self.end_lease(rev, &mut t, token, Outcome::Failed, fx);
+                kind = self.after_failure(now, &mut t, Some(report.exit_code), report.error.clone());
+            }
+        } else if report.success {
+            // The work did finish: accept it, and stop any newer attempt.
+            if let Some(current) = t.lease {
+                self.end_lease(rev, &mut t, current, Outcome::Cancelled, fx);
+                if let Some(r) = t.record_mut(current) {
+                    r.error = format!("superseded: the attempt holding lease {token} reported success");
+                }
+            }
+            t.state = TaskState::Succeeded;
+            t.result = report.result.clone();
+            t.exit_code = Some(report.exit_code);
+            t.error.clear();
+            if let Some(r) = t.record_mut(token) {
+                r.outcome = Outcome::Succeeded;
+                r.late = true;
+            }
+            kind = EventKind::Succeeded;
+        } else {
+            kind = EventKind::LateReport;
+            if let Some(r) = t.record_mut(token) {
+                r.late = true;
+            }
+        }
+        if let Some(r) = t.record_mut(token) {
+            r.reported = Some(report.clone());
+            if !report.success || r.exit_code.is_none() {
+                r.exit_code = Some(report.exit_code);
+            }
+            if !report.success {
+                r.error = report.error.clone();
+            }
+        }
+        let task = self.put(rev, now, t, Some(kind), fx);
+        Response::Completed { task, late: !live }
+    }
+
+    fn release(&mut self, rev: Revision, now: u64, token: Token, reason: &str, fx: &mut Effects) -> Response {
+        let Some(lease) = self.leases.get(&token) else {
+            return Response::Rejected(Rejection::LeaseLost { token, reason: self.lost_reason(token) });
+        };
+        let id = lease.task_id.clone();
+        let mut t = self.take(&id).expect("a live lease's task exists");
+        self.end_lease(rev, &mut t, token, Outcome::Released, fx);
+        if let Some(r) = t.record_mut(token) {
+            r.error = reason.to_string();
+        }
+        t.state = TaskState::Pending;
+        t.not_before_unix_ms = now;
+        let task = self.put(rev, now, t, Some(EventKind::RetryScheduled), fx);
+        Response::Released { task }
+    }
+
+    fn cancel(&mut self, rev: Revision, now: u64, id: &str, reason: &str, fx: &mut Effects) -> Response {
+        let Some(task) = self.tasks.get(id) else {
+            return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() });
+        };
+        match task.state {
+            TaskState::Cancelled => return Response::Cancelled { task: task.clone() },
+            s if s.is_terminal() => return Response::Rejected(Rejection::Terminal { id: id.to_string(), state: s }),
+            _ => {}
+        }
+        let mut t = self.take(id).expect("present");
+        if let Some(token) = t.lease {
+            self.end_lease(rev, &mut t, token, Outcome::Cancelled, fx);
+        }
+        t.state = TaskState::Cancelled;
+        t.error = if reason.is_empty() { "cancelled".to_string() } else { reason.to_string() };
+        let task = self.put(rev, now, t, Some(EventKind::Cancelled), fx);
+        Response::Cancelled { task }
+    }
+
+    fn vote(
+        &mut self,
+        rev: Revision,
+        now: u64,
+        voter: NodeId,
+        votes: &[(Token, u64)],
+        configs: &VoterConfigs,
+        fx: &mut Effects,
+    ) -> Response {
+        let mut expired = Vec::new();
+        if !configs.iter().any(|c| c.contains(&voter)) {
+            // Learners and removed nodes have no say.
+            return Response::Voted { expired };
+        }
+        for &(token, renewals_seen) in votes {
+            let Some(lease) = self.leases.get_mut(&token) else { continue };
+            if lease.renewals != renewals_seen {
+                // A renewal was committed after the voter looked: it won the race.
+                continue;
+            }
+            lease.votes.insert(voter);
+            if !quorum(&lease.votes, configs) {
+                continue;
+            }
+            let voters: Vec<NodeId> = lease.votes.iter().copied().collect();
+            let id = lease.task_id.clone();
+            let mut t = self.take(&id).expect("a live lease's task exists");
+            let lease = self.end_lease(rev, &mut t, token, Outcome::Expired, fx);
+            if let Some(r) = t.record_mut(token) {
+                r.expiry_voters = voters.clone();
+                r.error = format!("lease expired after {} renewals (ttl {} ms), by votes of nodes {voters:?}", lease.renewals, lease.ttl_ms);
+            }
+            let error = format!("attempt {} lost its lease: no renewal within {} ms", lease.attempt, lease.ttl_ms);
+            let kind = self.after_failure(now, &mut t, None, error);
+            self.put(rev, now, t, Some(kind), fx);
+            expired.push(token);
+        }
+        Response::Voted { expired }
+    }
+
+    // ------------------------------------------------------------------ invariants
+
+    /// Panics if an invariant does not hold. Cheap enough for debug builds and tests only.
+    pub fn check_invariants(&self) {
+        let mut live_tasks = BTreeSet::new();
+        for (token, l) in &self.leases {
+            assert_eq!(*token, l.token);
+            assert!(*token <= self.last_token, "lease {token} above last token {}", self.last_token);
+            let t = self.tasks.get(&l.task_id).unwrap_or_else(|| panic!("lease {token} without task"));
+            assert_eq!(t.state, TaskState::Running, "lease {token} on a {:?} task", t.state);
+            assert_eq!(t.lease, Some(*token), "task {} does not point at its lease {token}", t.spec.id);
+            assert!(live_tasks.insert(l.task_id.clone()), "two live leases for task {}", l.task_id);
+        }
+        let mut pending = 0;
+        for (id, t) in &self.tasks {
+            assert_eq!(id, &t.spec.id);
+            assert!(self.by_queue_state.contains(&(t.spec.queue.clone(), t.state, id.clone())));
+            match t.state {
+                TaskState::Running => {
+                    let tok = t.lease.unwrap_or_else(|| panic!("running task {id} without lease"));
+                    assert!(self.leases.contains_key(&tok));
+                }
+                s => assert!(t.lease.is_none(), "{s:?} task {id} holds a lease"),
+            }
+            if t.state == TaskState::Pending {
+                pending += 1;
+                assert!(self.ready.get(&t.spec.queue).is_some_and(|r| r.contains(&ready_key(t))));
+            }
+            let running = t.history.iter().filter(|r| r.outcome == Outcome::Running).count();
+            assert!(running <= 1 && (running == 1) == (t.state == TaskState::Running), "task {id}: {running} running attempts in {:?}", t.state);
+            for w in t.history.windows(2) {
+                assert!(w[0].lease_token < w[1].lease_token, "task {id}: tokens in history only grow");
+            }
+        }
+        assert_eq!(self.by_queue_state.len(), self.tasks.len());
+        assert_eq!(self.ready.values().map(|r| r.len()).sum::<usize>(), pending);
+    }
+}

@@ -1,0 +1,12 @@
+//! The pure state machine: tasks, leases, expiry votes and events.
+//!
+//! This module decides; it performs no I/O and reads no clock, so every node that applies the
+//! same log reaches the same state. Storage, network and time live outside and call in.
+mod machine;
+mod types;
+
+pub use machine::{backoff_ms, Effects, State, VoterConfigs, HISTORY_LIMIT};
+pub use types::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,352 @@
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+
+const NOW: u64 = 1_000_000;
+
+fn voters(n: u64) -> Vec<BTreeSet<NodeId>> {
+    vec![(1..=n).collect()]
+}
+
+fn spec(id: &str, max_attempts: u32) -> TaskSpec {
+    TaskSpec {
+        id: id.into(),
+        queue: "q".into(),
+        payload: b"p".to_vec(),
+        max_attempts,
+        lease_ttl_ms: 3000,
+        initial_backoff_ms: 100,
+        max_backoff_ms: 1000,
+    }
+}
+
+struct Sm {
+    s: State,
+    rev: Revision,
+    fx: Effects,
+    cfg: Vec<BTreeSet<NodeId>>,
+}
+
+impl Sm {
+    fn new() -> Self {
+        Sm { s: State::new(), rev: 0, fx: Effects::default(), cfg: voters(3) }
+    }
+    fn run(&mut self, cmd: Command) -> Response {
+        self.run_at(NOW, cmd)
+    }
+    fn run_at(&mut self, now: u64, cmd: Command) -> Response {
+        self.rev += 1;
+        self.fx.clear();
+        self.s.apply(self.rev, &Request { now_unix_ms: now, cmd }, &self.cfg, &mut self.fx)
+    }
+    fn claim(&mut self) -> (Task, Lease) {
+        match self.run(Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: None, task_id: None }) {
+            Response::Claimed { task, lease } => (task, lease),
+            r => panic!("expected a claim, got {r:?}"),
+        }
+    }
+    fn complete(&mut self, id: &str, token: Token, success: bool) -> Response {
+        self.run(Command::Complete {
+            task_id: id.into(),
+            token,
+            report: Report { success, exit_code: if success { 0 } else { 3 }, result: b"r".to_vec(), error: String::new() },
+        })
+    }
+    fn vote(&mut self, voter: NodeId, token: Token, renewals: u64) -> Response {
+        self.run(Command::ExpiryVote { voter, votes: vec![(token, renewals)] })
+    }
+}
+
+#[test]
+fn lifecycle_submit_claim_renew_progress_complete() {
+    let mut sm = Sm::new();
+    assert!(matches!(sm.run(Command::Submit(spec("a", 3))), Response::Submitted { created: true, .. }));
+    let (task, lease) = sm.claim();
+    assert_eq!(task.state, TaskState::Running);
+    assert_eq!(lease.token, 2, "the token is the claim's log index");
+    assert_eq!(sm.fx.heard, vec![(2, 0, 3000)]);
+    let r = sm.run(Command::RenewBatch { tokens: vec![2, 99] });
+    assert_eq!(
+        r,
+        Response::Renewed(vec![(2, RenewOutcome::Alive { renewals: 1 }), (99, RenewOutcome::Lost(LostReason::Unknown))])
+    );
+    assert!(matches!(sm.run(Command::Progress { token: 2, progress: b"50%".to_vec() }), Response::Progressed { .. }));
+    let Response::Completed { task, late } = sm.complete("a", 2, true) else { panic!() };
+    assert!(!late);
+    assert_eq!(task.state, TaskState::Succeeded);
+    assert_eq!(task.progress, b"50%");
+    assert_eq!(task.exit_code, Some(0));
+    assert_eq!(sm.fx.gone, vec![2]);
+    assert_eq!(sm.s.lease_count(), 0);
+}
+
+#[test]
+fn submit_is_idempotent_and_detects_conflicts() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    assert!(matches!(sm.run(Command::Submit(spec("a", 3))), Response::Submitted { created: false, .. }));
+    assert_eq!(
+        sm.run(Command::Submit(spec("a", 4))),
+        Response::Rejected(Rejection::AlreadyExists { id: "a".into() })
+    );
+    assert!(sm.fx.events.is_empty(), "a refused submit emits nothing");
+}
+
+#[test]
+fn repeated_report_gets_the_same_answer() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    let (_, lease) = sm.claim();
+    let first = sm.complete("a", lease.token, true);
+    let again = sm.complete("a", lease.token, true);
+    assert_eq!(first, again);
+    assert!(sm.fx.events.is_empty(), "the repeat changes nothing");
+    // A different report for the same attempt is refused.
+    assert!(matches!(sm.complete("a", lease.token, false), Response::Rejected(_)));
+}
+
+#[test]
+fn expiry_needs_a_majority_at_the_same_renewal_count() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    let (_, lease) = sm.claim();
+    let t = lease.token;
+    assert_eq!(sm.vote(1, t, 0), Response::Voted { expired: vec![] });
+    // A renewal lands between the votes: earlier votes are void.
+    sm.run(Command::RenewBatch { tokens: vec![t] });
+    assert_eq!(sm.vote(2, t, 0), Response::Voted { expired: vec![] }, "stale renewal count is ignored");
+    assert_eq!(sm.vote(2, t, 1), Response::Voted { expired: vec![] });
+    assert_eq!(sm.vote(2, t, 1), Response::Voted { expired: vec![] }, "one voter counts once");
+    assert_eq!(sm.vote(9, t, 1), Response::Voted { expired: vec![] }, "non-members have no say");
+    assert_eq!(sm.vote(3, t, 1), Response::Voted { expired: vec![t] });
+    let task = sm.s.task("a").unwrap();
+    assert_eq!(task.state, TaskState::Pending);
+    assert_eq!(task.not_before_unix_ms, NOW + 100);
+    assert_eq!(task.history[0].outcome, Outcome::Expired);
+    assert_eq!(task.history[0].expiry_voters, vec![2, 3]);
+    assert_eq!(sm.fx.events[0].kind, EventKind::RetryScheduled);
+    assert_eq!(
+        sm.s.lost_reason(t),
+        LostReason::Expired { voters: vec![2, 3] }
+    );
+}
+
+#[test]
+fn quorum_table() {
+    // (voter configs, votes, expired?)
+    let cases: &[(&[&[u64]], &[u64], bool)] = &[
+        (&[&[1, 2, 3]], &[1], false),
+        (&[&[1, 2, 3]], &[1, 2], true),
+        (&[&[1, 2, 3]], &[1, 2, 3], true),
+        (&[&[1, 2, 3, 4, 5]], &[1, 2], false),
+        (&[&[1, 2, 3, 4, 5]], &[1, 2, 3], true),
+        (&[&[1]], &[1], true),
+        // Joint consensus: a majority in each configuration.
+        (&[&[1, 2, 3], &[3, 4, 5]], &[1, 2], false),
+        (&[&[1, 2, 3], &[3, 4, 5]], &[2, 3, 4], true),
+        (&[&[1, 2, 3], &[3, 4, 5]], &[1, 4, 5], false),
+    ];
+    for (i, (cfgs, votes, want)) in cases.iter().enumerate() {
+        let mut sm = Sm::new();
+        sm.cfg = cfgs.iter().map(|c| c.iter().copied().collect()).collect();
+        sm.run(Command::Submit(spec("a", 3)));
+        let (_, lease) = sm.claim();
+        let mut expired = false;
+        for v in votes.iter() {
+            if let Response::Voted { expired: e } = sm.vote(*v, lease.token, 0) {
+                expired |= !e.is_empty();
+            }
+        }
+        assert_eq!(expired, *want, "case {i}: configs {cfgs:?} votes {votes:?}");
+    }
+}
+
+#[test]
+fn retries_back_off_and_then_fail() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 2)));
+    let (_, l1) = sm.claim();
+    sm.complete("a", l1.token, false);
+    let t = sm.s.task("a").unwrap().clone();
+    assert_eq!(t.state, TaskState::Pending);
+    assert!(!sm.s.has_claimable("q", NOW + 99), "not before its back-off");
+    assert_eq!(
+        sm.run_at(NOW + 50, Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: None, task_id: None }),
+        Response::NoTask
+    );
+    let r = sm.run_at(NOW + 100, Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: Some(5000), task_id: None });
+    let Response::Claimed { lease: l2, .. } = r else { panic!("{r:?}") };
+    assert_eq!(l2.attempt, 2);
+    assert_eq!(l2.ttl_ms, 5000);
+    assert!(l2.token > l1.token);
+    let Response::Completed { task, .. } = sm.complete("a", l2.token, false) else { panic!() };
+    assert_eq!(task.state, TaskState::Failed);
+    assert_eq!(task.exit_code, Some(3));
+}
+
+#[test]
+fn late_success_is_accepted_and_supersedes_a_newer_attempt() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    let (_, l1) = sm.claim();
+    sm.vote(1, l1.token, 0);
+    sm.vote(2, l1.token, 0);
+    let r = sm.run_at(NOW + 1000, Command::Claim { queue: "q".into(), worker_id: "w2".into(), lease_ttl_ms: None, task_id: None });
+    let Response::Claimed { lease: l2, .. } = r else { panic!("{r:?}") };
+    // The first worker's renewal learns why it lost the lease.
+    assert!(matches!(sm.run(Command::RenewBatch { tokens: vec![l1.token] }), Response::Renewed(v) if matches!(v[0].1, RenewOutcome::Lost(LostReason::Expired { .. }))));
+    // But its success is the truth: the task succeeded.
+    let Response::Completed { task, late } = sm.complete("a", l1.token, true) else { panic!() };
+    assert!(late);
+    assert_eq!(task.state, TaskState::Succeeded);
+    assert!(task.history[0].late);
+    assert_eq!(task.history[0].outcome, Outcome::Succeeded);
+    assert_eq!(task.history[1].outcome, Outcome::Cancelled);
+    // The newer attempt learns it at its next renewal.
+    assert_eq!(
+        sm.run(Command::RenewBatch { tokens: vec![l2.token] }),
+        Response::Renewed(vec![(l2.token, RenewOutcome::Lost(LostReason::Finished { state: TaskState::Succeeded }))])
+    );
+    // Its own success now answers that the task is terminal.
+    assert_eq!(
+        sm.complete("a", l2.token, true),
+        Response::Rejected(Rejection::Terminal { id: "a".into(), state: TaskState::Succeeded })
+    );
+}
+
+#[test]
+fn stale_failure_is_recorded_but_changes_nothing() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    let (_, l1) = sm.claim();
+    sm.run(Command::Release { token: l1.token, reason: "shutting down".into() });
+    let (_, l2) = sm.claim();
+    let Response::Completed { task, late } = sm.complete("a", l1.token, false) else { panic!() };
+    assert!(late);
+    assert_eq!(task.state, TaskState::Running);
+    assert_eq!(task.lease, Some(l2.token));
+    assert_eq!(task.failures, 0, "a released attempt and a stale failure do not use up attempts");
+    assert_eq!(sm.fx.events[0].kind, EventKind::LateReport);
+}
+
+#[test]
+fn cancel_ends_the_lease_and_is_final() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    let (_, l) = sm.claim();
+    assert!(matches!(sm.run(Command::Cancel { task_id: "a".into(), reason: "".into() }), Response::Cancelled { .. }));
+    assert!(matches!(sm.run(Command::Cancel { task_id: "a".into(), reason: "".into() }), Response::Cancelled { .. }));
+    assert_eq!(sm.s.lost_reason(l.token), LostReason::Cancelled);
+    assert_eq!(
+        sm.complete("a", l.token, true),
+        Response::Rejected(Rejection::Terminal { id: "a".into(), state: TaskState::Cancelled })
+    );
+    assert_eq!(
+        sm.run(Command::Cancel { task_id: "zz".into(), reason: "".into() }),
+        Response::Rejected(Rejection::TaskNotFound { id: "zz".into() })
+    );
+}
+
+#[test]
+fn claim_by_id_and_listing() {
+    let mut sm = Sm::new();
+    for id in ["a", "b", "c"] {
+        sm.run(Command::Submit(spec(id, 3)));
+    }
+    let r = sm.run(Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: None, task_id: Some("b".into()) });
+    assert!(matches!(r, Response::Claimed { ref task, .. } if task.spec.id == "b"));
+    let r = sm.run(Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: None, task_id: Some("b".into()) });
+    assert_eq!(r, Response::Rejected(Rejection::NotClaimable { id: "b".into(), state: TaskState::Running }));
+    let (page, next) = sm.s.list(Some("q"), Some(TaskState::Pending), None, 1);
+    assert_eq!(page.iter().map(|t| t.id()).collect::<Vec<_>>(), vec!["a"]);
+    let (page, next) = sm.s.list(Some("q"), Some(TaskState::Pending), next.as_ref(), 1);
+    assert_eq!(page.iter().map(|t| t.id()).collect::<Vec<_>>(), vec!["c"]);
+    assert!(next.is_none(), "no page follows the last one");
+    assert_eq!(sm.s.list(None, Some(TaskState::Running), None, 10).0.len(), 1);
+    assert_eq!(sm.s.list(Some("q"), None, None, 10).0.len(), 3);
+    assert_eq!(sm.s.list(Some("other"), None, None, 10).0.len(), 0);
+}
+
+#[test]
+fn snapshot_round_trip_keeps_indexes() {
+    let mut sm = Sm::new();
+    for id in ["a", "b"] {
+        sm.run(Command::Submit(spec(id, 3)));
+    }
+    sm.claim();
+    let back = State::from_bytes(&sm.s.to_bytes()).unwrap();
+    assert_eq!(back, sm.s);
+}
+
+// ---------------------------------------------------------------- property tests
+
+fn arb_cmd() -> impl Strategy<Value = (u64, Command)> {
+    let id = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(String::from);
+    let queue = prop::sample::select(vec!["q", "r"]).prop_map(String::from);
+    let token = 0u64..40;
+    let cmd = prop_oneof![
+        (id.clone(), queue.clone(), 1u32..4).prop_map(|(id, queue, m)| Command::Submit(TaskSpec { queue, ..spec(&id, m) })),
+        (queue.clone(), prop::option::of(id.clone())).prop_map(|(queue, task_id)| Command::Claim {
+            queue,
+            worker_id: "w".into(),
+            lease_ttl_ms: None,
+            task_id
+        }),
+        prop::collection::vec(token.clone(), 0..4).prop_map(|tokens| Command::RenewBatch { tokens }),
+        token.clone().prop_map(|token| Command::Progress { token, progress: vec![1] }),
+        (id.clone(), token.clone(), any::<bool>()).prop_map(|(task_id, token, success)| Command::Complete {
+            task_id,
+            token,
+            report: Report { success, exit_code: if success { 0 } else { 1 }, result: vec![], error: String::new() }
+        }),
+        token.clone().prop_map(|token| Command::Release { token, reason: String::new() }),
+        id.prop_map(|task_id| Command::Cancel { task_id, reason: String::new() }),
+        (1u64..5, prop::collection::vec((token, 0u64..3), 1..3)).prop_map(|(voter, votes)| Command::ExpiryVote { voter, votes }),
+    ];
+    (0u64..500, cmd)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Over random command sequences: invariants hold after every step, terminal states never
+    /// change, tokens only grow, and a replay (or a snapshot) reaches the same state.
+    #[test]
+    fn random_sequences_keep_invariants(cmds in prop::collection::vec(arb_cmd(), 1..120)) {
+        let mut sm = Sm::new();
+        let mut replica = Sm::new();
+        let mut max_token = 0;
+        let mut now = NOW;
+        for (dt, cmd) in cmds {
+            now += dt;
+            let before = sm.s.clone();
+            let a = sm.run_at(now, cmd.clone());
+            let b = replica.run_at(now, cmd);
+            prop_assert_eq!(&a, &b, "same command, same answer");
+            sm.s.check_invariants();
+            for l in sm.s.leases() {
+                max_token = max_token.max(l.token);
+            }
+            if let Response::Claimed { lease, .. } = &a {
+                prop_assert!(lease.token == max_token, "a new lease has the highest token");
+            }
+            for l in before.leases() {
+                prop_assert!(l.token <= max_token);
+            }
+            // Terminal tasks never change.
+            for t in before.tasks() {
+                let id = t.id();
+                if t.state.is_terminal() {
+                    prop_assert_eq!(Some(t), sm.s.task(id), "terminal task {} changed", id);
+                }
+            }
+            // Every event is of this revision and shows the task as it now is.
+            for e in &sm.fx.events {
+                prop_assert_eq!(e.revision, sm.rev);
+                prop_assert_eq!(Some(&e.task), sm.s.task(e.task.id()));
+            }
+        }
+        prop_assert_eq!(&sm.s, &replica.s);
+        prop_assert_eq!(State::from_bytes(&sm.s.to_bytes()).unwrap(), sm.s);
+    }
+}

@@ -1,0 +1,316 @@
+//! Value types of the replicated state: tasks, leases, attempts, events, and the commands that
+//! change them. Everything here is serialized into the Raft log or into snapshots.
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Raft node id.
+pub type NodeId = u64;
+/// The log index of the entry that produced a change.
+pub type Revision = u64;
+/// A lease's fencing token: the log index of the claim that created it.
+pub type Token = u64;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TaskState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "PENDING",
+            TaskState::Running => "RUNNING",
+            TaskState::Succeeded => "SUCCEEDED",
+            TaskState::Failed => "FAILED",
+            TaskState::Cancelled => "CANCELLED",
+        }
+    }
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    Failed,
+    Expired,
+    Released,
+    /// Cancelled by a scheduler, or superseded because another attempt finished the task.
+    Cancelled,
+}
+
+/// One attempt of a task, kept in the task's bounded history.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub worker_id: String,
+    pub lease_token: Token,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub error: String,
+    pub started_rev: Revision,
+    pub ended_rev: Revision,
+    /// The worker reported after the attempt had lost its lease.
+    pub late: bool,
+    /// The worker's own final report has been recorded (makes reports idempotent).
+    pub reported: Option<Report>,
+    /// For `Expired`: the voters whose clocks decided it.
+    pub expiry_voters: Vec<NodeId>,
+}
+
+/// A worker's final report of an attempt, as recorded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub success: bool,
+    pub exit_code: i32,
+    pub result: Vec<u8>,
+    pub error: String,
+}
+
+/// What a scheduler asked for; identical specs make a submit idempotent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskSpec {
+    pub id: String,
+    pub queue: String,
+    pub payload: Vec<u8>,
+    pub max_attempts: u32,
+    pub lease_ttl_ms: u64,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    /// Attempts started (the running one included).
+    pub attempt: u32,
+    /// Attempts that failed or expired: retries are exhausted when this reaches `max_attempts`.
+    pub failures: u32,
+    pub progress: Vec<u8>,
+    pub result: Vec<u8>,
+    pub exit_code: Option<i32>,
+    pub error: String,
+    pub history: Vec<AttemptRecord>,
+    pub created_rev: Revision,
+    pub updated_rev: Revision,
+    pub created_at_unix_ms: u64,
+    pub updated_at_unix_ms: u64,
+    pub not_before_unix_ms: u64,
+    /// The live lease while RUNNING.
+    pub lease: Option<Token>,
+}
+
+impl Task {
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+    pub fn queue(&self) -> &str {
+        &self.spec.queue
+    }
+    pub fn record_mut(&mut self, token: Token) -> Option<&mut AttemptRecord> {
+        self.history.iter_mut().rev().find(|r| r.lease_token == token)
+    }
+    pub fn record(&self, token: Token) -> Option<&AttemptRecord> {
+        self.history.iter().rev().find(|r| r.lease_token == token)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub token: Token,
+    pub task_id: String,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub ttl_ms: u64,
+    /// Committed renewals (progress reports count too).
+    pub renewals: u64,
+    /// Voters that judged this lease expired at the current `renewals`.
+    pub votes: BTreeSet<NodeId>,
+}
+
+/// A command, stamped by the node that proposed it. `now_unix_ms` is the proposer's wall clock:
+/// it only feeds human-facing timestamps and retry back-off, never liveness.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub now_unix_ms: u64,
+    pub cmd: Command,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Submit(TaskSpec),
+    Claim {
+        queue: String,
+        worker_id: String,
+        /// Overrides the task's own TTL when set.
+        lease_ttl_ms: Option<u64>,
+        /// Claim this task only (used when one externally scheduled job is wrapped).
+        task_id: Option<String>,
+    },
+    RenewBatch {
+        tokens: Vec<Token>,
+    },
+    Progress {
+        token: Token,
+        progress: Vec<u8>,
+    },
+    Complete {
+        task_id: String,
+        token: Token,
+        report: Report,
+    },
+    Release {
+        token: Token,
+        reason: String,
+    },
+    Cancel {
+        task_id: String,
+        reason: String,
+    },
+    /// `voter`'s own monotonic clock says these leases outlived their TTL, as of the renewal
+    /// count it had seen.
+    ExpiryVote {
+        voter: NodeId,
+        votes: Vec<(Token, u64)>,
+    },
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Submit(_) => "submit",
+            Command::Claim { .. } => "claim",
+            Command::RenewBatch { .. } => "renew_batch",
+            Command::Progress { .. } => "progress",
+            Command::Complete { .. } => "complete",
+            Command::Release { .. } => "release",
+            Command::Cancel { .. } => "cancel",
+            Command::ExpiryVote { .. } => "expiry_vote",
+        }
+    }
+}
+
+/// Why a lease token no longer holds its task.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum LostReason {
+    Expired { voters: Vec<NodeId> },
+    Cancelled,
+    /// The task reached a terminal state, or another attempt finished it.
+    Finished { state: TaskState },
+    Released,
+    /// The attempt reported failure and ended.
+    Failed,
+    /// This token never held a lease (or its task is no longer retained).
+    Unknown,
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LostReason::Expired { voters } => write!(
+                f,
+                "the lease expired: nodes {voters:?} did not hear a renewal within its TTL"
+            ),
+            LostReason::Cancelled => write!(f, "the task was cancelled"),
+            LostReason::Finished { state } => {
+                write!(f, "the task is already {} (finished by another attempt or report)", state.as_str())
+            }
+            LostReason::Released => write!(f, "the lease was released by its worker"),
+            LostReason::Failed => write!(f, "this attempt already reported failure"),
+            LostReason::Unknown => write!(f, "no lease with this token exists"),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum RenewOutcome {
+    Alive { renewals: u64 },
+    Lost(LostReason),
+}
+
+/// Domain refusals: deterministic answers of the state machine, mapped to gRPC codes at the API
+/// edge.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("task {id:?} not found")]
+    TaskNotFound { id: String },
+    #[error("task {id:?} already exists with a different spec (queue, payload, attempts, TTL or retry differ): choose another id or submit the same spec")]
+    AlreadyExists { id: String },
+    #[error("lease {token} is no longer valid: {reason}")]
+    LeaseLost { token: Token, reason: LostReason },
+    #[error("lease {token} never held task {task_id:?}")]
+    TokenNotOfTask { token: Token, task_id: String },
+    #[error("task {id:?} is already {} and cannot change", state.as_str())]
+    Terminal { id: String, state: TaskState },
+    #[error("task {id:?} is {} and not claimable now", state.as_str())]
+    NotClaimable { id: String, state: TaskState },
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Submitted,
+    Claimed,
+    Progress,
+    Succeeded,
+    Failed,
+    RetryScheduled,
+    Cancelled,
+    LateReport,
+}
+
+/// One change, as watchers see it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub revision: Revision,
+    pub kind: EventKind,
+    pub task: Task,
+}
+
+/// The state machine's answer to one command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub enum Response {
+    /// Blank and membership entries.
+    #[default]
+    Ok,
+    Submitted {
+        task: Task,
+        created: bool,
+    },
+    Claimed {
+        task: Task,
+        lease: Lease,
+    },
+    NoTask,
+    Renewed(Vec<(Token, RenewOutcome)>),
+    Progressed {
+        lease: Lease,
+    },
+    Completed {
+        task: Task,
+        late: bool,
+    },
+    Released {
+        task: Task,
+    },
+    Cancelled {
+        task: Task,
+    },
+    Voted {
+        expired: Vec<Token>,
+    },
+    Rejected(Rejection),
+}
