@@ -1,0 +1,164 @@
+//! The Raft log and vote, in sled.
+//!
+//! To ensure correctness:
+//! - `append` calls its callback only after the batch is flushed (fsync) to disk, so openraft
+//!   never counts an entry as replicated before it is durable;
+//! - `save_vote` returns only after the vote is flushed.
+//!
+//! Log entries live in tree `log` under their big-endian index; vote, committed and purged ids
+//! in tree `meta`. One sled database holds both, so one flush covers a truncation, the appends
+//! after it and the committed id.
+use crate::raft::{codec, Entry, LogId, StorageError, TypeConfig, Vote};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn io<E: std::error::Error + 'static>(e: E) -> StorageError {
+    StorageIOError::write(&e).into()
+}
+
+impl LogStore {
+    pub fn new(db: sled::Db) -> Result<Self, StorageError> {
+        let log = db.open_tree("log").map_err(io)?;
+        let meta = db.open_tree("meta").map_err(io)?;
+        Ok(Self { db, log, meta })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Option<T>, StorageError> {
+        match self.meta.get(k).map_err(|e| StorageIOError::read(&e))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(codec::decode(&v).map_err(|e| StorageIOError::read(&e))?)),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, k: &str, v: &T) -> Result<(), StorageError> {
+        self.meta.insert(k, codec::encode(v)).map_err(io)?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_async().await.map_err(io)?;
+        Ok(())
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => Bound::Included(key(*x)),
+            Bound::Excluded(x) => Bound::Excluded(key(*x)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(x) => Bound::Included(key(*x)),
+            Bound::Excluded(x) => Bound::Excluded(key(*x)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for kv in self.log.range::<[u8; 8], _>((start, end)) {
+            let (_, v) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
+            let e: Entry = codec::decode(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta::<Option<LogId>>("last_purged")?.flatten();
+        let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
+            Some((_, v)) => Some(codec::decode::<Entry>(&v).map_err(|e| StorageIOError::read_logs(&e))?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.meta
+            .insert("vote", codec::encode(vote))
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.db.flush_async().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed here: the next append's flush carries it. A lost committed id only means
+        // fewer entries are re-applied at start-up, until the leader says again.
+        self.put_meta("committed", &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.insert(&key(e.log_id.index), codec::encode(&e));
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        // Durable before openraft hears of it.
+        let res = self.flush().await;
+        match &res {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        res
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(key(log_id.index)..) {
+            let (k, _) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.put_meta("last_purged", &Some(log_id))?;
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(..=key(log_id.index)) {
+            let (k, _) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}

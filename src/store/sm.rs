@@ -1,0 +1,203 @@
+//! The state machine store: applies committed entries to the in-memory [`State`], publishes
+//! their effects, and keeps snapshots as atomic files.
+//!
+//! To ensure correctness:
+//! - a snapshot file is complete on disk (written, fsynced, renamed, directory fsynced) before
+//!   `build_snapshot` returns, because openraft purges the log up to it afterwards;
+//! - installing a snapshot replaces the whole state in one step.
+use super::EventLog;
+use crate::clock::{Clock, LeaseTimers};
+use crate::raft::{codec, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::state::{Effects, Response, State};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::watch;
+
+/// The applied state with its position in the log.
+#[derive(Default)]
+pub struct Applied {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// What the state machine shares with the rest of the node (the API reads it).
+pub struct Shared {
+    pub applied: RwLock<Applied>,
+    pub events: Mutex<EventLog>,
+    pub timers: Mutex<LeaseTimers>,
+    pub clock: Arc<dyn Clock>,
+    /// The last applied index, for waiters (long-poll claims, follower reads).
+    pub applied_index: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub fn new(clock: Arc<dyn Clock>, event_retention: usize) -> Self {
+        Self {
+            applied: RwLock::new(Applied::default()),
+            events: Mutex::new(EventLog::new(event_retention)),
+            timers: Mutex::new(LeaseTimers::default()),
+            clock,
+            applied_index: watch::channel(0).0,
+        }
+    }
+
+    /// Replaces the whole state (start-up from a snapshot, or a snapshot install).
+    fn replace(&self, state: State, meta: &SnapshotMeta) {
+        let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let mut a = self.applied.write().expect("lock");
+        self.timers.lock().expect("lock").reset(state.leases(), self.clock.monotonic_ms());
+        self.events.lock().expect("lock").reset(idx);
+        *a = Applied { state, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        drop(a);
+        self.applied_index.send_replace(idx);
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    path: PathBuf,
+}
+
+fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+
+fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+impl StateMachineStore {
+    pub fn open(path: PathBuf, shared: Arc<Shared>) -> Result<Self, StorageError> {
+        let sm = Self { shared, path };
+        if let Some((meta, data)) = sm.read_file()? {
+            let state = State::from_bytes(&data).map_err(read_err)?;
+            sm.shared.replace(state, &meta);
+        }
+        Ok(sm)
+    }
+
+    fn read_file(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        match std::fs::read(&self.path) {
+            Ok(b) => Ok(Some(codec::decode(&b).map_err(read_err)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(read_err(e)),
+        }
+    }
+
+    fn write_file(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        write_atomically(&self.path, &codec::encode(&(meta, data))).map_err(write_err)
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (data, meta) = {
+            let a = self.shared.applied.read().expect("lock");
+            let id = match a.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.shared.clock.unix_ms()),
+                None => format!("empty-{}", self.shared.clock.unix_ms()),
+            };
+            let meta = SnapshotMeta { last_log_id: a.last_applied, last_membership: a.membership.clone(), snapshot_id: id };
+            (a.state.to_bytes(), meta)
+        };
+        let (path, bytes) = (self.path.clone(), codec::encode(&(&meta, &data)));
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.shared.applied.read().expect("lock");
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut fx = Effects::default();
+        let mut out = Vec::new();
+        let last = {
+            let mut guard = self.shared.applied.write().expect("lock");
+            let a = &mut *guard;
+            for e in entries {
+                let rev = e.log_id.index;
+                a.last_applied = Some(e.log_id);
+                let resp = match &e.payload {
+                    EntryPayload::Blank => {
+                        a.state.note_revision(rev);
+                        Response::Ok
+                    }
+                    EntryPayload::Normal(req) => {
+                        let configs = a.membership.membership().get_joint_config();
+                        a.state.apply(rev, req, configs, &mut fx)
+                    }
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                        a.state.note_revision(rev);
+                        Response::Ok
+                    }
+                };
+                out.push(resp);
+            }
+            a.last_applied.map(|l| l.index).unwrap_or(0)
+        };
+        self.shared.timers.lock().expect("lock").apply(&fx, self.shared.clock.monotonic_ms());
+        {
+            let mut ev = self.shared.events.lock().expect("lock");
+            for e in fx.events {
+                ev.push(e);
+            }
+            ev.advance(last);
+        }
+        self.shared.applied_index.send_replace(last);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state = State::from_bytes(&data).map_err(read_err)?;
+        self.write_file(meta, &data)?;
+        self.shared.replace(state, meta);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.read_file()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}

@@ -1,0 +1,23 @@
+//! openraft's own storage test suite against the sled log store and the state machine store.
+use leasekeeper::clock::SystemClock;
+use leasekeeper::raft::{StorageError, TypeConfig};
+use leasekeeper::store::{self, LogStore, Shared, StateMachineStore};
+use openraft::testing::{StoreBuilder, Suite};
+use std::sync::Arc;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = Arc::new(Shared::new(Arc::new(SystemClock::default()), 1000));
+        let (log, sm) = store::open(dir.path(), shared)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(Builder)?;
+    Ok(())
+}
