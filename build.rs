@@ -3,7 +3,10 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["leasekeeper/v1/leasekeeper.proto", "leasekeeper/v1/raft.proto"];
+    let files = [
+        "leasekeeper/v1/leasekeeper.proto",
+        "leasekeeper/v1/raft.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed=proto/{f}");
     }

@@ -19,7 +19,9 @@ pub struct SystemClock {
 
 impl Default for SystemClock {
     fn default() -> Self {
-        Self { origin: Instant::now() }
+        Self {
+            origin: Instant::now(),
+        }
     }
 }
 
@@ -28,7 +30,10 @@ impl Clock for SystemClock {
         self.origin.elapsed().as_millis() as u64
     }
     fn unix_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
     }
 }
 
@@ -50,7 +55,15 @@ impl LeaseTimers {
     /// Notes what one apply step did, at local time `now_ms`.
     pub fn apply(&mut self, fx: &Effects, now_ms: u64) {
         for &(token, renewals, ttl_ms) in &fx.heard {
-            self.heard.insert(token, Heard { renewals, at_ms: now_ms, ttl_ms, voted_at_ms: None });
+            self.heard.insert(
+                token,
+                Heard {
+                    renewals,
+                    at_ms: now_ms,
+                    ttl_ms,
+                    voted_at_ms: None,
+                },
+            );
         }
         for token in &fx.gone {
             self.heard.remove(token);
@@ -62,7 +75,15 @@ impl LeaseTimers {
     pub fn reset<'a>(&mut self, leases: impl Iterator<Item = &'a Lease>, now_ms: u64) {
         self.heard.clear();
         for l in leases {
-            self.heard.insert(l.token, Heard { renewals: l.renewals, at_ms: now_ms, ttl_ms: l.ttl_ms, voted_at_ms: None });
+            self.heard.insert(
+                l.token,
+                Heard {
+                    renewals: l.renewals,
+                    at_ms: now_ms,
+                    ttl_ms: l.ttl_ms,
+                    voted_at_ms: None,
+                },
+            );
         }
     }
 
@@ -83,7 +104,9 @@ impl LeaseTimers {
             if now_ms.saturating_sub(h.at_ms) < h.ttl_ms {
                 continue;
             }
-            if h.voted_at_ms.is_some_and(|v| now_ms.saturating_sub(v) < revote_ms) {
+            if h.voted_at_ms
+                .is_some_and(|v| now_ms.saturating_sub(v) < revote_ms)
+            {
                 continue;
             }
             h.voted_at_ms = Some(now_ms);
@@ -103,7 +126,9 @@ impl LeaseTimers {
 
     /// Milliseconds since this node last heard `token`.
     pub fn silence_ms(&self, token: Token, now_ms: u64) -> Option<u64> {
-        self.heard.get(&token).map(|h| now_ms.saturating_sub(h.at_ms))
+        self.heard
+            .get(&token)
+            .map(|h| now_ms.saturating_sub(h.at_ms))
     }
 }
 
@@ -114,17 +139,35 @@ mod tests {
     #[test]
     fn votes_once_per_revote_interval_and_forgets_renewed_leases() {
         let mut t = LeaseTimers::default();
-        let fx = Effects { heard: vec![(7, 0, 100)], ..Default::default() };
+        let fx = Effects {
+            heard: vec![(7, 0, 100)],
+            ..Default::default()
+        };
         t.apply(&fx, 0);
         assert!(t.due(99, 50).is_empty());
         assert_eq!(t.due(100, 50), vec![(7, 0)]);
-        assert!(t.due(120, 50).is_empty(), "no second vote within the revote interval");
+        assert!(
+            t.due(120, 50).is_empty(),
+            "no second vote within the revote interval"
+        );
         assert_eq!(t.due(150, 50), vec![(7, 0)]);
-        t.apply(&Effects { heard: vec![(7, 1, 100)], ..Default::default() }, 160);
+        t.apply(
+            &Effects {
+                heard: vec![(7, 1, 100)],
+                ..Default::default()
+            },
+            160,
+        );
         assert!(t.due(200, 50).is_empty(), "a renewal restarts the count");
         t.refresh_all(300);
         assert!(t.due(350, 50).is_empty());
-        t.apply(&Effects { gone: vec![7], ..Default::default() }, 400);
+        t.apply(
+            &Effects {
+                gone: vec![7],
+                ..Default::default()
+            },
+            400,
+        );
         assert!(t.due(10_000, 50).is_empty());
     }
 }

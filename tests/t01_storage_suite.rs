@@ -8,7 +8,9 @@ use std::sync::Arc;
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let shared = Arc::new(Shared::new(Arc::new(SystemClock::default()), 1000));
         let (log, sm) = store::open(dir.path(), shared)?;

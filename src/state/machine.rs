@@ -113,7 +113,10 @@ impl State {
 
     /// Earliest not-before instant of a pending task in `queue`.
     pub fn next_ready_at(&self, queue: &str) -> Option<u64> {
-        self.ready.get(queue).and_then(|r| r.first()).map(|(nb, _, _)| *nb)
+        self.ready
+            .get(queue)
+            .and_then(|r| r.first())
+            .map(|(nb, _, _)| *nb)
     }
 
     /// Tasks ordered by (queue, state, id), starting after `after`, filtered, at most `limit`.
@@ -193,18 +196,45 @@ impl State {
     // ------------------------------------------------------------------ apply
 
     /// Applies the command of log entry `rev`. `configs` are the voter sets in force.
-    pub fn apply(&mut self, rev: Revision, req: &Request, configs: &VoterConfigs, fx: &mut Effects) -> Response {
-        debug_assert!(rev > self.last_revision, "revisions only grow: {rev} after {}", self.last_revision);
+    pub fn apply(
+        &mut self,
+        rev: Revision,
+        req: &Request,
+        configs: &VoterConfigs,
+        fx: &mut Effects,
+    ) -> Response {
+        debug_assert!(
+            rev > self.last_revision,
+            "revisions only grow: {rev} after {}",
+            self.last_revision
+        );
         self.last_revision = rev;
         let now = req.now_unix_ms;
         let resp = match &req.cmd {
             Command::Submit(spec) => self.submit(rev, now, spec, fx),
-            Command::Claim { queue, worker_id, lease_ttl_ms, task_id } => {
-                self.claim(rev, now, queue, worker_id, *lease_ttl_ms, task_id.as_deref(), fx)
+            Command::Claim {
+                queue,
+                worker_id,
+                lease_ttl_ms,
+                task_id,
+            } => self.claim(
+                rev,
+                now,
+                queue,
+                worker_id,
+                *lease_ttl_ms,
+                task_id.as_deref(),
+                fx,
+            ),
+            Command::RenewBatch { tokens } => {
+                Response::Renewed(tokens.iter().map(|t| (*t, self.renew(*t, fx))).collect())
             }
-            Command::RenewBatch { tokens } => Response::Renewed(tokens.iter().map(|t| (*t, self.renew(*t, fx))).collect()),
             Command::Progress { token, progress } => self.progress(rev, now, *token, progress, fx),
-            Command::Complete { task_id, token, report } => self.complete(rev, now, task_id, *token, report, fx),
+            Command::Complete {
+                task_id,
+                token,
+                report,
+            } => self.complete(rev, now, task_id, *token, report, fx),
             Command::Release { token, reason } => self.release(rev, now, *token, reason, fx),
             Command::Cancel { task_id, reason } => self.cancel(rev, now, task_id, reason, fx),
             Command::ExpiryVote { voter, votes } => self.vote(rev, now, *voter, votes, configs, fx),
@@ -222,14 +252,19 @@ impl State {
     }
 
     fn index(&mut self, t: &Task) {
-        self.by_queue_state.insert((t.spec.queue.clone(), t.state, t.spec.id.clone()));
+        self.by_queue_state
+            .insert((t.spec.queue.clone(), t.state, t.spec.id.clone()));
         if t.state == TaskState::Pending {
-            self.ready.entry(t.spec.queue.clone()).or_default().insert(ready_key(t));
+            self.ready
+                .entry(t.spec.queue.clone())
+                .or_default()
+                .insert(ready_key(t));
         }
     }
 
     fn unindex(&mut self, t: &Task) {
-        self.by_queue_state.remove(&(t.spec.queue.clone(), t.state, t.spec.id.clone()));
+        self.by_queue_state
+            .remove(&(t.spec.queue.clone(), t.state, t.spec.id.clone()));
         if t.state == TaskState::Pending {
             if let Some(r) = self.ready.get_mut(&t.spec.queue) {
                 r.remove(&ready_key(t));
@@ -243,12 +278,22 @@ impl State {
     /// Takes a task out of the indexes for a change; `put` puts it back.
     fn take(&mut self, id: &str) -> Option<Task> {
         let t = self.tasks.remove(id)?;
-        debug_assert!(!t.state.is_terminal(), "terminal task {id} taken for a change");
+        debug_assert!(
+            !t.state.is_terminal(),
+            "terminal task {id} taken for a change"
+        );
         self.unindex(&t);
         Some(t)
     }
 
-    fn put(&mut self, rev: Revision, now: u64, mut t: Task, kind: Option<EventKind>, fx: &mut Effects) -> Task {
+    fn put(
+        &mut self,
+        rev: Revision,
+        now: u64,
+        mut t: Task,
+        kind: Option<EventKind>,
+        fx: &mut Effects,
+    ) -> Task {
         t.updated_rev = rev;
         t.updated_at_unix_ms = now;
         while t.history.len() > HISTORY_LIMIT {
@@ -257,7 +302,11 @@ impl State {
         }
         self.index(&t);
         if let Some(kind) = kind {
-            fx.events.push(Event { revision: rev, kind, task: t.clone() });
+            fx.events.push(Event {
+                revision: rev,
+                kind,
+                task: t.clone(),
+            });
         }
         self.tasks.insert(t.spec.id.clone(), t.clone());
         t
@@ -266,9 +315,14 @@ impl State {
     fn submit(&mut self, rev: Revision, now: u64, spec: &TaskSpec, fx: &mut Effects) -> Response {
         if let Some(existing) = self.tasks.get(&spec.id) {
             return if existing.spec == *spec {
-                Response::Submitted { task: existing.clone(), created: false }
+                Response::Submitted {
+                    task: existing.clone(),
+                    created: false,
+                }
             } else {
-                Response::Rejected(Rejection::AlreadyExists { id: spec.id.clone() })
+                Response::Rejected(Rejection::AlreadyExists {
+                    id: spec.id.clone(),
+                })
             };
         }
         debug_assert!(spec.max_attempts >= 1);
@@ -290,7 +344,10 @@ impl State {
             lease: None,
         };
         let task = self.put(rev, now, t, Some(EventKind::Submitted), fx);
-        Response::Submitted { task, created: true }
+        Response::Submitted {
+            task,
+            created: true,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -311,10 +368,16 @@ impl State {
                     return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() })
                 }
                 Some(t) if t.state.is_terminal() => {
-                    return Response::Rejected(Rejection::Terminal { id: id.to_string(), state: t.state })
+                    return Response::Rejected(Rejection::Terminal {
+                        id: id.to_string(),
+                        state: t.state,
+                    })
                 }
                 Some(t) if t.state != TaskState::Pending => {
-                    return Response::Rejected(Rejection::NotClaimable { id: id.to_string(), state: t.state })
+                    return Response::Rejected(Rejection::NotClaimable {
+                        id: id.to_string(),
+                        state: t.state,
+                    })
                 }
                 Some(_) => id.to_string(),
             },
@@ -368,7 +431,10 @@ impl State {
         };
         match task.record(token).map(|r| r.outcome) {
             Some(Outcome::Expired) => LostReason::Expired {
-                voters: task.record(token).map(|r| r.expiry_voters.clone()).unwrap_or_default(),
+                voters: task
+                    .record(token)
+                    .map(|r| r.expiry_voters.clone())
+                    .unwrap_or_default(),
             },
             Some(Outcome::Released) => LostReason::Released,
             Some(Outcome::Failed) => LostReason::Failed,
@@ -391,24 +457,42 @@ impl State {
 
     fn renew(&mut self, token: Token, fx: &mut Effects) -> RenewOutcome {
         match self.touch(token, fx) {
-            Ok(l) => RenewOutcome::Alive { renewals: l.renewals },
+            Ok(l) => RenewOutcome::Alive {
+                renewals: l.renewals,
+            },
             Err(reason) => RenewOutcome::Lost(reason),
         }
     }
 
-    fn progress(&mut self, rev: Revision, now: u64, token: Token, progress: &[u8], fx: &mut Effects) -> Response {
+    fn progress(
+        &mut self,
+        rev: Revision,
+        now: u64,
+        token: Token,
+        progress: &[u8],
+        fx: &mut Effects,
+    ) -> Response {
         let lease = match self.touch(token, fx) {
             Ok(l) => l.clone(),
             Err(reason) => return Response::Rejected(Rejection::LeaseLost { token, reason }),
         };
-        let mut t = self.take(&lease.task_id).expect("a live lease's task exists");
+        let mut t = self
+            .take(&lease.task_id)
+            .expect("a live lease's task exists");
         t.progress = progress.to_vec();
         self.put(rev, now, t, Some(EventKind::Progress), fx);
         Response::Progressed { lease }
     }
 
     /// Ends the live lease `token`, recording `outcome` on its attempt.
-    fn end_lease(&mut self, rev: Revision, t: &mut Task, token: Token, outcome: Outcome, fx: &mut Effects) -> Lease {
+    fn end_lease(
+        &mut self,
+        rev: Revision,
+        t: &mut Task,
+        token: Token,
+        outcome: Outcome,
+        fx: &mut Effects,
+    ) -> Lease {
         let lease = self.leases.remove(&token).expect("live lease");
         debug_assert_eq!(t.lease, Some(token));
         t.lease = None;
@@ -421,7 +505,13 @@ impl State {
     }
 
     /// After a failed or expired attempt: retry later, or fail for good.
-    fn after_failure(&mut self, now: u64, t: &mut Task, exit_code: Option<i32>, error: String) -> EventKind {
+    fn after_failure(
+        &mut self,
+        now: u64,
+        t: &mut Task,
+        exit_code: Option<i32>,
+        error: String,
+    ) -> EventKind {
         t.failures += 1;
         if t.failures >= t.spec.max_attempts {
             t.state = TaskState::Failed;
@@ -446,21 +536,35 @@ impl State {
         fx: &mut Effects,
     ) -> Response {
         let Some(task) = self.tasks.get(task_id) else {
-            return Response::Rejected(Rejection::TaskNotFound { id: task_id.to_string() });
+            return Response::Rejected(Rejection::TaskNotFound {
+                id: task_id.to_string(),
+            });
         };
         let Some(record) = task.record(token) else {
-            return Response::Rejected(Rejection::TokenNotOfTask { token, task_id: task_id.to_string() });
+            return Response::Rejected(Rejection::TokenNotOfTask {
+                token,
+                task_id: task_id.to_string(),
+            });
         };
         if let Some(prev) = &record.reported {
             // Idempotent: the same report gets the same answer; a different one is refused.
             return if prev == report {
-                Response::Completed { task: task.clone(), late: record.late }
+                Response::Completed {
+                    task: task.clone(),
+                    late: record.late,
+                }
             } else {
-                Response::Rejected(Rejection::LeaseLost { token, reason: self.lost_reason(token) })
+                Response::Rejected(Rejection::LeaseLost {
+                    token,
+                    reason: self.lost_reason(token),
+                })
             };
         }
         if task.state.is_terminal() {
-            return Response::Rejected(Rejection::Terminal { id: task_id.to_string(), state: task.state });
+            return Response::Rejected(Rejection::Terminal {
+                id: task_id.to_string(),
+                state: task.state,
+            });
         }
         let live = task.lease == Some(token);
         let mut t = self.take(task_id).expect("present");
@@ -475,14 +579,16 @@ impl State {
                 kind = EventKind::Succeeded;
             } else {
                 self.end_lease(rev, &mut t, token, Outcome::Failed, fx);
-                kind = self.after_failure(now, &mut t, Some(report.exit_code), report.error.clone());
+                kind =
+                    self.after_failure(now, &mut t, Some(report.exit_code), report.error.clone());
             }
         } else if report.success {
             // The work did finish: accept it, and stop any newer attempt.
             if let Some(current) = t.lease {
                 self.end_lease(rev, &mut t, current, Outcome::Cancelled, fx);
                 if let Some(r) = t.record_mut(current) {
-                    r.error = format!("superseded: the attempt holding lease {token} reported success");
+                    r.error =
+                        format!("superseded: the attempt holding lease {token} reported success");
                 }
             }
             t.state = TaskState::Succeeded;
@@ -513,9 +619,19 @@ impl State {
         Response::Completed { task, late: !live }
     }
 
-    fn release(&mut self, rev: Revision, now: u64, token: Token, reason: &str, fx: &mut Effects) -> Response {
+    fn release(
+        &mut self,
+        rev: Revision,
+        now: u64,
+        token: Token,
+        reason: &str,
+        fx: &mut Effects,
+    ) -> Response {
         let Some(lease) = self.leases.get(&token) else {
-            return Response::Rejected(Rejection::LeaseLost { token, reason: self.lost_reason(token) });
+            return Response::Rejected(Rejection::LeaseLost {
+                token,
+                reason: self.lost_reason(token),
+            });
         };
         let id = lease.task_id.clone();
         let mut t = self.take(&id).expect("a live lease's task exists");
@@ -529,13 +645,25 @@ impl State {
         Response::Released { task }
     }
 
-    fn cancel(&mut self, rev: Revision, now: u64, id: &str, reason: &str, fx: &mut Effects) -> Response {
+    fn cancel(
+        &mut self,
+        rev: Revision,
+        now: u64,
+        id: &str,
+        reason: &str,
+        fx: &mut Effects,
+    ) -> Response {
         let Some(task) = self.tasks.get(id) else {
             return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() });
         };
         match task.state {
             TaskState::Cancelled => return Response::Cancelled { task: task.clone() },
-            s if s.is_terminal() => return Response::Rejected(Rejection::Terminal { id: id.to_string(), state: s }),
+            s if s.is_terminal() => {
+                return Response::Rejected(Rejection::Terminal {
+                    id: id.to_string(),
+                    state: s,
+                })
+            }
             _ => {}
         }
         let mut t = self.take(id).expect("present");
@@ -543,7 +671,11 @@ impl State {
             self.end_lease(rev, &mut t, token, Outcome::Cancelled, fx);
         }
         t.state = TaskState::Cancelled;
-        t.error = if reason.is_empty() { "cancelled".to_string() } else { reason.to_string() };
+        t.error = if reason.is_empty() {
+            "cancelled".to_string()
+        } else {
+            reason.to_string()
+        };
         let task = self.put(rev, now, t, Some(EventKind::Cancelled), fx);
         Response::Cancelled { task }
     }
@@ -563,7 +695,9 @@ impl State {
             return Response::Voted { expired };
         }
         for &(token, renewals_seen) in votes {
-            let Some(lease) = self.leases.get_mut(&token) else { continue };
+            let Some(lease) = self.leases.get_mut(&token) else {
+                continue;
+            };
             if lease.renewals != renewals_seen {
                 // A renewal was committed after the voter looked: it won the race.
                 continue;
@@ -578,9 +712,15 @@ impl State {
             let lease = self.end_lease(rev, &mut t, token, Outcome::Expired, fx);
             if let Some(r) = t.record_mut(token) {
                 r.expiry_voters = voters.clone();
-                r.error = format!("lease expired after {} renewals (ttl {} ms), by votes of nodes {voters:?}", lease.renewals, lease.ttl_ms);
+                r.error = format!(
+                    "lease expired after {} renewals (ttl {} ms), by votes of nodes {voters:?}",
+                    lease.renewals, lease.ttl_ms
+                );
             }
-            let error = format!("attempt {} lost its lease: no renewal within {} ms", lease.attempt, lease.ttl_ms);
+            let error = format!(
+                "attempt {} lost its lease: no renewal within {} ms",
+                lease.attempt, lease.ttl_ms
+            );
             let kind = self.after_failure(now, &mut t, None, error);
             self.put(rev, now, t, Some(kind), fx);
             expired.push(token);
@@ -595,31 +735,70 @@ impl State {
         let mut live_tasks = BTreeSet::new();
         for (token, l) in &self.leases {
             assert_eq!(*token, l.token);
-            assert!(*token <= self.last_token, "lease {token} above last token {}", self.last_token);
-            let t = self.tasks.get(&l.task_id).unwrap_or_else(|| panic!("lease {token} without task"));
-            assert_eq!(t.state, TaskState::Running, "lease {token} on a {:?} task", t.state);
-            assert_eq!(t.lease, Some(*token), "task {} does not point at its lease {token}", t.spec.id);
-            assert!(live_tasks.insert(l.task_id.clone()), "two live leases for task {}", l.task_id);
+            assert!(
+                *token <= self.last_token,
+                "lease {token} above last token {}",
+                self.last_token
+            );
+            let t = self
+                .tasks
+                .get(&l.task_id)
+                .unwrap_or_else(|| panic!("lease {token} without task"));
+            assert_eq!(
+                t.state,
+                TaskState::Running,
+                "lease {token} on a {:?} task",
+                t.state
+            );
+            assert_eq!(
+                t.lease,
+                Some(*token),
+                "task {} does not point at its lease {token}",
+                t.spec.id
+            );
+            assert!(
+                live_tasks.insert(l.task_id.clone()),
+                "two live leases for task {}",
+                l.task_id
+            );
         }
         let mut pending = 0;
         for (id, t) in &self.tasks {
             assert_eq!(id, &t.spec.id);
-            assert!(self.by_queue_state.contains(&(t.spec.queue.clone(), t.state, id.clone())));
+            assert!(self
+                .by_queue_state
+                .contains(&(t.spec.queue.clone(), t.state, id.clone())));
             match t.state {
                 TaskState::Running => {
-                    let tok = t.lease.unwrap_or_else(|| panic!("running task {id} without lease"));
+                    let tok = t
+                        .lease
+                        .unwrap_or_else(|| panic!("running task {id} without lease"));
                     assert!(self.leases.contains_key(&tok));
                 }
                 s => assert!(t.lease.is_none(), "{s:?} task {id} holds a lease"),
             }
             if t.state == TaskState::Pending {
                 pending += 1;
-                assert!(self.ready.get(&t.spec.queue).is_some_and(|r| r.contains(&ready_key(t))));
+                assert!(self
+                    .ready
+                    .get(&t.spec.queue)
+                    .is_some_and(|r| r.contains(&ready_key(t))));
             }
-            let running = t.history.iter().filter(|r| r.outcome == Outcome::Running).count();
-            assert!(running <= 1 && (running == 1) == (t.state == TaskState::Running), "task {id}: {running} running attempts in {:?}", t.state);
+            let running = t
+                .history
+                .iter()
+                .filter(|r| r.outcome == Outcome::Running)
+                .count();
+            assert!(
+                running <= 1 && (running == 1) == (t.state == TaskState::Running),
+                "task {id}: {running} running attempts in {:?}",
+                t.state
+            );
             for w in t.history.windows(2) {
-                assert!(w[0].lease_token < w[1].lease_token, "task {id}: tokens in history only grow");
+                assert!(
+                    w[0].lease_token < w[1].lease_token,
+                    "task {id}: tokens in history only grow"
+                );
             }
         }
         assert_eq!(self.by_queue_state.len(), self.tasks.len());

@@ -29,7 +29,12 @@ struct Sm {
 
 impl Sm {
     fn new() -> Self {
-        Sm { s: State::new(), rev: 0, fx: Effects::default(), cfg: voters(3) }
+        Sm {
+            s: State::new(),
+            rev: 0,
+            fx: Effects::default(),
+            cfg: voters(3),
+        }
     }
     fn run(&mut self, cmd: Command) -> Response {
         self.run_at(NOW, cmd)
@@ -37,10 +42,23 @@ impl Sm {
     fn run_at(&mut self, now: u64, cmd: Command) -> Response {
         self.rev += 1;
         self.fx.clear();
-        self.s.apply(self.rev, &Request { now_unix_ms: now, cmd }, &self.cfg, &mut self.fx)
+        self.s.apply(
+            self.rev,
+            &Request {
+                now_unix_ms: now,
+                cmd,
+            },
+            &self.cfg,
+            &mut self.fx,
+        )
     }
     fn claim(&mut self) -> (Task, Lease) {
-        match self.run(Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: None, task_id: None }) {
+        match self.run(Command::Claim {
+            queue: "q".into(),
+            worker_id: "w".into(),
+            lease_ttl_ms: None,
+            task_id: None,
+        }) {
             Response::Claimed { task, lease } => (task, lease),
             r => panic!("expected a claim, got {r:?}"),
         }
@@ -49,29 +67,53 @@ impl Sm {
         self.run(Command::Complete {
             task_id: id.into(),
             token,
-            report: Report { success, exit_code: if success { 0 } else { 3 }, result: b"r".to_vec(), error: String::new() },
+            report: Report {
+                success,
+                exit_code: if success { 0 } else { 3 },
+                result: b"r".to_vec(),
+                error: String::new(),
+            },
         })
     }
     fn vote(&mut self, voter: NodeId, token: Token, renewals: u64) -> Response {
-        self.run(Command::ExpiryVote { voter, votes: vec![(token, renewals)] })
+        self.run(Command::ExpiryVote {
+            voter,
+            votes: vec![(token, renewals)],
+        })
     }
 }
 
 #[test]
 fn lifecycle_submit_claim_renew_progress_complete() {
     let mut sm = Sm::new();
-    assert!(matches!(sm.run(Command::Submit(spec("a", 3))), Response::Submitted { created: true, .. }));
+    assert!(matches!(
+        sm.run(Command::Submit(spec("a", 3))),
+        Response::Submitted { created: true, .. }
+    ));
     let (task, lease) = sm.claim();
     assert_eq!(task.state, TaskState::Running);
     assert_eq!(lease.token, 2, "the token is the claim's log index");
     assert_eq!(sm.fx.heard, vec![(2, 0, 3000)]);
-    let r = sm.run(Command::RenewBatch { tokens: vec![2, 99] });
+    let r = sm.run(Command::RenewBatch {
+        tokens: vec![2, 99],
+    });
     assert_eq!(
         r,
-        Response::Renewed(vec![(2, RenewOutcome::Alive { renewals: 1 }), (99, RenewOutcome::Lost(LostReason::Unknown))])
+        Response::Renewed(vec![
+            (2, RenewOutcome::Alive { renewals: 1 }),
+            (99, RenewOutcome::Lost(LostReason::Unknown))
+        ])
     );
-    assert!(matches!(sm.run(Command::Progress { token: 2, progress: b"50%".to_vec() }), Response::Progressed { .. }));
-    let Response::Completed { task, late } = sm.complete("a", 2, true) else { panic!() };
+    assert!(matches!(
+        sm.run(Command::Progress {
+            token: 2,
+            progress: b"50%".to_vec()
+        }),
+        Response::Progressed { .. }
+    ));
+    let Response::Completed { task, late } = sm.complete("a", 2, true) else {
+        panic!()
+    };
     assert!(!late);
     assert_eq!(task.state, TaskState::Succeeded);
     assert_eq!(task.progress, b"50%");
@@ -84,7 +126,10 @@ fn lifecycle_submit_claim_renew_progress_complete() {
 fn submit_is_idempotent_and_detects_conflicts() {
     let mut sm = Sm::new();
     sm.run(Command::Submit(spec("a", 3)));
-    assert!(matches!(sm.run(Command::Submit(spec("a", 3))), Response::Submitted { created: false, .. }));
+    assert!(matches!(
+        sm.run(Command::Submit(spec("a", 3))),
+        Response::Submitted { created: false, .. }
+    ));
     assert_eq!(
         sm.run(Command::Submit(spec("a", 4))),
         Response::Rejected(Rejection::AlreadyExists { id: "a".into() })
@@ -102,7 +147,10 @@ fn repeated_report_gets_the_same_answer() {
     assert_eq!(first, again);
     assert!(sm.fx.events.is_empty(), "the repeat changes nothing");
     // A different report for the same attempt is refused.
-    assert!(matches!(sm.complete("a", lease.token, false), Response::Rejected(_)));
+    assert!(matches!(
+        sm.complete("a", lease.token, false),
+        Response::Rejected(_)
+    ));
 }
 
 #[test]
@@ -114,10 +162,22 @@ fn expiry_needs_a_majority_at_the_same_renewal_count() {
     assert_eq!(sm.vote(1, t, 0), Response::Voted { expired: vec![] });
     // A renewal lands between the votes: earlier votes are void.
     sm.run(Command::RenewBatch { tokens: vec![t] });
-    assert_eq!(sm.vote(2, t, 0), Response::Voted { expired: vec![] }, "stale renewal count is ignored");
+    assert_eq!(
+        sm.vote(2, t, 0),
+        Response::Voted { expired: vec![] },
+        "stale renewal count is ignored"
+    );
     assert_eq!(sm.vote(2, t, 1), Response::Voted { expired: vec![] });
-    assert_eq!(sm.vote(2, t, 1), Response::Voted { expired: vec![] }, "one voter counts once");
-    assert_eq!(sm.vote(9, t, 1), Response::Voted { expired: vec![] }, "non-members have no say");
+    assert_eq!(
+        sm.vote(2, t, 1),
+        Response::Voted { expired: vec![] },
+        "one voter counts once"
+    );
+    assert_eq!(
+        sm.vote(9, t, 1),
+        Response::Voted { expired: vec![] },
+        "non-members have no say"
+    );
     assert_eq!(sm.vote(3, t, 1), Response::Voted { expired: vec![t] });
     let task = sm.s.task("a").unwrap();
     assert_eq!(task.state, TaskState::Pending);
@@ -169,17 +229,40 @@ fn retries_back_off_and_then_fail() {
     sm.complete("a", l1.token, false);
     let t = sm.s.task("a").unwrap().clone();
     assert_eq!(t.state, TaskState::Pending);
-    assert!(!sm.s.has_claimable("q", NOW + 99), "not before its back-off");
+    assert!(
+        !sm.s.has_claimable("q", NOW + 99),
+        "not before its back-off"
+    );
     assert_eq!(
-        sm.run_at(NOW + 50, Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: None, task_id: None }),
+        sm.run_at(
+            NOW + 50,
+            Command::Claim {
+                queue: "q".into(),
+                worker_id: "w".into(),
+                lease_ttl_ms: None,
+                task_id: None
+            }
+        ),
         Response::NoTask
     );
-    let r = sm.run_at(NOW + 100, Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: Some(5000), task_id: None });
-    let Response::Claimed { lease: l2, .. } = r else { panic!("{r:?}") };
+    let r = sm.run_at(
+        NOW + 100,
+        Command::Claim {
+            queue: "q".into(),
+            worker_id: "w".into(),
+            lease_ttl_ms: Some(5000),
+            task_id: None,
+        },
+    );
+    let Response::Claimed { lease: l2, .. } = r else {
+        panic!("{r:?}")
+    };
     assert_eq!(l2.attempt, 2);
     assert_eq!(l2.ttl_ms, 5000);
     assert!(l2.token > l1.token);
-    let Response::Completed { task, .. } = sm.complete("a", l2.token, false) else { panic!() };
+    let Response::Completed { task, .. } = sm.complete("a", l2.token, false) else {
+        panic!()
+    };
     assert_eq!(task.state, TaskState::Failed);
     assert_eq!(task.exit_code, Some(3));
 }
@@ -191,12 +274,26 @@ fn late_success_is_accepted_and_supersedes_a_newer_attempt() {
     let (_, l1) = sm.claim();
     sm.vote(1, l1.token, 0);
     sm.vote(2, l1.token, 0);
-    let r = sm.run_at(NOW + 1000, Command::Claim { queue: "q".into(), worker_id: "w2".into(), lease_ttl_ms: None, task_id: None });
-    let Response::Claimed { lease: l2, .. } = r else { panic!("{r:?}") };
+    let r = sm.run_at(
+        NOW + 1000,
+        Command::Claim {
+            queue: "q".into(),
+            worker_id: "w2".into(),
+            lease_ttl_ms: None,
+            task_id: None,
+        },
+    );
+    let Response::Claimed { lease: l2, .. } = r else {
+        panic!("{r:?}")
+    };
     // The first worker's renewal learns why it lost the lease.
-    assert!(matches!(sm.run(Command::RenewBatch { tokens: vec![l1.token] }), Response::Renewed(v) if matches!(v[0].1, RenewOutcome::Lost(LostReason::Expired { .. }))));
+    assert!(
+        matches!(sm.run(Command::RenewBatch { tokens: vec![l1.token] }), Response::Renewed(v) if matches!(v[0].1, RenewOutcome::Lost(LostReason::Expired { .. })))
+    );
     // But its success is the truth: the task succeeded.
-    let Response::Completed { task, late } = sm.complete("a", l1.token, true) else { panic!() };
+    let Response::Completed { task, late } = sm.complete("a", l1.token, true) else {
+        panic!()
+    };
     assert!(late);
     assert_eq!(task.state, TaskState::Succeeded);
     assert!(task.history[0].late);
@@ -204,13 +301,23 @@ fn late_success_is_accepted_and_supersedes_a_newer_attempt() {
     assert_eq!(task.history[1].outcome, Outcome::Cancelled);
     // The newer attempt learns it at its next renewal.
     assert_eq!(
-        sm.run(Command::RenewBatch { tokens: vec![l2.token] }),
-        Response::Renewed(vec![(l2.token, RenewOutcome::Lost(LostReason::Finished { state: TaskState::Succeeded }))])
+        sm.run(Command::RenewBatch {
+            tokens: vec![l2.token]
+        }),
+        Response::Renewed(vec![(
+            l2.token,
+            RenewOutcome::Lost(LostReason::Finished {
+                state: TaskState::Succeeded
+            })
+        )])
     );
     // Its own success now answers that the task is terminal.
     assert_eq!(
         sm.complete("a", l2.token, true),
-        Response::Rejected(Rejection::Terminal { id: "a".into(), state: TaskState::Succeeded })
+        Response::Rejected(Rejection::Terminal {
+            id: "a".into(),
+            state: TaskState::Succeeded
+        })
     );
 }
 
@@ -219,13 +326,21 @@ fn stale_failure_is_recorded_but_changes_nothing() {
     let mut sm = Sm::new();
     sm.run(Command::Submit(spec("a", 3)));
     let (_, l1) = sm.claim();
-    sm.run(Command::Release { token: l1.token, reason: "shutting down".into() });
+    sm.run(Command::Release {
+        token: l1.token,
+        reason: "shutting down".into(),
+    });
     let (_, l2) = sm.claim();
-    let Response::Completed { task, late } = sm.complete("a", l1.token, false) else { panic!() };
+    let Response::Completed { task, late } = sm.complete("a", l1.token, false) else {
+        panic!()
+    };
     assert!(late);
     assert_eq!(task.state, TaskState::Running);
     assert_eq!(task.lease, Some(l2.token));
-    assert_eq!(task.failures, 0, "a released attempt and a stale failure do not use up attempts");
+    assert_eq!(
+        task.failures, 0,
+        "a released attempt and a stale failure do not use up attempts"
+    );
     assert_eq!(sm.fx.events[0].kind, EventKind::LateReport);
 }
 
@@ -234,15 +349,33 @@ fn cancel_ends_the_lease_and_is_final() {
     let mut sm = Sm::new();
     sm.run(Command::Submit(spec("a", 3)));
     let (_, l) = sm.claim();
-    assert!(matches!(sm.run(Command::Cancel { task_id: "a".into(), reason: "".into() }), Response::Cancelled { .. }));
-    assert!(matches!(sm.run(Command::Cancel { task_id: "a".into(), reason: "".into() }), Response::Cancelled { .. }));
+    assert!(matches!(
+        sm.run(Command::Cancel {
+            task_id: "a".into(),
+            reason: "".into()
+        }),
+        Response::Cancelled { .. }
+    ));
+    assert!(matches!(
+        sm.run(Command::Cancel {
+            task_id: "a".into(),
+            reason: "".into()
+        }),
+        Response::Cancelled { .. }
+    ));
     assert_eq!(sm.s.lost_reason(l.token), LostReason::Cancelled);
     assert_eq!(
         sm.complete("a", l.token, true),
-        Response::Rejected(Rejection::Terminal { id: "a".into(), state: TaskState::Cancelled })
+        Response::Rejected(Rejection::Terminal {
+            id: "a".into(),
+            state: TaskState::Cancelled
+        })
     );
     assert_eq!(
-        sm.run(Command::Cancel { task_id: "zz".into(), reason: "".into() }),
+        sm.run(Command::Cancel {
+            task_id: "zz".into(),
+            reason: "".into()
+        }),
         Response::Rejected(Rejection::TaskNotFound { id: "zz".into() })
     );
 }
@@ -253,16 +386,36 @@ fn claim_by_id_and_listing() {
     for id in ["a", "b", "c"] {
         sm.run(Command::Submit(spec(id, 3)));
     }
-    let r = sm.run(Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: None, task_id: Some("b".into()) });
+    let r = sm.run(Command::Claim {
+        queue: "q".into(),
+        worker_id: "w".into(),
+        lease_ttl_ms: None,
+        task_id: Some("b".into()),
+    });
     assert!(matches!(r, Response::Claimed { ref task, .. } if task.spec.id == "b"));
-    let r = sm.run(Command::Claim { queue: "q".into(), worker_id: "w".into(), lease_ttl_ms: None, task_id: Some("b".into()) });
-    assert_eq!(r, Response::Rejected(Rejection::NotClaimable { id: "b".into(), state: TaskState::Running }));
+    let r = sm.run(Command::Claim {
+        queue: "q".into(),
+        worker_id: "w".into(),
+        lease_ttl_ms: None,
+        task_id: Some("b".into()),
+    });
+    assert_eq!(
+        r,
+        Response::Rejected(Rejection::NotClaimable {
+            id: "b".into(),
+            state: TaskState::Running
+        })
+    );
     let (page, next) = sm.s.list(Some("q"), Some(TaskState::Pending), None, 1);
     assert_eq!(page.iter().map(|t| t.id()).collect::<Vec<_>>(), vec!["a"]);
-    let (page, next) = sm.s.list(Some("q"), Some(TaskState::Pending), next.as_ref(), 1);
+    let (page, next) =
+        sm.s.list(Some("q"), Some(TaskState::Pending), next.as_ref(), 1);
     assert_eq!(page.iter().map(|t| t.id()).collect::<Vec<_>>(), vec!["c"]);
     assert!(next.is_none(), "no page follows the last one");
-    assert_eq!(sm.s.list(None, Some(TaskState::Running), None, 10).0.len(), 1);
+    assert_eq!(
+        sm.s.list(None, Some(TaskState::Running), None, 10).0.len(),
+        1
+    );
     assert_eq!(sm.s.list(Some("q"), None, None, 10).0.len(), 3);
     assert_eq!(sm.s.list(Some("other"), None, None, 10).0.len(), 0);
 }
@@ -285,23 +438,44 @@ fn arb_cmd() -> impl Strategy<Value = (u64, Command)> {
     let queue = prop::sample::select(vec!["q", "r"]).prop_map(String::from);
     let token = 0u64..40;
     let cmd = prop_oneof![
-        (id.clone(), queue.clone(), 1u32..4).prop_map(|(id, queue, m)| Command::Submit(TaskSpec { queue, ..spec(&id, m) })),
+        (id.clone(), queue.clone(), 1u32..4).prop_map(|(id, queue, m)| Command::Submit(TaskSpec {
+            queue,
+            ..spec(&id, m)
+        })),
         (queue.clone(), prop::option::of(id.clone())).prop_map(|(queue, task_id)| Command::Claim {
             queue,
             worker_id: "w".into(),
             lease_ttl_ms: None,
             task_id
         }),
-        prop::collection::vec(token.clone(), 0..4).prop_map(|tokens| Command::RenewBatch { tokens }),
-        token.clone().prop_map(|token| Command::Progress { token, progress: vec![1] }),
-        (id.clone(), token.clone(), any::<bool>()).prop_map(|(task_id, token, success)| Command::Complete {
-            task_id,
+        prop::collection::vec(token.clone(), 0..4)
+            .prop_map(|tokens| Command::RenewBatch { tokens }),
+        token.clone().prop_map(|token| Command::Progress {
             token,
-            report: Report { success, exit_code: if success { 0 } else { 1 }, result: vec![], error: String::new() }
+            progress: vec![1]
         }),
-        token.clone().prop_map(|token| Command::Release { token, reason: String::new() }),
-        id.prop_map(|task_id| Command::Cancel { task_id, reason: String::new() }),
-        (1u64..5, prop::collection::vec((token, 0u64..3), 1..3)).prop_map(|(voter, votes)| Command::ExpiryVote { voter, votes }),
+        (id.clone(), token.clone(), any::<bool>()).prop_map(|(task_id, token, success)| {
+            Command::Complete {
+                task_id,
+                token,
+                report: Report {
+                    success,
+                    exit_code: if success { 0 } else { 1 },
+                    result: vec![],
+                    error: String::new(),
+                },
+            }
+        }),
+        token.clone().prop_map(|token| Command::Release {
+            token,
+            reason: String::new()
+        }),
+        id.prop_map(|task_id| Command::Cancel {
+            task_id,
+            reason: String::new()
+        }),
+        (1u64..5, prop::collection::vec((token, 0u64..3), 1..3))
+            .prop_map(|(voter, votes)| Command::ExpiryVote { voter, votes }),
     ];
     (0u64..500, cmd)
 }

@@ -21,7 +21,10 @@ pub enum TaskState {
 
 impl TaskState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
     }
     pub fn as_str(self) -> &'static str {
         match self {
@@ -122,7 +125,10 @@ impl Task {
         &self.spec.queue
     }
     pub fn record_mut(&mut self, token: Token) -> Option<&mut AttemptRecord> {
-        self.history.iter_mut().rev().find(|r| r.lease_token == token)
+        self.history
+            .iter_mut()
+            .rev()
+            .find(|r| r.lease_token == token)
     }
     pub fn record(&self, token: Token) -> Option<&AttemptRecord> {
         self.history.iter().rev().find(|r| r.lease_token == token)
@@ -207,10 +213,14 @@ impl Command {
 /// Why a lease token no longer holds its task.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum LostReason {
-    Expired { voters: Vec<NodeId> },
+    Expired {
+        voters: Vec<NodeId>,
+    },
     Cancelled,
     /// The task reached a terminal state, or another attempt finished it.
-    Finished { state: TaskState },
+    Finished {
+        state: TaskState,
+    },
     Released,
     /// The attempt reported failure and ended.
     Failed,
@@ -227,7 +237,11 @@ impl std::fmt::Display for LostReason {
             ),
             LostReason::Cancelled => write!(f, "the task was cancelled"),
             LostReason::Finished { state } => {
-                write!(f, "the task is already {} (finished by another attempt or report)", state.as_str())
+                write!(
+                    f,
+                    "the task is already {} (finished by another attempt or report)",
+                    state.as_str()
+                )
             }
             LostReason::Released => write!(f, "the lease was released by its worker"),
             LostReason::Failed => write!(f, "this attempt already reported failure"),

@@ -20,13 +20,22 @@ pub struct EventLog {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WatchError {
     #[error("revision {requested} is no longer retained: the oldest revision kept is {oldest}; resume from it (and re-read state with ListTasks) or from 0 for live changes only")]
-    Compacted { requested: Revision, oldest: Revision },
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
 }
 
 impl EventLog {
     pub fn new(capacity: usize) -> Self {
         let (live, _) = broadcast::channel(4096);
-        Self { ring: VecDeque::new(), capacity: capacity.max(1), floor: 1, head: 0, live }
+        Self {
+            ring: VecDeque::new(),
+            capacity: capacity.max(1),
+            floor: 1,
+            head: 0,
+            live,
+        }
     }
 
     /// Forgets everything before `rev` + 1 (a snapshot was loaded or installed at `rev`).
@@ -65,13 +74,19 @@ impl EventLog {
     /// Events with revision ≥ `from`, and a subscription to everything after them. `from` = 0
     /// means live changes only.
     #[allow(clippy::type_complexity)]
-    pub fn watch(&self, from: Revision) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), WatchError> {
+    pub fn watch(
+        &self,
+        from: Revision,
+    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), WatchError> {
         let rx = self.live.subscribe();
         if from == 0 {
             return Ok((Vec::new(), rx));
         }
         if from < self.floor {
-            return Err(WatchError::Compacted { requested: from, oldest: self.floor });
+            return Err(WatchError::Compacted {
+                requested: from,
+                oldest: self.floor,
+            });
         }
         let start = self.ring.partition_point(|e| e.revision < from);
         Ok((self.ring.range(start..).cloned().collect(), rx))
@@ -80,7 +95,10 @@ impl EventLog {
     /// Events with revision ≥ `from`, for a watcher that fell behind the live channel.
     pub fn since(&self, from: Revision) -> Result<Vec<Arc<Event>>, WatchError> {
         if from < self.floor {
-            return Err(WatchError::Compacted { requested: from, oldest: self.floor });
+            return Err(WatchError::Compacted {
+                requested: from,
+                oldest: self.floor,
+            });
         }
         let start = self.ring.partition_point(|e| e.revision < from);
         Ok(self.ring.range(start..).cloned().collect())

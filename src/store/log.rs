@@ -39,7 +39,9 @@ impl LogStore {
     fn get_meta<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Option<T>, StorageError> {
         match self.meta.get(k).map_err(|e| StorageIOError::read(&e))? {
             None => Ok(None),
-            Some(v) => Ok(Some(codec::decode(&v).map_err(|e| StorageIOError::read(&e))?)),
+            Some(v) => Ok(Some(
+                codec::decode(&v).map_err(|e| StorageIOError::read(&e))?,
+            )),
         }
     }
 
@@ -90,10 +92,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta::<Option<LogId>>("last_purged")?.flatten();
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
-            Some((_, v)) => Some(codec::decode::<Entry>(&v).map_err(|e| StorageIOError::read_logs(&e))?.log_id),
+            Some((_, v)) => Some(
+                codec::decode::<Entry>(&v)
+                    .map_err(|e| StorageIOError::read_logs(&e))?
+                    .log_id,
+            ),
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -104,7 +113,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert("vote", codec::encode(vote))
             .map_err(|e| StorageIOError::write_vote(&e))?;
-        self.db.flush_async().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
@@ -122,7 +134,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -131,7 +147,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             batch.insert(&key(e.log_id.index), codec::encode(&e));
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         // Durable before openraft hears of it.
         let res = self.flush().await;
         match &res {
@@ -147,7 +165,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (k, _) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
@@ -158,7 +178,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (k, _) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }

@@ -12,12 +12,15 @@ mod sm;
 
 pub use events::{EventLog, WatchError};
 pub use log::LogStore;
-pub use sm::{Shared, StateMachineStore, Applied};
+pub use sm::{Applied, Shared, StateMachineStore};
 
 use std::path::Path;
 
 /// Opens (or creates) the node's storage under `dir`.
-pub fn open(dir: &Path, shared: std::sync::Arc<Shared>) -> Result<(LogStore, StateMachineStore), crate::raft::StorageError> {
+pub fn open(
+    dir: &Path,
+    shared: std::sync::Arc<Shared>,
+) -> Result<(LogStore, StateMachineStore), crate::raft::StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| openraft::StorageIOError::write(&e))?;
     let db = sled::Config::new()
         .path(dir.join("sled"))

@@ -49,9 +49,16 @@ impl Shared {
     fn replace(&self, state: State, meta: &SnapshotMeta) {
         let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         let mut a = self.applied.write().expect("lock");
-        self.timers.lock().expect("lock").reset(state.leases(), self.clock.monotonic_ms());
+        self.timers
+            .lock()
+            .expect("lock")
+            .reset(state.leases(), self.clock.monotonic_ms());
         self.events.lock().expect("lock").reset(idx);
-        *a = Applied { state, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        *a = Applied {
+            state,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
         drop(a);
         self.applied_index.send_replace(idx);
     }
@@ -112,10 +119,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let (data, meta) = {
             let a = self.shared.applied.read().expect("lock");
             let id = match a.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.shared.clock.unix_ms()),
+                Some(l) => format!(
+                    "{}-{}-{}",
+                    l.leader_id,
+                    l.index,
+                    self.shared.clock.unix_ms()
+                ),
                 None => format!("empty-{}", self.shared.clock.unix_ms()),
             };
-            let meta = SnapshotMeta { last_log_id: a.last_applied, last_membership: a.membership.clone(), snapshot_id: id };
+            let meta = SnapshotMeta {
+                last_log_id: a.last_applied,
+                last_membership: a.membership.clone(),
+                snapshot_id: id,
+            };
             (a.state.to_bytes(), meta)
         };
         let (path, bytes) = (self.path.clone(), codec::encode(&(&meta, &data)));
@@ -124,7 +140,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .map_err(write_err)?
             .map_err(write_err)?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -168,7 +187,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             a.last_applied.map(|l| l.index).unwrap_or(0)
         };
-        self.shared.timers.lock().expect("lock").apply(&fx, self.shared.clock.monotonic_ms());
+        self.shared
+            .timers
+            .lock()
+            .expect("lock")
+            .apply(&fx, self.shared.clock.monotonic_ms());
         {
             let mut ev = self.shared.events.lock().expect("lock");
             for e in fx.events {
@@ -188,7 +211,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let state = State::from_bytes(&data).map_err(read_err)?;
         self.write_file(meta, &data)?;
@@ -198,6 +225,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.read_file()?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(self.read_file()?.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }

@@ -1,0 +1,278 @@
+//! The Scheduler service: submit, read, list, cancel and watch tasks.
+use super::{convert, error, read, validate};
+use crate::node::Node;
+use crate::proto::v1::{self as pb, scheduler_server::Scheduler};
+use crate::state::{Command, Response as SmResponse, TaskSpec, TaskState};
+use crate::store::WatchError;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+pub struct SchedulerSvc {
+    pub node: Arc<Node>,
+}
+
+fn generate_id() -> String {
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}
+
+/// A page token is the hex of the last (queue, state, id) key of the previous page.
+fn encode_page(k: &(String, TaskState, String)) -> String {
+    crate::raft::codec::encode(k)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_page(s: &str) -> Result<(String, TaskState, String), Status> {
+    let bad = || {
+        Status::invalid_argument("page_token is not one this service returned: pass next_page_token unchanged, or empty for the first page")
+    };
+    if s.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes: Result<Vec<u8>, _> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
+        .collect();
+    crate::raft::codec::decode(&bytes.map_err(|_| bad())?).map_err(|_| bad())
+}
+
+type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerSvc {
+    async fn submit_task(
+        &self,
+        req: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        let r = req.into_inner();
+        let l = &self.node.config.limits;
+        validate::queue(&r.queue)?;
+        let id = if r.id.is_empty() { generate_id() } else { r.id };
+        validate::task_id(&id)?;
+        validate::bytes("payload", r.payload.len(), l.max_payload_bytes)?;
+        let max_attempts = if r.max_attempts == 0 {
+            l.default_max_attempts
+        } else {
+            r.max_attempts
+        };
+        if max_attempts > l.max_attempts_cap {
+            return Err(Status::invalid_argument(format!(
+                "max_attempts {max_attempts} is above the limit {}: lower it",
+                l.max_attempts_cap
+            )));
+        }
+        let ttl = validate::ttl(l, r.lease_ttl_ms, l.default_ttl_ms)?;
+        let retry = r.retry.unwrap_or_default();
+        let initial = if retry.initial_backoff_ms == 0 {
+            l.default_initial_backoff_ms
+        } else {
+            retry.initial_backoff_ms
+        };
+        let max = if retry.max_backoff_ms == 0 {
+            l.default_max_backoff_ms.max(initial)
+        } else {
+            retry.max_backoff_ms
+        };
+        if initial > max {
+            return Err(Status::invalid_argument(format!("retry.initial_backoff_ms {initial} exceeds retry.max_backoff_ms {max}: lower it or raise the maximum")));
+        }
+        let spec = TaskSpec {
+            id,
+            queue: r.queue,
+            payload: r.payload,
+            max_attempts,
+            lease_ttl_ms: ttl,
+            initial_backoff_ms: initial,
+            max_backoff_ms: max,
+        };
+        match self
+            .node
+            .propose(Command::Submit(spec))
+            .await
+            .map_err(error::node)?
+        {
+            SmResponse::Submitted { task, created } => Ok(Response::new(pb::SubmitTaskResponse {
+                task: Some(convert::task_to_pb(&task, None)),
+                created,
+            })),
+            SmResponse::Rejected(rej) => Err(error::rejection(&rej)),
+            other => Err(error::unexpected("submit", &other)),
+        }
+    }
+
+    async fn get_task(
+        &self,
+        req: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let r = req.into_inner();
+        validate::task_id(&r.id)?;
+        let (task, revision) = read(&self.node, r.consistency, |s| {
+            s.task(&r.id).map(|t| convert::task_in(s, t))
+        })
+        .await?;
+        match task {
+            Some(t) => Ok(Response::new(pb::GetTaskResponse {
+                task: Some(t),
+                revision,
+            })),
+            None => Err(Status::not_found(format!("task {:?} not found", r.id))),
+        }
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let r = req.into_inner();
+        if !r.queue.is_empty() {
+            validate::queue(&r.queue)?;
+        }
+        let state = pb::TaskState::try_from(r.state).map_err(|_| {
+            Status::invalid_argument(format!("state {} is not a TaskState", r.state))
+        })?;
+        let state = convert::state_from_pb(state);
+        if r.page_size > validate::MAX_PAGE_SIZE {
+            return Err(Status::invalid_argument(format!(
+                "page_size {} is above {}: lower it",
+                r.page_size,
+                validate::MAX_PAGE_SIZE
+            )));
+        }
+        let limit = if r.page_size == 0 {
+            100
+        } else {
+            r.page_size as usize
+        };
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_page(&r.page_token)?)
+        };
+        let queue = (!r.queue.is_empty()).then_some(r.queue.as_str());
+        let ((tasks, next), revision) = read(&self.node, r.consistency, |s| {
+            let (page, next) = s.list(queue, state, after.as_ref(), limit);
+            (
+                page.into_iter()
+                    .map(|t| convert::task_in(s, t))
+                    .collect::<Vec<_>>(),
+                next,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks,
+            next_page_token: next.as_ref().map(encode_page).unwrap_or_default(),
+            revision,
+        }))
+    }
+
+    async fn cancel_task(
+        &self,
+        req: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let r = req.into_inner();
+        validate::task_id(&r.id)?;
+        validate::bytes("reason", r.reason.len(), validate::MAX_ERROR_LEN)?;
+        match self
+            .node
+            .propose(Command::Cancel {
+                task_id: r.id,
+                reason: r.reason,
+            })
+            .await
+            .map_err(error::node)?
+        {
+            SmResponse::Cancelled { task } => Ok(Response::new(pb::CancelTaskResponse {
+                task: Some(convert::task_to_pb(&task, None)),
+            })),
+            SmResponse::Rejected(rej) => Err(error::rejection(&rej)),
+            other => Err(error::unexpected("cancel", &other)),
+        }
+    }
+
+    type WatchTasksStream = WatchStream;
+
+    async fn watch_tasks(
+        &self,
+        req: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let r = req.into_inner();
+        if !r.queue.is_empty() {
+            validate::queue(&r.queue)?;
+        }
+        let compacted = |e: WatchError| Status::out_of_range(e.to_string());
+        let (backlog, live, head) = {
+            let ev = self.node.shared.events.lock().expect("lock");
+            let (b, l) = ev.watch(r.from_revision).map_err(compacted)?;
+            (b, l, ev.head())
+        };
+        let start = if r.from_revision == 0 {
+            head + 1
+        } else {
+            r.from_revision
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let node = self.node.clone();
+        let mut stop = node.shutdown_signal();
+        tokio::spawn(async move {
+            let wanted = |e: &crate::state::Event| {
+                (r.queue.is_empty() || e.task.spec.queue == r.queue)
+                    && (r.task_id.is_empty() || e.task.spec.id == r.task_id)
+            };
+            // The last revision passed on, and how many of its events: a resume after falling
+            // behind re-reads that revision and skips what was passed on already.
+            let (mut last_rev, mut seen_in_last, mut skip) = (0u64, 0usize, 0usize);
+            let (mut pending, mut live) = (backlog, live);
+            loop {
+                for e in pending.drain(..) {
+                    if skip > 0 && e.revision == last_rev {
+                        skip -= 1;
+                        continue;
+                    }
+                    skip = 0;
+                    if e.revision == last_rev {
+                        seen_in_last += 1;
+                    } else {
+                        (last_rev, seen_in_last) = (e.revision, 1);
+                    }
+                    if wanted(&e) && tx.send(Ok(convert::event_to_pb(&e))).await.is_err() {
+                        return;
+                    }
+                }
+                let next = tokio::select! {
+                    n = live.recv() => n,
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("the node is shutting down: resume the watch on another node"))).await;
+                        return;
+                    }
+                };
+                match next {
+                    Ok(e) => pending.push(e),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let from = if last_rev > 0 { last_rev } else { start };
+                        let res = node.shared.events.lock().expect("lock").watch(from);
+                        match res {
+                            Ok((b, l)) => {
+                                (pending, live, skip) = (b, l, seen_in_last);
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(compacted(e))).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,89 @@
+//! Checks of request fields against the node's limits, before anything is proposed.
+use crate::node::Limits;
+use tonic::Status;
+
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_ID_LEN: usize = 256;
+pub const MAX_ERROR_LEN: usize = 64 * 1024;
+pub const MAX_TOKENS_PER_HEARTBEAT: usize = 10_000;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+pub fn queue(q: &str) -> Result<(), Status> {
+    let ok = !q.is_empty()
+        && q.len() <= MAX_NAME_LEN
+        && q.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(&b));
+    if ok {
+        Ok(())
+    } else if q.is_empty() {
+        Err(Status::invalid_argument(
+            "queue is empty: name the queue (1-128 characters from A-Z a-z 0-9 _ . : / -)",
+        ))
+    } else {
+        Err(Status::invalid_argument(format!(
+            "queue {q:?} is invalid: use 1-128 characters from A-Z a-z 0-9 _ . : / -"
+        )))
+    }
+}
+
+fn printable_id(what: &str, id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} is empty: set it")));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Status::invalid_argument(format!(
+            "{what} is {} bytes, the limit is {MAX_ID_LEN}: shorten it",
+            id.len()
+        )));
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Status::invalid_argument(format!(
+            "{what} {id:?} contains whitespace or control characters: remove them"
+        )));
+    }
+    Ok(())
+}
+
+pub fn task_id(id: &str) -> Result<(), Status> {
+    printable_id("task id", id)
+}
+
+pub fn worker_id(id: &str) -> Result<(), Status> {
+    printable_id("worker_id", id)
+}
+
+pub fn token(t: u64) -> Result<(), Status> {
+    if t == 0 {
+        Err(Status::invalid_argument(
+            "lease_token is 0: pass the token your claim returned",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A TTL request: 0 means `default`.
+pub fn ttl(limits: &Limits, ttl_ms: u64, default: u64) -> Result<u64, Status> {
+    let t = if ttl_ms == 0 { default } else { ttl_ms };
+    if t < limits.min_ttl_ms {
+        return Err(Status::invalid_argument(format!(
+            "lease_ttl_ms {t} is below the minimum {}: raise it",
+            limits.min_ttl_ms
+        )));
+    }
+    if t > limits.max_ttl_ms {
+        return Err(Status::invalid_argument(format!(
+            "lease_ttl_ms {t} is above the maximum {}: lower it and renew more often",
+            limits.max_ttl_ms
+        )));
+    }
+    Ok(t)
+}
+
+pub fn bytes(what: &str, len: usize, max: usize) -> Result<(), Status> {
+    if len > max {
+        Err(Status::invalid_argument(format!("{what} is {len} bytes, the limit is {max}: store large data elsewhere and pass a reference")))
+    } else {
+        Ok(())
+    }
+}

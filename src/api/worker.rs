@@ -1,0 +1,299 @@
+//! The Worker service: claim, renew (unary and streamed), progress, complete, release.
+use super::{convert, error, validate};
+use crate::node::Node;
+use crate::proto::v1::{self as pb, worker_server::Worker};
+use crate::state::{Command, RenewOutcome, Report, Response as SmResponse, Token};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct WorkerSvc {
+    pub node: Arc<Node>,
+}
+
+/// The renew interval a worker is told: about a third of the TTL, jittered by ±10% so that
+/// workers started together do not renew in lockstep.
+pub fn advised_interval_ms(ttl_ms: u64) -> u64 {
+    let base = ttl_ms / 3;
+    let jitter = base / 10;
+    if jitter == 0 {
+        return base.max(1);
+    }
+    base - jitter + rand::random::<u64>() % (2 * jitter + 1)
+}
+
+fn lease_of(node: &Node, token: Token, renewals: u64) -> Option<pb::Lease> {
+    let a = node.shared.applied.read().expect("lock");
+    a.state.lease(token).map(|l| pb::Lease {
+        renewals: renewals.max(l.renewals),
+        ..convert::lease_to_pb(l)
+    })
+}
+
+type HeartbeatStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Worker for WorkerSvc {
+    async fn claim_task(
+        &self,
+        req: Request<pb::ClaimTaskRequest>,
+    ) -> Result<Response<pb::ClaimTaskResponse>, Status> {
+        let r = req.into_inner();
+        let l = &self.node.config.limits;
+        validate::queue(&r.queue)?;
+        validate::worker_id(&r.worker_id)?;
+        let ttl = if r.lease_ttl_ms == 0 {
+            None
+        } else {
+            Some(validate::ttl(l, r.lease_ttl_ms, 0)?)
+        };
+        if r.wait_ms > l.max_wait_ms {
+            return Err(Status::invalid_argument(format!(
+                "wait_ms {} is above {}: lower it and call again",
+                r.wait_ms, l.max_wait_ms
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms);
+        let mut applied = self.node.shared.applied_index.subscribe();
+        loop {
+            let now = self.node.clock.unix_ms();
+            let (claimable, next_ready) = {
+                let a = self.node.shared.applied.read().expect("lock");
+                (
+                    a.state.has_claimable(&r.queue, now),
+                    a.state.next_ready_at(&r.queue),
+                )
+            };
+            if claimable {
+                let cmd = Command::Claim {
+                    queue: r.queue.clone(),
+                    worker_id: r.worker_id.clone(),
+                    lease_ttl_ms: ttl,
+                    task_id: None,
+                };
+                match self.node.propose(cmd).await.map_err(error::node)? {
+                    SmResponse::Claimed { task, lease } => {
+                        return Ok(Response::new(pb::ClaimTaskResponse {
+                            task: Some(convert::task_to_pb(&task, Some(&lease))),
+                            lease: Some(convert::lease_to_pb(&lease)),
+                            renew_interval_ms: advised_interval_ms(lease.ttl_ms),
+                        }))
+                    }
+                    SmResponse::NoTask => {}
+                    SmResponse::Rejected(rej) => return Err(error::rejection(&rej)),
+                    other => return Err(error::unexpected("claim", &other)),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(pb::ClaimTaskResponse::default()));
+            }
+            // Wait for a change, for a retry's back-off to pass, or for the deadline.
+            let wake = next_ready
+                .map(|nb| Duration::from_millis(nb.saturating_sub(now).max(1)))
+                .unwrap_or(Duration::MAX);
+            let until =
+                deadline.min(tokio::time::Instant::now() + wake.min(Duration::from_secs(60)));
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn renew_lease(
+        &self,
+        req: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        let token = req.into_inner().lease_token;
+        validate::token(token)?;
+        let out = self.node.renew(vec![token]).await.map_err(error::node)?;
+        match &out[0].1 {
+            RenewOutcome::Alive { renewals } => {
+                let lease = lease_of(&self.node, token, *renewals);
+                let ttl = lease
+                    .as_ref()
+                    .map(|l| l.ttl_ms)
+                    .unwrap_or(self.node.config.limits.min_ttl_ms);
+                Ok(Response::new(pb::RenewLeaseResponse {
+                    lease,
+                    renew_interval_ms: advised_interval_ms(ttl),
+                }))
+            }
+            RenewOutcome::Lost(reason) => Err(Status::failed_precondition(format!(
+                "lease {token} is no longer valid: {reason}; stop the work"
+            ))),
+        }
+    }
+
+    type HeartbeatStream = HeartbeatStream;
+
+    async fn heartbeat(
+        &self,
+        req: Request<Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<HeartbeatStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { return };
+                if msg.lease_tokens.len() > validate::MAX_TOKENS_PER_HEARTBEAT {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "{} lease tokens in one heartbeat, the limit is {}: split them",
+                            msg.lease_tokens.len(),
+                            validate::MAX_TOKENS_PER_HEARTBEAT
+                        ))))
+                        .await;
+                    return;
+                }
+                let resp = match node.renew(msg.lease_tokens.clone()).await {
+                    Ok(out) => {
+                        let a = node.shared.applied.read().expect("lock");
+                        let mut min_ttl = u64::MAX;
+                        let leases = out
+                            .into_iter()
+                            .map(|(token, o)| match o {
+                                RenewOutcome::Alive { renewals } => {
+                                    if let Some(l) = a.state.lease(token) {
+                                        min_ttl = min_ttl.min(l.ttl_ms);
+                                    }
+                                    pb::LeaseRenewal {
+                                        lease_token: token,
+                                        status: pb::LeaseStatus::Alive as i32,
+                                        message: String::new(),
+                                        renewals,
+                                    }
+                                }
+                                RenewOutcome::Lost(reason) => pb::LeaseRenewal {
+                                    lease_token: token,
+                                    status: convert::lost_to_status(&reason) as i32,
+                                    message: format!("{reason}; stop the work"),
+                                    renewals: 0,
+                                },
+                            })
+                            .collect();
+                        let ttl = if min_ttl == u64::MAX {
+                            node.config.limits.min_ttl_ms
+                        } else {
+                            min_ttl
+                        };
+                        pb::HeartbeatResponse {
+                            seq: msg.seq,
+                            leases,
+                            renew_interval_ms: advised_interval_ms(ttl),
+                        }
+                    }
+                    Err(e) => pb::HeartbeatResponse {
+                        seq: msg.seq,
+                        leases: msg
+                            .lease_tokens
+                            .iter()
+                            .map(|t| pb::LeaseRenewal {
+                                lease_token: *t,
+                                status: pb::LeaseStatus::Retry as i32,
+                                message: e.to_string(),
+                                renewals: 0,
+                            })
+                            .collect(),
+                        renew_interval_ms: 0,
+                    },
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_progress(
+        &self,
+        req: Request<pb::ReportProgressRequest>,
+    ) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        let r = req.into_inner();
+        validate::token(r.lease_token)?;
+        validate::bytes(
+            "progress",
+            r.progress.len(),
+            self.node.config.limits.max_payload_bytes,
+        )?;
+        match self
+            .node
+            .propose(Command::Progress {
+                token: r.lease_token,
+                progress: r.progress,
+            })
+            .await
+            .map_err(error::node)?
+        {
+            SmResponse::Progressed { lease } => Ok(Response::new(pb::ReportProgressResponse {
+                lease: Some(convert::lease_to_pb(&lease)),
+            })),
+            SmResponse::Rejected(rej) => Err(error::rejection(&rej)),
+            other => Err(error::unexpected("progress", &other)),
+        }
+    }
+
+    async fn complete_task(
+        &self,
+        req: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        let r = req.into_inner();
+        validate::task_id(&r.task_id)?;
+        validate::token(r.lease_token)?;
+        validate::bytes(
+            "result",
+            r.result.len(),
+            self.node.config.limits.max_result_bytes,
+        )?;
+        validate::bytes("error", r.error.len(), validate::MAX_ERROR_LEN)?;
+        let report = Report {
+            success: r.success,
+            exit_code: r.exit_code,
+            result: r.result,
+            error: r.error,
+        };
+        let cmd = Command::Complete {
+            task_id: r.task_id,
+            token: r.lease_token,
+            report,
+        };
+        match self.node.propose(cmd).await.map_err(error::node)? {
+            SmResponse::Completed { task, late } => Ok(Response::new(pb::CompleteTaskResponse {
+                task: Some(convert::task_to_pb(&task, None)),
+                late,
+            })),
+            SmResponse::Rejected(rej) => Err(error::rejection(&rej)),
+            other => Err(error::unexpected("complete", &other)),
+        }
+    }
+
+    async fn release_task(
+        &self,
+        req: Request<pb::ReleaseTaskRequest>,
+    ) -> Result<Response<pb::ReleaseTaskResponse>, Status> {
+        let r = req.into_inner();
+        validate::token(r.lease_token)?;
+        validate::bytes("reason", r.reason.len(), validate::MAX_ERROR_LEN)?;
+        match self
+            .node
+            .propose(Command::Release {
+                token: r.lease_token,
+                reason: r.reason,
+            })
+            .await
+            .map_err(error::node)?
+        {
+            SmResponse::Released { task } => Ok(Response::new(pb::ReleaseTaskResponse {
+                task: Some(convert::task_to_pb(&task, None)),
+            })),
+            SmResponse::Rejected(rej) => Err(error::rejection(&rej)),
+            other => Err(error::unexpected("release", &other)),
+        }
+    }
+}

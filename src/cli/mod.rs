@@ -1,0 +1,412 @@
+//! The `leasekeeper` command: run nodes (`dev`, `server`) and talk to a cluster (`task`,
+//! `status`, `node`).
+mod output;
+
+use crate::client::Client;
+use crate::node::{Limits, NodeConfig};
+use crate::proto::v1 as pb;
+use crate::server::{BoxError, Server};
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio_stream::StreamExt;
+
+#[derive(Parser)]
+#[command(
+    name = "leasekeeper",
+    version,
+    about = "Replicated task and lease state for schedulers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// Node addresses (host:port), comma separated; any node will do.
+    #[arg(
+        long,
+        env = "LEASEKEEPER_ENDPOINTS",
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+        value_delimiter = ',',
+        global = true
+    )]
+    endpoints: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a local cluster in this process (three nodes on 127.0.0.1:7001-7003 by default).
+    Dev(DevArgs),
+    /// Run one production node.
+    Server(ServerArgs),
+    /// Submit, read, list, cancel and watch tasks.
+    Task {
+        #[command(subcommand)]
+        cmd: TaskCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Members, leader, term and each node's log positions.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Add or remove cluster members.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Data directory (one sub-directory per node).
+    #[arg(long, default_value = ".leasekeeper/dev")]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Node i listens on base-port + i - 1.
+    #[arg(long, default_value_t = 7001)]
+    base_port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// TOML file with any of the settings below (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    id: Option<u64>,
+    /// Address to bind, host:port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address peers and clients use, if not the listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Founding members: 1=host:port,2=host:port,3=host:port. Omit to join with `node add`.
+    #[arg(long, value_delimiter = ',')]
+    initial_cluster: Vec<String>,
+    #[arg(long)]
+    min_ttl_ms: Option<u64>,
+    #[arg(long)]
+    max_ttl_ms: Option<u64>,
+    #[arg(long)]
+    default_ttl_ms: Option<u64>,
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    #[arg(long)]
+    election_min_ms: Option<u64>,
+    #[arg(long)]
+    election_max_ms: Option<u64>,
+    #[arg(long)]
+    snapshot_every_entries: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    Submit {
+        #[arg(long)]
+        queue: String,
+        /// Idempotency key; generated if omitted.
+        #[arg(long, default_value = "")]
+        id: String,
+        #[arg(long, default_value = "")]
+        payload: String,
+        #[arg(long, default_value_t = 0)]
+        max_attempts: u32,
+        #[arg(long, default_value_t = 0)]
+        ttl_ms: u64,
+    },
+    Get {
+        id: String,
+        /// Read this node's copy without asking the leader.
+        #[arg(long)]
+        stale: bool,
+    },
+    List {
+        #[arg(long, default_value = "")]
+        queue: String,
+        /// pending, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    Watch {
+        /// First revision to show (0 = only new changes).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value = "")]
+        queue: String,
+        #[arg(long, default_value = "")]
+        task_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    Add {
+        id: u64,
+        addr: String,
+        /// Keep it a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    Remove {
+        id: u64,
+    },
+}
+
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEASEKEEPER_LOG")
+        .unwrap_or_else(|_| default.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> Result<(), BoxError> {
+    match cli.command {
+        Cmd::Dev(a) => dev(a).await,
+        Cmd::Server(a) => server(a).await,
+        Cmd::Task { cmd, conn } => task(cmd, conn).await,
+        Cmd::Status { conn } => {
+            let c = Client::new(conn.endpoints.clone())?;
+            let s = c.cluster_status().await?;
+            output::status(&s, conn.json);
+            Ok(())
+        }
+        Cmd::Node { cmd, conn } => {
+            let c = Client::new(conn.endpoints.clone())?;
+            let s = match cmd {
+                NodeCmd::Add { id, addr, learner } => c.add_node(id, &addr, learner).await?.status,
+                NodeCmd::Remove { id } => c.remove_node(id).await?.status,
+            };
+            output::status(&s.unwrap_or_default(), conn.json);
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn dev(a: DevArgs) -> Result<(), BoxError> {
+    init_logging("info,openraft=warn,sled=warn");
+    let members: BTreeMap<u64, String> = (1..=a.nodes)
+        .map(|i| (i, format!("{}:{}", a.host, a.base_port as u64 + i - 1)))
+        .collect();
+    let mut servers = Vec::new();
+    for (id, addr) in &members {
+        let config = NodeConfig {
+            id: *id,
+            listen: addr.clone(),
+            data_dir: a.dir.join(format!("node-{id}")),
+            initial_cluster: members.clone(),
+            ..NodeConfig::default()
+        };
+        servers.push(Server::start(config).await?);
+    }
+    let endpoints: Vec<&str> = members.values().map(String::as_str).collect();
+    println!(
+        "leasekeeper dev cluster: {} nodes, data in {}",
+        a.nodes,
+        a.dir.display()
+    );
+    for (id, addr) in &members {
+        println!("  node {id}: {addr}");
+    }
+    println!("endpoints: {}", endpoints.join(","));
+    println!("try: leasekeeper task submit --queue demo --payload hello; leasekeeper status");
+    wait_for_signal().await;
+    for s in servers {
+        s.shutdown().await;
+    }
+    Ok(())
+}
+
+fn parse_members(v: &[String]) -> Result<BTreeMap<u64, String>, BoxError> {
+    let mut m = BTreeMap::new();
+    for item in v.iter().filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("initial-cluster entry {item:?} is not id=host:port"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("initial-cluster id {id:?} is not a number"))?;
+        m.insert(id, addr.to_string());
+    }
+    Ok(m)
+}
+
+async fn server(a: ServerArgs) -> Result<(), BoxError> {
+    init_logging("info,openraft=warn,sled=warn");
+    let mut c: NodeConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => NodeConfig::default(),
+    };
+    if let Some(v) = a.id {
+        c.id = v;
+        if a.data_dir.is_none() && a.config.is_none() {
+            c.data_dir = PathBuf::from(format!(".leasekeeper/node-{v}"));
+        }
+    }
+    if let Some(v) = a.listen {
+        c.listen = v;
+    }
+    if a.advertise.is_some() {
+        c.advertise = a.advertise;
+    }
+    if let Some(v) = a.data_dir {
+        c.data_dir = v;
+    }
+    if !a.initial_cluster.is_empty() {
+        c.initial_cluster = parse_members(&a.initial_cluster)?;
+    }
+    let l: &mut Limits = &mut c.limits;
+    if let Some(v) = a.min_ttl_ms {
+        l.min_ttl_ms = v;
+    }
+    if let Some(v) = a.max_ttl_ms {
+        l.max_ttl_ms = v;
+    }
+    if let Some(v) = a.default_ttl_ms {
+        l.default_ttl_ms = v;
+    }
+    if let Some(v) = a.heartbeat_ms {
+        c.raft.heartbeat_ms = v;
+    }
+    if let Some(v) = a.election_min_ms {
+        c.raft.election_min_ms = v;
+    }
+    if let Some(v) = a.election_max_ms {
+        c.raft.election_max_ms = v;
+    }
+    if let Some(v) = a.snapshot_every_entries {
+        c.raft.snapshot_every_entries = v;
+    }
+    let s = Server::start(c).await?;
+    println!("node {} serving on {}", s.node().id, s.addr());
+    wait_for_signal().await;
+    s.shutdown().await;
+    Ok(())
+}
+
+fn parse_state(s: &str) -> Result<pb::TaskState, BoxError> {
+    pb::TaskState::from_str_name(&format!("TASK_STATE_{}", s.to_ascii_uppercase())).ok_or_else(
+        || {
+            format!("state {s:?} is not one of pending, running, succeeded, failed, cancelled")
+                .into()
+        },
+    )
+}
+
+async fn task(cmd: TaskCmd, conn: Conn) -> Result<(), BoxError> {
+    let c = Client::new(conn.endpoints.clone())?;
+    match cmd {
+        TaskCmd::Submit {
+            queue,
+            id,
+            payload,
+            max_attempts,
+            ttl_ms,
+        } => {
+            let r = c
+                .submit(pb::SubmitTaskRequest {
+                    id,
+                    queue,
+                    payload: payload.into_bytes(),
+                    max_attempts,
+                    lease_ttl_ms: ttl_ms,
+                    retry: None,
+                })
+                .await?;
+            output::task(r.task.as_ref().expect("task"), conn.json);
+        }
+        TaskCmd::Get { id, stale } => {
+            let consistency = if stale {
+                pb::ReadConsistency::Stale
+            } else {
+                pb::ReadConsistency::Linearizable
+            };
+            output::task(&c.get_with(&id, consistency).await?, conn.json);
+        }
+        TaskCmd::List {
+            queue,
+            state,
+            limit,
+        } => {
+            let state = match state {
+                Some(s) => parse_state(&s)? as i32,
+                None => 0,
+            };
+            let mut page_token = String::new();
+            let mut left = limit as usize;
+            let mut all = Vec::new();
+            loop {
+                let size = left.min(1000) as u32;
+                let r = c
+                    .list(pb::ListTasksRequest {
+                        queue: queue.clone(),
+                        state,
+                        page_size: size,
+                        page_token,
+                        consistency: 0,
+                    })
+                    .await?;
+                left -= r.tasks.len();
+                all.extend(r.tasks);
+                if r.next_page_token.is_empty() || left == 0 {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+            output::tasks(&all, conn.json);
+        }
+        TaskCmd::Cancel { id, reason } => output::task(&c.cancel(&id, &reason).await?, conn.json),
+        TaskCmd::Watch {
+            from,
+            queue,
+            task_id,
+        } => {
+            let mut s = c
+                .watch(pb::WatchTasksRequest {
+                    from_revision: from,
+                    queue,
+                    task_id,
+                })
+                .await?;
+            while let Some(e) = s.next().await {
+                output::event(&e?, conn.json);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Human-readable and JSON renderings of API answers.
+use crate::proto::v1 as pb;
+use serde_json::{json, Value};
+
+fn state_name(s: i32) -> String {
+    pb::TaskState::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TASK_STATE_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| s.to_string())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn task_json(t: &pb::Task) -> Value {
+    json!({
+        "id": t.id, "queue": t.queue, "state": state_name(t.state), "attempt": t.attempt,
+        "max_attempts": t.max_attempts, "lease_ttl_ms": t.lease_ttl_ms,
+        "payload": text(&t.payload), "progress": text(&t.progress), "result": text(&t.result),
+        "exit_code": t.exit_code, "error": t.error,
+        "created_rev": t.created_rev, "updated_rev": t.updated_rev,
+        "created_at_unix_ms": t.created_at_unix_ms, "updated_at_unix_ms": t.updated_at_unix_ms,
+        "lease": t.lease.as_ref().map(|l| json!({"token": l.token, "worker_id": l.worker_id, "ttl_ms": l.ttl_ms, "renewals": l.renewals})),
+        "history": t.history.iter().map(|h| json!({
+            "attempt": h.attempt, "worker_id": h.worker_id, "lease_token": h.lease_token,
+            "outcome": pb::AttemptOutcome::try_from(h.outcome).map(|o| o.as_str_name().trim_start_matches("ATTEMPT_OUTCOME_").to_string()).unwrap_or_default(),
+            "exit_code": h.exit_code, "error": h.error, "late": h.late, "expiry_voters": h.expiry_voters,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn task(t: &pb::Task, as_json: bool) {
+    if as_json {
+        println!("{}", task_json(t));
+        return;
+    }
+    println!(
+        "task {}  queue {}  {}  attempt {}/{}  rev {}",
+        t.id,
+        t.queue,
+        state_name(t.state),
+        t.attempt,
+        t.max_attempts,
+        t.updated_rev
+    );
+    if let Some(l) = &t.lease {
+        println!(
+            "  lease {} held by {} (ttl {} ms, {} renewals)",
+            l.token, l.worker_id, l.ttl_ms, l.renewals
+        );
+    }
+    if !t.result.is_empty() {
+        println!("  result: {}", text(&t.result));
+    }
+    if !t.error.is_empty() {
+        println!("  error: {}", t.error);
+    }
+    for h in &t.history {
+        let o = pb::AttemptOutcome::try_from(h.outcome)
+            .map(|o| o.as_str_name().trim_start_matches("ATTEMPT_OUTCOME_"))
+            .unwrap_or("?");
+        println!(
+            "  attempt {} by {} (lease {}): {}{}{}",
+            h.attempt,
+            h.worker_id,
+            h.lease_token,
+            o,
+            if h.late { " (late report)" } else { "" },
+            if h.error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", h.error)
+            }
+        );
+    }
+}
+
+pub fn tasks(ts: &[pb::Task], as_json: bool) {
+    if as_json {
+        println!("{}", Value::Array(ts.iter().map(task_json).collect()));
+        return;
+    }
+    for t in ts {
+        println!(
+            "{:<34} {:<16} {:<10} attempt {}/{}  rev {}",
+            t.id,
+            t.queue,
+            state_name(t.state),
+            t.attempt,
+            t.max_attempts,
+            t.updated_rev
+        );
+    }
+    println!("({} tasks)", ts.len());
+}
+
+pub fn event(e: &pb::TaskEvent, as_json: bool) {
+    let kind = pb::EventKind::try_from(e.kind)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("EVENT_KIND_")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let t = e.task.clone().unwrap_or_default();
+    if as_json {
+        println!(
+            "{}",
+            json!({"revision": e.revision, "kind": kind, "task": task_json(&t)})
+        );
+    } else {
+        println!(
+            "rev {:<8} {:<16} {} ({}, {})",
+            e.revision,
+            kind,
+            t.id,
+            t.queue,
+            state_name(t.state)
+        );
+    }
+}
+
+pub fn status(s: &pb::ClusterStatusResponse, as_json: bool) {
+    if as_json {
+        let members: Vec<Value> = s
+            .members
+            .iter()
+            .map(|m| {
+                let st = m.status.clone().unwrap_or_default();
+                json!({"node_id": m.node_id, "addr": m.addr, "voter": m.voter, "reachable": m.reachable,
+                       "role": st.role, "term": st.term, "last_log_index": st.last_log_index,
+                       "applied_index": st.applied_index, "snapshot_index": st.snapshot_index,
+                       "live_leases": st.live_leases, "tasks": st.tasks})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"leader_id": s.leader_id, "leader_addr": s.leader_addr, "term": s.term, "members": members})
+        );
+        return;
+    }
+    println!(
+        "leader: node {} ({})  term {}",
+        s.leader_id, s.leader_addr, s.term
+    );
+    println!(
+        "{:<6} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8}",
+        "node", "addr", "role", "last_log", "applied", "snapshot", "leases"
+    );
+    for m in &s.members {
+        match &m.status {
+            Some(st) => println!(
+                "{:<6} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8}",
+                m.node_id,
+                m.addr,
+                st.role,
+                st.last_log_index,
+                st.applied_index,
+                st.snapshot_index,
+                st.live_leases
+            ),
+            None => println!("{:<6} {:<22} {:<10}", m.node_id, m.addr, "unreachable"),
+        }
+    }
+}

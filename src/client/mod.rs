@@ -1,0 +1,312 @@
+//! A Rust client for schedulers and workers.
+//!
+//! It is given every node's address and talks to any of them: followers forward writes to the
+//! leader, so the client only moves on to another node when one is unreachable or answers
+//! UNAVAILABLE (no leader yet), with a bounded back-off.
+use crate::proto::v1::{
+    self as pb, admin_client::AdminClient, scheduler_client::SchedulerClient,
+    worker_client::WorkerClient,
+};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status, Streaming};
+
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    current: AtomicUsize,
+    /// How long one call keeps trying other nodes before it gives up.
+    retry_for: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no endpoints given: pass at least one node address (host:port)")]
+    NoEndpoints,
+    #[error("endpoint {0:?} is not a valid address: {1}")]
+    BadEndpoint(String, String),
+}
+
+fn uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Whether another node (or the same one a little later) may answer differently.
+pub fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Unknown)
+        || (s.code() == Code::Cancelled && s.message().contains("connection"))
+}
+
+impl Client {
+    /// Connects lazily to `endpoints` (host:port of each node).
+    pub fn new<I, S>(endpoints: I) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let mut channels = Vec::new();
+        for e in &endpoints {
+            let ep = Endpoint::from_shared(uri(e))
+                .map_err(|err| ClientError::BadEndpoint(e.clone(), err.to_string()))?;
+            channels.push(
+                ep.connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(3))
+                    .connect_lazy(),
+            );
+        }
+        let start = rand::random::<usize>() % channels.len();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                endpoints,
+                channels,
+                current: AtomicUsize::new(start),
+                retry_for: Duration::from_secs(15),
+            }),
+        })
+    }
+
+    /// How long one call keeps retrying across nodes (default 15 s).
+    pub fn with_retry_for(self, d: Duration) -> Self {
+        let i = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                endpoints: i.endpoints.clone(),
+                channels: i.channels.clone(),
+                current: AtomicUsize::new(i.current.load(Ordering::Relaxed)),
+                retry_for: d,
+            }),
+        }
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// The channel to the node currently in use.
+    pub fn channel(&self) -> Channel {
+        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.channels.len();
+        self.inner.channels[i].clone()
+    }
+
+    fn rotate(&self) {
+        self.inner.current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs `f` against one node after another until it answers something other than
+    /// UNAVAILABLE, or `retry_for` has passed.
+    pub async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.retry_for;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match f(self.channel()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if retryable(&s) && tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!(code = ?s.code(), message = s.message(), "retrying on another node");
+                    self.rotate();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- scheduler
+
+    pub async fn submit(
+        &self,
+        req: pb::SubmitTaskRequest,
+    ) -> Result<pb::SubmitTaskResponse, Status> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { SchedulerClient::new(c).submit_task(req).await }
+        })
+        .await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<pb::Task, Status> {
+        self.get_with(id, pb::ReadConsistency::Linearizable).await
+    }
+
+    pub async fn get_with(
+        &self,
+        id: &str,
+        consistency: pb::ReadConsistency,
+    ) -> Result<pb::Task, Status> {
+        let req = pb::GetTaskRequest {
+            id: id.to_string(),
+            consistency: consistency as i32,
+        };
+        let r = self
+            .call(|c| {
+                let req = req.clone();
+                async move { SchedulerClient::new(c).get_task(req).await }
+            })
+            .await?;
+        r.task
+            .ok_or_else(|| Status::internal("server answered without a task"))
+    }
+
+    pub async fn list(&self, req: pb::ListTasksRequest) -> Result<pb::ListTasksResponse, Status> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { SchedulerClient::new(c).list_tasks(req).await }
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<pb::Task, Status> {
+        let req = pb::CancelTaskRequest {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        let r = self
+            .call(|c| {
+                let req = req.clone();
+                async move { SchedulerClient::new(c).cancel_task(req).await }
+            })
+            .await?;
+        r.task
+            .ok_or_else(|| Status::internal("server answered without a task"))
+    }
+
+    /// Change events from `from_revision` (0 = from now). On a broken stream, resume with the
+    /// last revision seen + 1.
+    pub async fn watch(
+        &self,
+        req: pb::WatchTasksRequest,
+    ) -> Result<Streaming<pb::TaskEvent>, Status> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { SchedulerClient::new(c).watch_tasks(req).await }
+        })
+        .await
+    }
+
+    // ---------------------------------------------------------------- worker
+
+    pub async fn claim(&self, req: pb::ClaimTaskRequest) -> Result<pb::ClaimTaskResponse, Status> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { WorkerClient::new(c).claim_task(req).await }
+        })
+        .await
+    }
+
+    pub async fn renew(&self, lease_token: u64) -> Result<pb::RenewLeaseResponse, Status> {
+        self.call(|c| async move {
+            WorkerClient::new(c)
+                .renew_lease(pb::RenewLeaseRequest { lease_token })
+                .await
+        })
+        .await
+    }
+
+    pub async fn progress(
+        &self,
+        lease_token: u64,
+        progress: Vec<u8>,
+    ) -> Result<pb::ReportProgressResponse, Status> {
+        let req = pb::ReportProgressRequest {
+            lease_token,
+            progress,
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { WorkerClient::new(c).report_progress(req).await }
+        })
+        .await
+    }
+
+    pub async fn complete(
+        &self,
+        req: pb::CompleteTaskRequest,
+    ) -> Result<pb::CompleteTaskResponse, Status> {
+        self.call(|c| {
+            let req = req.clone();
+            async move { WorkerClient::new(c).complete_task(req).await }
+        })
+        .await
+    }
+
+    pub async fn release(
+        &self,
+        lease_token: u64,
+        reason: &str,
+    ) -> Result<pb::ReleaseTaskResponse, Status> {
+        let req = pb::ReleaseTaskRequest {
+            lease_token,
+            reason: reason.to_string(),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { WorkerClient::new(c).release_task(req).await }
+        })
+        .await
+    }
+
+    /// A raw worker client on the current node, e.g. for the Heartbeat stream.
+    pub fn worker(&self) -> WorkerClient<Channel> {
+        WorkerClient::new(self.channel())
+    }
+
+    // ---------------------------------------------------------------- admin
+
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
+        self.call(|c| async move {
+            AdminClient::new(c)
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await
+        })
+        .await
+    }
+
+    pub async fn add_node(
+        &self,
+        node_id: u64,
+        addr: &str,
+        learner_only: bool,
+    ) -> Result<pb::AddNodeResponse, Status> {
+        let req = pb::AddNodeRequest {
+            node_id,
+            addr: addr.to_string(),
+            learner_only,
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move { AdminClient::new(c).add_node(req).await }
+        })
+        .await
+    }
+
+    pub async fn remove_node(&self, node_id: u64) -> Result<pb::RemoveNodeResponse, Status> {
+        self.call(|c| async move {
+            AdminClient::new(c)
+                .remove_node(pb::RemoveNodeRequest { node_id })
+                .await
+        })
+        .await
+    }
+}

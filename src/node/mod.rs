@@ -1,0 +1,392 @@
+//! One leasekeeper node: Raft, storage, the gRPC server, and the node's own duties (voting on
+//! expiry from its own clock, coalescing renewals, forwarding writes to the leader).
+mod config;
+mod renew;
+
+pub use config::{ConfigError, Limits, NodeConfig, RaftTiming};
+
+use crate::clock::{Clock, SystemClock};
+use crate::proto::raft_v1::{raft_client::RaftClient, RaftMessage};
+use crate::raft::network::{Channels, Network};
+use crate::raft::{
+    codec, ClientWriteError, Node as RaftNode, NodeId, Raft, RaftError, RaftMetrics,
+};
+use crate::state::{Command, RenewOutcome, Request, Response, Token};
+use crate::store::{self, Shared};
+use renew::Renewer;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Errors of the node's own duties, mapped to gRPC statuses at the API edge.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    #[error("no leader could be reached within {0} ms: the cluster may have lost its majority or be electing; retry")]
+    NoLeader(u64),
+    #[error("the request reached leader {leader} but its outcome is unknown ({detail}); retrying an idempotent call is safe")]
+    Unknown { leader: NodeId, detail: String },
+    #[error("this node is shutting down: {0}")]
+    Stopped(String),
+    #[error("raft refused the request: {0}")]
+    Raft(String),
+}
+
+/// A forwarded proposal's answer.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ProposeReply {
+    Applied(Response),
+    NotLeader,
+    Failed(String),
+}
+
+/// A forwarded read-index request's answer.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum ReadIndexReply {
+    Index(u64),
+    NotLeader,
+    Failed(String),
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub config: NodeConfig,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub clock: Arc<dyn Clock>,
+    pub channels: Channels,
+    renewer: Renewer,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Node {
+    /// Opens storage and starts Raft. The gRPC server is started separately
+    /// ([`crate::api::serve`]), so that the caller picks the listener.
+    pub async fn start(
+        config: NodeConfig,
+    ) -> Result<Arc<Node>, Box<dyn std::error::Error + Send + Sync>> {
+        Self::start_with_clock(config, Arc::new(SystemClock::default())).await
+    }
+
+    pub async fn start_with_clock(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Node>, Box<dyn std::error::Error + Send + Sync>> {
+        config.validate()?;
+        let t = &config.raft;
+        let raft_config = openraft::Config {
+            cluster_name: "leasekeeper".into(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_min_ms,
+            election_timeout_max: t.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: t.keep_after_snapshot,
+            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: 2_000,
+            ..Default::default()
+        }
+        .validate()?;
+        let shared = Arc::new(Shared::new(clock.clone(), config.event_retention));
+        let (log, sm) = store::open(&config.data_dir, shared.clone())?;
+        let channels = Channels::default();
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            Network {
+                channels: channels.clone(),
+            },
+            log,
+            sm,
+        )
+        .await?;
+        let (shutdown, _) = watch::channel(false);
+        let node = Arc::new_cyclic(|weak| Node {
+            id: config.id,
+            raft,
+            shared,
+            clock,
+            channels,
+            renewer: Renewer::new(weak.clone()),
+            shutdown,
+            config,
+        });
+        if !node.config.initial_cluster.is_empty() && !node.raft.is_initialized().await? {
+            let members: std::collections::BTreeMap<NodeId, RaftNode> = node
+                .config
+                .initial_cluster
+                .iter()
+                .map(|(id, addr)| (*id, RaftNode::new(addr.clone())))
+                .collect();
+            match node.raft.initialize(members).await {
+                Ok(()) => tracing::info!(id = node.id, "initialized a new cluster"),
+                // Another founding member got there first: fine.
+                Err(e) => tracing::info!(id = node.id, error = %e, "cluster already initialized"),
+            }
+        }
+        tokio::spawn(expiry_scanner(node.clone()));
+        tokio::spawn(contact_watcher(node.clone()));
+        Ok(node)
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The leader as this node last heard of it.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader().is_some_and(|(id, _)| id == self.id)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    async fn wait_leader(&self, deadline: Instant) -> Result<(NodeId, String), NodeError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if *self.shutdown.borrow() {
+                return Err(NodeError::Stopped("shutdown".into()));
+            }
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(NodeError::NoLeader(self.config.request_timeout_ms));
+            }
+        }
+    }
+
+    /// Stamps `cmd` with this node's wall clock, commits it through the leader and returns the
+    /// state machine's answer.
+    pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
+        let req = Request {
+            now_unix_ms: self.clock.unix_ms(),
+            cmd,
+        };
+        self.submit(req).await
+    }
+
+    /// Commits an already stamped request (ours, or one a follower forwarded).
+    pub(crate) async fn submit(&self, req: Request) -> Result<Response, NodeError> {
+        let deadline = Instant::now() + self.timeout();
+        loop {
+            let (leader, addr) = self.wait_leader(deadline).await?;
+            if leader == self.id {
+                match self.raft.client_write(req.clone()).await {
+                    Ok(r) => return Ok(r.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
+                    Err(RaftError::APIError(e)) => return Err(NodeError::Raft(e.to_string())),
+                    Err(RaftError::Fatal(f)) => return Err(NodeError::Stopped(f.to_string())),
+                }
+            } else {
+                let mut client = RaftClient::new(self.channels.get(&addr));
+                let msg = RaftMessage {
+                    data: codec::encode(&req).into(),
+                };
+                match client.propose(msg).await {
+                    Ok(r) => match codec::decode::<ProposeReply>(&r.into_inner().data) {
+                        Ok(ProposeReply::Applied(resp)) => return Ok(resp),
+                        Ok(ProposeReply::NotLeader) => {}
+                        Ok(ProposeReply::Failed(e)) => return Err(NodeError::Raft(e)),
+                        Err(e) => {
+                            return Err(NodeError::Unknown {
+                                leader,
+                                detail: e.to_string(),
+                            })
+                        }
+                    },
+                    // Not sent (connection refused): safe to try again.
+                    Err(s) if s.code() == tonic::Code::Unavailable => {}
+                    Err(s) => {
+                        return Err(NodeError::Unknown {
+                            leader,
+                            detail: s.message().to_string(),
+                        })
+                    }
+                }
+            }
+            if Instant::now() + Duration::from_millis(20) >= deadline {
+                return Err(NodeError::NoLeader(self.config.request_timeout_ms));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Leader side of a follower's forwarded proposal.
+    pub(crate) async fn propose_local(&self, req: Request) -> ProposeReply {
+        match self.raft.client_write(req).await {
+            Ok(r) => ProposeReply::Applied(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                ProposeReply::NotLeader
+            }
+            Err(e) => ProposeReply::Failed(e.to_string()),
+        }
+    }
+
+    /// Leader side of a follower's read-index request.
+    pub(crate) async fn read_index_local(&self) -> ReadIndexReply {
+        match self.raft.ensure_linearizable().await {
+            Ok(l) => ReadIndexReply::Index(l.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(_)) => ReadIndexReply::NotLeader,
+            Err(e) => ReadIndexReply::Failed(e.to_string()),
+        }
+    }
+
+    /// Returns once this node's state machine reflects every write acknowledged before the call
+    /// (a read index confirmed by a quorum through the leader).
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let deadline = Instant::now() + self.timeout();
+        loop {
+            let (leader, addr) = self.wait_leader(deadline).await?;
+            let index = if leader == self.id {
+                match self.read_index_local().await {
+                    ReadIndexReply::Index(_) => return Ok(()),
+                    ReadIndexReply::NotLeader => None,
+                    ReadIndexReply::Failed(e) => return Err(NodeError::Raft(e)),
+                }
+            } else {
+                let mut client = RaftClient::new(self.channels.get(&addr));
+                match client.read_index(RaftMessage::default()).await {
+                    Ok(r) => match codec::decode::<ReadIndexReply>(&r.into_inner().data) {
+                        Ok(ReadIndexReply::Index(i)) => Some(i),
+                        Ok(ReadIndexReply::NotLeader) => None,
+                        Ok(ReadIndexReply::Failed(e)) => return Err(NodeError::Raft(e)),
+                        Err(e) => return Err(NodeError::Raft(e.to_string())),
+                    },
+                    Err(_) => None,
+                }
+            };
+            if let Some(index) = index {
+                let mut rx = self.shared.applied_index.subscribe();
+                return match tokio::time::timeout_at(deadline, rx.wait_for(|a| *a >= index)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    _ => Err(NodeError::NoLeader(self.config.request_timeout_ms)),
+                };
+            }
+            if Instant::now() + Duration::from_millis(20) >= deadline {
+                return Err(NodeError::NoLeader(self.config.request_timeout_ms));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Renews leases through the coalescer: renewals that arrive while earlier ones are being
+    /// committed travel together in one `RenewBatch` entry.
+    pub async fn renew(&self, tokens: Vec<Token>) -> Result<Vec<(Token, RenewOutcome)>, NodeError> {
+        self.renewer.renew(tokens).await
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub async fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Votes, from this node's own monotonic clock, on leases it has not heard for their TTL.
+async fn expiry_scanner(node: Arc<Node>) {
+    let tick_ms = (node.config.limits.min_ttl_ms / 10).clamp(10, 200);
+    let pause_ms = node.config.raft.election_max_ms;
+    let revote_ms = node.config.raft.election_max_ms;
+    let mut shutdown = node.shutdown_signal();
+    let mut last = node.clock.monotonic_ms();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(tick_ms)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = node.clock.monotonic_ms();
+        let due = {
+            let mut timers = node.shared.timers.lock().expect("lock");
+            if now.saturating_sub(last) > tick_ms + pause_ms {
+                // This process did not run for longer than an election timeout (paused, or its
+                // clock stood still): whatever it missed must not count against the leases.
+                tracing::warn!(
+                    gap_ms = now.saturating_sub(last),
+                    "scanner was paused; hearing every lease now"
+                );
+                timers.refresh_all(now);
+            }
+            timers.due(now, revote_ms)
+        };
+        last = now;
+        let is_voter = node
+            .metrics()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .iter()
+            .any(|c| c.contains(&node.id));
+        if due.is_empty() || !is_voter {
+            continue;
+        }
+        tracing::debug!(count = due.len(), "voting to expire leases");
+        let n = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = n
+                .propose(Command::ExpiryVote {
+                    voter: n.id,
+                    votes: due,
+                })
+                .await
+            {
+                tracing::debug!(error = %e, "expiry vote not committed; it is cast again later");
+            }
+        });
+    }
+}
+
+/// Hears every lease anew when leadership changes or a leader regains its quorum: time during
+/// which the cluster could not commit must not count against a lease.
+async fn contact_watcher(node: Arc<Node>) {
+    let mut rx = node.raft.metrics();
+    let mut shutdown = node.shutdown_signal();
+    let (mut term, mut leader) = {
+        let m = rx.borrow();
+        (m.current_term, m.current_leader)
+    };
+    let lost_after = node.config.raft.election_max_ms;
+    let mut lost_quorum = false;
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let (t, l, ack) = {
+            let m = rx.borrow();
+            (m.current_term, m.current_leader, m.millis_since_quorum_ack)
+        };
+        let now = node.clock.monotonic_ms();
+        if t != term || l != leader {
+            tracing::info!(term = t, leader = ?l, "leadership changed; hearing every lease now");
+            node.shared.timers.lock().expect("lock").refresh_all(now);
+            term = t;
+            leader = l;
+        }
+        if l == Some(node.id) {
+            let stale = ack.is_some_and(|a| a > lost_after);
+            if lost_quorum && !stale {
+                tracing::info!("quorum regained; hearing every lease now");
+                node.shared.timers.lock().expect("lock").refresh_all(now);
+            }
+            lost_quorum = stale;
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! A harness for tests that run a real cluster in this process: real gRPC on loopback, real
+//! sled in temporary directories.
+#![allow(dead_code)]
+use leasekeeper::client::Client;
+use leasekeeper::node::NodeConfig;
+use leasekeeper::proto::v1 as pb;
+use leasekeeper::server::Server;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub struct Cluster {
+    pub servers: Vec<Option<Server>>,
+    pub addrs: Vec<String>,
+    pub configs: Vec<NodeConfig>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl Cluster {
+    pub async fn start(n: u64) -> Cluster {
+        Self::start_with(n, |_| {}).await
+    }
+
+    pub async fn start_with(n: u64, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            );
+        }
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let members: BTreeMap<u64, String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64 + 1, a.clone()))
+            .collect();
+        let mut servers = Vec::new();
+        let mut configs = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut c = NodeConfig::for_tests(id, dir.path().join(format!("node-{id}")));
+            c.listen = addrs[i].clone();
+            c.initial_cluster = members.clone();
+            tweak(&mut c);
+            configs.push(c.clone());
+            servers.push(Some(Server::start_on(c, l).await.expect("node starts")));
+        }
+        let c = Cluster {
+            servers,
+            addrs,
+            configs,
+            dir,
+        };
+        c.wait_leader(Duration::from_secs(10)).await;
+        c
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addrs.clone()).unwrap()
+    }
+
+    /// A client that talks to node `i` (0-based) only.
+    pub fn client_of(&self, i: usize) -> Client {
+        Client::new([self.addrs[i].clone()]).unwrap()
+    }
+
+    /// The 0-based index of the leader, once every running node agrees on it.
+    pub async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let views: Vec<Option<u64>> = self
+                .servers
+                .iter()
+                .flatten()
+                .map(|s| s.node().metrics().current_leader)
+                .collect();
+            if let Some(Some(l)) = views.first() {
+                if views.iter().all(|v| *v == Some(*l)) && self.servers[(*l - 1) as usize].is_some()
+                {
+                    return (*l - 1) as usize;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader within {timeout:?}: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(s) = self.servers[i].take() {
+            s.shutdown().await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.servers.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+pub fn submit_req(id: &str, queue: &str, ttl_ms: u64) -> pb::SubmitTaskRequest {
+    pb::SubmitTaskRequest {
+        id: id.into(),
+        queue: queue.into(),
+        payload: b"payload".to_vec(),
+        lease_ttl_ms: ttl_ms,
+        ..Default::default()
+    }
+}
+
+pub fn claim_req(queue: &str, worker: &str) -> pb::ClaimTaskRequest {
+    pb::ClaimTaskRequest {
+        queue: queue.into(),
+        worker_id: worker.into(),
+        ..Default::default()
+    }
+}
+
+pub fn success(task_id: &str, token: u64) -> pb::CompleteTaskRequest {
+    pb::CompleteTaskRequest {
+        task_id: task_id.into(),
+        lease_token: token,
+        success: true,
+        exit_code: 0,
+        result: b"ok".to_vec(),
+        error: String::new(),
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

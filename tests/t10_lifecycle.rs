@@ -1,0 +1,101 @@
+//! A task's whole life on a real three-node cluster, watched from another node.
+mod common;
+use common::*;
+use leasekeeper::proto::v1 as pb;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submit_claim_renew_progress_complete_seen_by_a_watcher() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let follower = (leader + 1) % 3;
+    // The watcher sits on a follower, the worker talks to another follower: every write is
+    // forwarded to the leader.
+    let watcher = cluster.client_of(follower);
+    let worker = cluster.client_of((leader + 2) % 3);
+    let mut events = watcher
+        .watch(pb::WatchTasksRequest {
+            from_revision: 1,
+            queue: "etl".into(),
+            task_id: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let sub = worker
+        .submit(submit_req("job-1", "etl", 3000))
+        .await
+        .unwrap();
+    assert!(sub.created);
+    let again = worker
+        .submit(submit_req("job-1", "etl", 3000))
+        .await
+        .unwrap();
+    assert!(!again.created, "the same spec is idempotent");
+    assert_eq!(
+        again.task.unwrap().created_rev,
+        sub.task.as_ref().unwrap().created_rev
+    );
+
+    let claim = worker.claim(claim_req("etl", "w1")).await.unwrap();
+    let lease = claim.lease.unwrap();
+    assert_eq!(claim.task.unwrap().id, "job-1");
+    assert!(
+        claim.renew_interval_ms >= 900 && claim.renew_interval_ms <= 1100,
+        "about a third of the TTL: {}",
+        claim.renew_interval_ms
+    );
+
+    let renewed = worker.renew(lease.token).await.unwrap();
+    assert_eq!(renewed.lease.unwrap().renewals, 1);
+    worker
+        .progress(lease.token, b"half".to_vec())
+        .await
+        .unwrap();
+    let done = worker
+        .complete(success("job-1", lease.token))
+        .await
+        .unwrap();
+    let task = done.task.unwrap();
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32);
+    assert!(!done.late);
+    // Repeating the report gets the same answer.
+    let again = worker
+        .complete(success("job-1", lease.token))
+        .await
+        .unwrap();
+    assert_eq!(again.task.unwrap().updated_rev, task.updated_rev);
+
+    // A linearizable read on any node sees it at once.
+    for i in 0..3 {
+        let t = cluster.client_of(i).get("job-1").await.unwrap();
+        assert_eq!(t.state, pb::TaskState::Succeeded as i32, "node {i}");
+        assert_eq!(t.result, b"ok");
+        assert_eq!(t.progress, b"half");
+    }
+
+    let mut kinds = Vec::new();
+    let mut last_rev = 0;
+    while kinds.len() < 4 {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        assert!(e.revision > last_rev, "events in revision order");
+        last_rev = e.revision;
+        kinds.push(pb::EventKind::try_from(e.kind).unwrap());
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            pb::EventKind::Submitted,
+            pb::EventKind::Claimed,
+            pb::EventKind::Progress,
+            pb::EventKind::Succeeded
+        ]
+    );
+    assert_eq!(last_rev, task.updated_rev);
+    cluster.shutdown().await;
+}
