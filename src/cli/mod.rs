@@ -219,8 +219,17 @@ async fn dev(a: DevArgs) -> Result<(), BoxError> {
     let members: BTreeMap<u64, String> = (1..=a.nodes)
         .map(|i| (i, format!("{}:{}", a.host, a.base_port as u64 + i - 1)))
         .collect();
+    // Bind every port first, so that no node campaigns towards a peer that is not listening yet.
+    let mut listeners = Vec::new();
+    for addr in members.values() {
+        listeners.push(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+        );
+    }
     let mut servers = Vec::new();
-    for (id, addr) in &members {
+    for ((id, addr), listener) in members.iter().zip(listeners) {
         let config = NodeConfig {
             id: *id,
             listen: addr.clone(),
@@ -228,7 +237,7 @@ async fn dev(a: DevArgs) -> Result<(), BoxError> {
             initial_cluster: members.clone(),
             ..NodeConfig::default()
         };
-        servers.push(Server::start(config).await?);
+        servers.push(Server::start_on(config, listener).await?);
     }
     let endpoints: Vec<&str> = members.values().map(String::as_str).collect();
     println!(
