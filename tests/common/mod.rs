@@ -1,6 +1,7 @@
 //! A harness for tests that run a real cluster in this process: real gRPC on loopback, real
 //! sled in temporary directories.
 #![allow(dead_code)]
+pub mod procs;
 use leasekeeper::client::Client;
 use leasekeeper::node::NodeConfig;
 use leasekeeper::proto::v1 as pb;

@@ -1,0 +1,167 @@
+//! A cluster of real `leasekeeper server` processes on loopback, for kills and restarts.
+#![allow(dead_code)]
+use leasekeeper::client::Client;
+use leasekeeper::proto::v1::{admin_client::AdminClient, NodeStatusRequest, NodeStatusResponse};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Procs {
+    pub dir: tempfile::TempDir,
+    pub addrs: Vec<String>,
+    pub children: Vec<Option<Child>>,
+    pub extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Procs {
+    /// Starts `n` nodes with fast test timings plus `extra` flags.
+    pub fn start(n: usize, extra: &[&str]) -> Procs {
+        let addrs: Vec<String> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let mut p = Procs {
+            dir: tempfile::tempdir().unwrap(),
+            addrs,
+            children: (0..n).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            p.spawn(i);
+        }
+        p
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        assert!(self.children[i].is_none(), "node {i} is running");
+        let cluster: Vec<String> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(j, a)| format!("{}={a}", j + 1))
+            .collect();
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("node-{}.log", i + 1))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_leasekeeper"))
+            .args([
+                "server",
+                "--id",
+                &(i + 1).to_string(),
+                "--listen",
+                &self.addrs[i],
+            ])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("node-{}", i + 1)))
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args([
+                "--heartbeat-ms",
+                "50",
+                "--election-min-ms",
+                "150",
+                "--election-max-ms",
+                "300",
+                "--min-ttl-ms",
+                "1000",
+                "--default-ttl-ms",
+                "3000",
+            ])
+            .args(&self.extra)
+            .env("LEASEKEEPER_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn leasekeeper server");
+        self.children[i] = Some(child);
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addrs.clone()).unwrap()
+    }
+
+    pub fn client_of(&self, i: usize) -> Client {
+        Client::new([self.addrs[i].clone()]).unwrap()
+    }
+
+    pub async fn status(&self, i: usize) -> Option<NodeStatusResponse> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addrs[i]))
+            .ok()?
+            .connect_timeout(Duration::from_millis(200));
+        let ch = tokio::time::timeout(Duration::from_millis(500), ch.connect())
+            .await
+            .ok()?
+            .ok()?;
+        let r = tokio::time::timeout(
+            Duration::from_millis(500),
+            AdminClient::new(ch).node_status(NodeStatusRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(r.into_inner())
+    }
+
+    /// The 0-based index of the leader that every running node agrees on.
+    pub async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut views = Vec::new();
+            for i in 0..self.addrs.len() {
+                if self.children[i].is_some() {
+                    views.push(self.status(i).await.map(|s| s.leader_id));
+                }
+            }
+            if let Some(Some(l)) = views.first() {
+                if *l > 0
+                    && views.iter().all(|v| *v == Some(*l))
+                    && self.children[(*l - 1) as usize].is_some()
+                {
+                    return (*l - 1) as usize;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "no agreed leader within {timeout:?}: {views:?}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.addrs.len() {
+            let p = self.dir.path().join(format!("node-{}.log", i + 1));
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!(
+                "--- node {} (last lines)\n{}\n",
+                i + 1,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
