@@ -111,6 +111,9 @@ struct ServerArgs {
     election_max_ms: Option<u64>,
     #[arg(long)]
     snapshot_every_entries: Option<u64>,
+    /// Log entries kept behind a snapshot for followers that lag a little.
+    #[arg(long)]
+    keep_after_snapshot: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -320,6 +323,9 @@ async fn server(a: ServerArgs) -> Result<(), BoxError> {
     }
     if let Some(v) = a.snapshot_every_entries {
         c.raft.snapshot_every_entries = v;
+    }
+    if let Some(v) = a.keep_after_snapshot {
+        c.raft.keep_after_snapshot = v;
     }
     let s = Server::start(c).await?;
     println!("node {} serving on {}", s.node().id, s.addr());
