@@ -55,6 +55,18 @@ impl LogStore {
         Ok(())
     }
 
+    /// Removes the log entries whose keys fall in `range`, in one atomic batch.
+    fn remove_range<R: RangeBounds<[u8; 8]>>(&self, range: R) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(range).keys() {
+            batch.remove(k.map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
     /// Bytes the database takes on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -160,27 +172,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(key(log_id.index)..) {
-            let (k, _) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.remove_range(key(log_id.index)..)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.put_meta("last_purged", &Some(log_id))?;
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(..=key(log_id.index)) {
-            let (k, _) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.remove_range(..=key(log_id.index))
     }
 }
