@@ -12,14 +12,15 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let shared = Arc::new(Shared::new(Arc::new(SystemClock::default()), 1000));
+        let shared = Arc::new(Shared::new(Arc::new(SystemClock::default()), 1000, 64));
         let (log, sm) = store::open(dir.path(), shared)?;
         Ok((dir, log, sm))
     }
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError> {
-    Suite::test_all(Builder)?;
-    Ok(())
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

@@ -79,6 +79,9 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Change events kept in memory for watchers to resume from.
     pub event_retention: usize,
+    /// Events buffered per node for live watchers; a watcher that falls further behind is
+    /// resumed from the retained events (slower, but nothing is skipped).
+    pub watch_live_buffer: usize,
     /// How long a write or linearizable read waits for a leader before answering UNAVAILABLE.
     pub request_timeout_ms: u64,
 }
@@ -94,6 +97,7 @@ impl Default for NodeConfig {
             raft: RaftTiming::default(),
             limits: Limits::default(),
             event_retention: 100_000,
+            watch_live_buffer: 4096,
             request_timeout_ms: 5_000,
         }
     }

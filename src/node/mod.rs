@@ -33,8 +33,9 @@ pub enum NodeError {
     Raft(String),
 }
 
-/// A forwarded proposal's answer.
+/// A forwarded proposal's answer (encoded once and sent; never kept around).
 #[derive(Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ProposeReply {
     Applied(Response),
     NotLeader,
@@ -87,7 +88,11 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
-        let shared = Arc::new(Shared::new(clock.clone(), config.event_retention));
+        let shared = Arc::new(Shared::new(
+            clock.clone(),
+            config.event_retention,
+            config.watch_live_buffer,
+        ));
         let (log, sm) = store::open(&config.data_dir, shared.clone())?;
         let channels = Channels::default();
         let raft = Raft::new(

@@ -194,7 +194,8 @@ fn expiry_needs_a_majority_at_the_same_renewal_count() {
 #[test]
 fn quorum_table() {
     // (voter configs, votes, expired?)
-    let cases: &[(&[&[u64]], &[u64], bool)] = &[
+    type Case<'a> = (&'a [&'a [u64]], &'a [u64], bool);
+    let cases: &[Case] = &[
         (&[&[1, 2, 3]], &[1], false),
         (&[&[1, 2, 3]], &[1, 2], true),
         (&[&[1, 2, 3]], &[1, 2, 3], true),

@@ -27,8 +27,8 @@ pub enum WatchError {
 }
 
 impl EventLog {
-    pub fn new(capacity: usize) -> Self {
-        let (live, _) = broadcast::channel(4096);
+    pub fn new(capacity: usize, live_buffer: usize) -> Self {
+        let (live, _) = broadcast::channel(live_buffer.max(1));
         Self {
             ring: VecDeque::new(),
             capacity: capacity.max(1),

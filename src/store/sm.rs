@@ -35,10 +35,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(clock: Arc<dyn Clock>, event_retention: usize) -> Self {
+    pub fn new(clock: Arc<dyn Clock>, event_retention: usize, live_buffer: usize) -> Self {
         Self {
             applied: RwLock::new(Applied::default()),
-            events: Mutex::new(EventLog::new(event_retention)),
+            events: Mutex::new(EventLog::new(event_retention, live_buffer)),
             timers: Mutex::new(LeaseTimers::default()),
             clock,
             applied_index: watch::channel(0).0,
