@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked --all-targets
+cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked -- --test-threads=2

@@ -99,3 +99,45 @@ async fn submit_claim_renew_progress_complete_seen_by_a_watcher() {
     assert_eq!(last_rev, task.updated_rev);
     cluster.shutdown().await;
 }
+
+/// A claim whose answer was lost is retried with the same claim_id (the client does so across
+/// nodes): the retry gets the lease the first one created, not a second task, also when it
+/// lands on another node and nothing else is claimable any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_claim_with_the_same_key_gets_the_same_lease() {
+    let cluster = Cluster::start(3).await;
+    let c = cluster.client();
+    c.submit(submit_req("only", "idem", 3000)).await.unwrap();
+    c.submit(submit_req("named", "idem", 3000)).await.unwrap();
+    let req = pb::ClaimTaskRequest {
+        claim_id: "claim-7".into(),
+        task_id: "only".into(),
+        ..claim_req("idem", "w-1")
+    };
+    let first = cluster.client_of(0).claim(req.clone()).await.unwrap();
+    let lease = first.lease.clone().expect("claimed");
+    for i in 0..3 {
+        let again = cluster.client_of(i).claim(req.clone()).await.unwrap();
+        assert_eq!(again.lease.unwrap().token, lease.token, "node {i}");
+        assert_eq!(again.task.unwrap().attempt, 1);
+    }
+    // The queue still holds "named": a retry without task_id must not take it either.
+    let retry_any = pb::ClaimTaskRequest {
+        task_id: String::new(),
+        ..req.clone()
+    };
+    let again = cluster.client_of(2).claim(retry_any).await.unwrap();
+    assert_eq!(again.lease.unwrap().token, lease.token);
+    let named = c.get("named").await.unwrap();
+    assert_eq!(named.state, pb::TaskState::Pending as i32);
+    // Claiming a task by id that someone else runs is refused with a clear status.
+    let e = c
+        .claim(pb::ClaimTaskRequest {
+            task_id: "only".into(),
+            ..claim_req("idem", "w-2")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    cluster.shutdown().await;
+}

@@ -51,6 +51,16 @@ impl Worker for WorkerSvc {
         } else {
             Some(validate::ttl(l, r.lease_ttl_ms, 0)?)
         };
+        if !r.task_id.is_empty() {
+            validate::task_id(&r.task_id)?;
+        }
+        if r.claim_id.len() > validate::MAX_NAME_LEN {
+            return Err(Status::invalid_argument(format!(
+                "claim_id is {} bytes, the limit is {}: use a shorter idempotency key",
+                r.claim_id.len(),
+                validate::MAX_NAME_LEN
+            )));
+        }
         if r.wait_ms > l.max_wait_ms {
             return Err(Status::invalid_argument(format!(
                 "wait_ms {} is above {}: lower it and call again",
@@ -59,6 +69,14 @@ impl Worker for WorkerSvc {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms);
         let mut applied = self.node.shared.applied_index.subscribe();
+        let answer = |task: &crate::state::Task, lease: &crate::state::Lease| {
+            Response::new(pb::ClaimTaskResponse {
+                task: Some(convert::task_to_pb(task, Some(lease))),
+                lease: Some(convert::lease_to_pb(lease)),
+                renew_interval_ms: advised_interval_ms(lease.ttl_ms),
+            })
+        };
+        let mut first = true;
         loop {
             let now = self.node.clock.unix_ms();
             let (claimable, next_ready) = {
@@ -68,21 +86,27 @@ impl Worker for WorkerSvc {
                     a.state.next_ready_at(&r.queue),
                 )
             };
-            if claimable {
+            if !claimable && first && !r.claim_id.is_empty() {
+                // Nothing to claim here: if this is a retry of a claim that was applied, its
+                // lease is the answer. A read barrier makes sure this node has applied it.
+                self.node.read_barrier().await.map_err(error::node)?;
+                let a = self.node.shared.applied.read().expect("lock");
+                if let Some(l) = a.state.lease_of_claim(&r.worker_id, &r.claim_id) {
+                    let t = a.state.task(&l.task_id).expect("a live lease's task exists");
+                    return Ok(answer(t, l));
+                }
+            }
+            first = false;
+            if claimable || !r.task_id.is_empty() {
                 let cmd = Command::Claim {
                     queue: r.queue.clone(),
                     worker_id: r.worker_id.clone(),
                     lease_ttl_ms: ttl,
-                    task_id: None,
+                    task_id: (!r.task_id.is_empty()).then(|| r.task_id.clone()),
+                    claim_id: r.claim_id.clone(),
                 };
                 match self.node.propose(cmd).await.map_err(error::node)? {
-                    SmResponse::Claimed { task, lease } => {
-                        return Ok(Response::new(pb::ClaimTaskResponse {
-                            task: Some(convert::task_to_pb(&task, Some(&lease))),
-                            lease: Some(convert::lease_to_pb(&lease)),
-                            renew_interval_ms: advised_interval_ms(lease.ttl_ms),
-                        }))
-                    }
+                    SmResponse::Claimed { task, lease } => return Ok(answer(&task, &lease)),
                     SmResponse::NoTask => {}
                     SmResponse::Rejected(rej) => return Err(error::rejection(&rej)),
                     other => return Err(error::unexpected("claim", &other)),

@@ -207,7 +207,15 @@ impl Client {
 
     // ---------------------------------------------------------------- worker
 
-    pub async fn claim(&self, req: pb::ClaimTaskRequest) -> Result<pb::ClaimTaskResponse, Status> {
+    /// Claims a task. Without a `claim_id` one is chosen here, so that the retries of this call
+    /// (after a lost answer or a failover) get the lease the first attempt created, if any.
+    pub async fn claim(
+        &self,
+        mut req: pb::ClaimTaskRequest,
+    ) -> Result<pb::ClaimTaskResponse, Status> {
+        if req.claim_id.is_empty() {
+            req.claim_id = format!("{:032x}", rand::random::<u128>());
+        }
         self.call(|c| {
             let req = req.clone();
             async move { WorkerClient::new(c).claim_task(req).await }

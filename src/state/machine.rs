@@ -46,6 +46,8 @@ pub struct State {
     leases: BTreeMap<Token, Lease>,
     /// Every token still in some task's history → that task.
     tokens: BTreeMap<Token, String>,
+    /// (worker_id, claim_id) → token of the live lease that claim created.
+    claims: BTreeMap<(String, String), Token>,
     /// (queue, state, id) for listing.
     by_queue_state: BTreeSet<(String, TaskState, String)>,
     /// Claimable order per queue: (not_before_unix_ms, updated_rev, id) of PENDING tasks.
@@ -85,6 +87,12 @@ impl State {
     }
     pub fn lease(&self, token: Token) -> Option<&Lease> {
         self.leases.get(&token)
+    }
+    /// The live lease a claim with this idempotency key created, if any.
+    pub fn lease_of_claim(&self, worker_id: &str, claim_id: &str) -> Option<&Lease> {
+        self.claims
+            .get(&(worker_id.to_string(), claim_id.to_string()))
+            .and_then(|t| self.leases.get(t))
     }
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.leases.values()
@@ -180,6 +188,10 @@ impl State {
             ..Default::default()
         };
         for l in p.leases {
+            if !l.claim_id.is_empty() {
+                s.claims
+                    .insert((l.worker_id.clone(), l.claim_id.clone()), l.token);
+            }
             s.leases.insert(l.token, l);
         }
         for t in p.tasks {
@@ -217,11 +229,13 @@ impl State {
                 worker_id,
                 lease_ttl_ms,
                 task_id,
+                claim_id,
             } => self.claim(
                 rev,
                 now,
                 queue,
                 worker_id,
+                claim_id,
                 *lease_ttl_ms,
                 task_id.as_deref(),
                 fx,
@@ -357,10 +371,22 @@ impl State {
         now: u64,
         queue: &str,
         worker_id: &str,
+        claim_id: &str,
         ttl_override: Option<u64>,
         task_id: Option<&str>,
         fx: &mut Effects,
     ) -> Response {
+        if !claim_id.is_empty() {
+            let key = (worker_id.to_string(), claim_id.to_string());
+            if let Some(lease) = self.claims.get(&key).and_then(|t| self.leases.get(t)) {
+                // A retry of a claim that was applied (its answer was lost): same lease.
+                let task = self.tasks[&lease.task_id].clone();
+                return Response::Claimed {
+                    task,
+                    lease: lease.clone(),
+                };
+            }
+        }
         let id = match task_id {
             Some(id) => match self.tasks.get(id) {
                 None => return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() }),
@@ -400,6 +426,7 @@ impl State {
             task_id: id.clone(),
             attempt: t.attempt,
             worker_id: worker_id.to_string(),
+            claim_id: claim_id.to_string(),
             ttl_ms: ttl_override.unwrap_or(t.spec.lease_ttl_ms),
             renewals: 0,
             votes: BTreeSet::new(),
@@ -418,6 +445,10 @@ impl State {
             expiry_voters: Vec::new(),
         });
         self.tokens.insert(token, id.clone());
+        if !claim_id.is_empty() {
+            self.claims
+                .insert((worker_id.to_string(), claim_id.to_string()), token);
+        }
         self.leases.insert(token, lease.clone());
         fx.heard.push((token, 0, lease.ttl_ms));
         let task = self.put(rev, now, t, Some(EventKind::Claimed), fx);
@@ -494,6 +525,10 @@ impl State {
         fx: &mut Effects,
     ) -> Lease {
         let lease = self.leases.remove(&token).expect("live lease");
+        if !lease.claim_id.is_empty() {
+            self.claims
+                .remove(&(lease.worker_id.clone(), lease.claim_id.clone()));
+        }
         debug_assert_eq!(t.lease, Some(token));
         t.lease = None;
         if let Some(r) = t.record_mut(token) {
@@ -732,6 +767,17 @@ impl State {
 
     /// Panics if an invariant does not hold. Cheap enough for debug builds and tests only.
     pub fn check_invariants(&self) {
+        for ((worker, claim), token) in &self.claims {
+            let l = self
+                .leases
+                .get(token)
+                .unwrap_or_else(|| panic!("claim {claim:?} points at ended lease {token}"));
+            assert!(&l.worker_id == worker && &l.claim_id == claim);
+        }
+        assert_eq!(
+            self.claims.len(),
+            self.leases.values().filter(|l| !l.claim_id.is_empty()).count()
+        );
         let mut live_tasks = BTreeSet::new();
         for (token, l) in &self.leases {
             assert_eq!(*token, l.token);

@@ -58,6 +58,7 @@ impl Sm {
             worker_id: "w".into(),
             lease_ttl_ms: None,
             task_id: None,
+            claim_id: String::new(),
         }) {
             Response::Claimed { task, lease } => (task, lease),
             r => panic!("expected a claim, got {r:?}"),
@@ -241,7 +242,8 @@ fn retries_back_off_and_then_fail() {
                 queue: "q".into(),
                 worker_id: "w".into(),
                 lease_ttl_ms: None,
-                task_id: None
+                task_id: None,
+                claim_id: String::new(),
             }
         ),
         Response::NoTask
@@ -253,6 +255,7 @@ fn retries_back_off_and_then_fail() {
             worker_id: "w".into(),
             lease_ttl_ms: Some(5000),
             task_id: None,
+            claim_id: String::new(),
         },
     );
     let Response::Claimed { lease: l2, .. } = r else {
@@ -282,6 +285,7 @@ fn late_success_is_accepted_and_supersedes_a_newer_attempt() {
             worker_id: "w2".into(),
             lease_ttl_ms: None,
             task_id: None,
+            claim_id: String::new(),
         },
     );
     let Response::Claimed { lease: l2, .. } = r else {
@@ -381,6 +385,46 @@ fn cancel_ends_the_lease_and_is_final() {
     );
 }
 
+fn claim_with_key(worker: &str, key: &str) -> Command {
+    Command::Claim {
+        queue: "q".into(),
+        worker_id: worker.into(),
+        lease_ttl_ms: None,
+        task_id: None,
+        claim_id: key.into(),
+    }
+}
+
+#[test]
+fn retried_claim_gets_the_same_lease() {
+    let mut sm = Sm::new();
+    for id in ["a", "b"] {
+        sm.run(Command::Submit(spec(id, 3)));
+    }
+    let Response::Claimed { lease: l1, .. } = sm.run(claim_with_key("w", "k1")) else {
+        panic!("claim")
+    };
+    // The answer was lost; the worker retries with the same key: same lease, nothing new.
+    let Response::Claimed { task, lease: l2 } = sm.run(claim_with_key("w", "k1")) else {
+        panic!("retried claim")
+    };
+    assert_eq!(l1, l2);
+    assert_eq!(task.attempt, 1);
+    assert_eq!(sm.s.lease_count(), 1);
+    // Another worker using the same key is another claim.
+    let Response::Claimed { lease: l3, .. } = sm.run(claim_with_key("w2", "k1")) else {
+        panic!("other worker")
+    };
+    assert_ne!(l3.task_id, l1.task_id);
+    // Once the lease has ended the key is free again (nothing left to claim here).
+    sm.complete(&l1.task_id, l1.token, true);
+    assert!(sm.s.lease_of_claim("w", "k1").is_none());
+    assert_eq!(sm.run(claim_with_key("w", "k1")), Response::NoTask);
+    // Snapshots keep the key index.
+    let restored = State::from_bytes(&sm.s.to_bytes()).unwrap();
+    assert_eq!(restored.lease_of_claim("w2", "k1"), Some(&l3));
+}
+
 #[test]
 fn claim_by_id_and_listing() {
     let mut sm = Sm::new();
@@ -392,6 +436,7 @@ fn claim_by_id_and_listing() {
         worker_id: "w".into(),
         lease_ttl_ms: None,
         task_id: Some("b".into()),
+        claim_id: String::new(),
     });
     assert!(matches!(r, Response::Claimed { ref task, .. } if task.spec.id == "b"));
     let r = sm.run(Command::Claim {
@@ -399,6 +444,7 @@ fn claim_by_id_and_listing() {
         worker_id: "w".into(),
         lease_ttl_ms: None,
         task_id: Some("b".into()),
+        claim_id: String::new(),
     });
     assert_eq!(
         r,
@@ -443,12 +489,14 @@ fn arb_cmd() -> impl Strategy<Value = (u64, Command)> {
             queue,
             ..spec(&id, m)
         })),
-        (queue.clone(), prop::option::of(id.clone())).prop_map(|(queue, task_id)| Command::Claim {
-            queue,
-            worker_id: "w".into(),
-            lease_ttl_ms: None,
-            task_id
-        }),
+        (queue.clone(), prop::option::of(id.clone()), prop::sample::select(vec!["", "", "c1", "c2"]))
+            .prop_map(|(queue, task_id, claim_id)| Command::Claim {
+                queue,
+                worker_id: "w".into(),
+                lease_ttl_ms: None,
+                task_id,
+                claim_id: claim_id.into(),
+            }),
         prop::collection::vec(token.clone(), 0..4)
             .prop_map(|tokens| Command::RenewBatch { tokens }),
         token.clone().prop_map(|token| Command::Progress {
@@ -503,7 +551,15 @@ proptest! {
                 max_token = max_token.max(l.token);
             }
             if let Response::Claimed { lease, .. } = &a {
-                prop_assert!(lease.token == max_token, "a new lease has the highest token");
+                match before.lease(lease.token) {
+                    // A retried claim: the same live lease, created by the same key.
+                    Some(old) => {
+                        prop_assert_eq!(old, lease);
+                        prop_assert!(!lease.claim_id.is_empty());
+                        prop_assert_eq!(sm.s.clone(), { let mut b = before.clone(); b.note_revision(sm.s.last_revision()); b }, "a retried claim changes nothing");
+                    }
+                    None => prop_assert!(lease.token == max_token, "a new lease has the highest token"),
+                }
             }
             for l in before.leases() {
                 prop_assert!(l.token <= max_token);

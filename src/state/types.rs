@@ -141,6 +141,8 @@ pub struct Lease {
     pub task_id: String,
     pub attempt: u32,
     pub worker_id: String,
+    /// The worker's idempotency key for the claim that created this lease ("" = none).
+    pub claim_id: String,
     pub ttl_ms: u64,
     /// Committed renewals (progress reports count too).
     pub renewals: u64,
@@ -166,6 +168,8 @@ pub enum Command {
         lease_ttl_ms: Option<u64>,
         /// Claim this task only (used when one externally scheduled job is wrapped).
         task_id: Option<String>,
+        /// Idempotency key: a retry with the same (worker_id, claim_id) gets the same live lease.
+        claim_id: String,
     },
     RenewBatch {
         tokens: Vec<Token>,
