@@ -141,3 +141,55 @@ async fn retried_claim_with_the_same_key_gets_the_same_lease() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     cluster.shutdown().await;
 }
+
+/// Finished tasks are forgotten after the retention; running and pending ones are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn finished_tasks_are_forgotten_after_retention() {
+    let cluster = Cluster::start_with(3, |c| c.terminal_retention_ms = 400).await;
+    let c = cluster.client();
+    for id in ["done", "waiting", "running"] {
+        c.submit(submit_req(id, "ret", 3000)).await.unwrap();
+    }
+    let r = c
+        .claim(pb::ClaimTaskRequest {
+            task_id: "done".into(),
+            ..claim_req("ret", "w")
+        })
+        .await
+        .unwrap();
+    c.complete(success("done", r.lease.unwrap().token))
+        .await
+        .unwrap();
+    let running = c
+        .claim(pb::ClaimTaskRequest {
+            task_id: "running".into(),
+            ..claim_req("ret", "w")
+        })
+        .await
+        .unwrap()
+        .lease
+        .unwrap()
+        .token;
+    // Still there right after it finished.
+    assert_eq!(
+        c.get("done").await.unwrap().state,
+        pb::TaskState::Succeeded as i32
+    );
+    eventually(Duration::from_secs(10), "the finished task to be forgotten", || async {
+        c.renew(running).await.unwrap();
+        match c.get("done").await {
+            Err(e) if e.code() == tonic::Code::NotFound => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(
+        c.get("waiting").await.unwrap().state,
+        pb::TaskState::Pending as i32
+    );
+    assert_eq!(
+        c.get("running").await.unwrap().state,
+        pb::TaskState::Running as i32
+    );
+    cluster.shutdown().await;
+}

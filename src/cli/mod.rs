@@ -114,6 +114,9 @@ struct ServerArgs {
     /// Log entries kept behind a snapshot for followers that lag a little.
     #[arg(long)]
     keep_after_snapshot: Option<u64>,
+    /// Forget finished tasks this long after they finished (0 = keep forever; default 7 days).
+    #[arg(long)]
+    terminal_retention_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -323,6 +326,9 @@ async fn server(a: ServerArgs) -> Result<(), BoxError> {
     }
     if let Some(v) = a.snapshot_every_entries {
         c.raft.snapshot_every_entries = v;
+    }
+    if let Some(v) = a.terminal_retention_ms {
+        c.terminal_retention_ms = v;
     }
     if let Some(v) = a.keep_after_snapshot {
         c.raft.keep_after_snapshot = v;

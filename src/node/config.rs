@@ -82,6 +82,10 @@ pub struct NodeConfig {
     /// Events buffered per node for live watchers; a watcher that falls further behind is
     /// resumed from the retained events (slower, but nothing is skipped).
     pub watch_live_buffer: usize,
+    /// How long finished (SUCCEEDED/FAILED/CANCELLED) tasks are kept before they are forgotten;
+    /// 0 keeps them forever. A submit with a forgotten id creates a new task, so keep this
+    /// longer than any scheduler may retry a submit.
+    pub terminal_retention_ms: u64,
     /// How long a write or linearizable read waits for a leader before answering UNAVAILABLE.
     pub request_timeout_ms: u64,
 }
@@ -98,6 +102,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             event_retention: 100_000,
             watch_live_buffer: 4096,
+            terminal_retention_ms: 7 * 24 * 3600 * 1000,
             request_timeout_ms: 5_000,
         }
     }

@@ -131,6 +131,9 @@ impl Node {
         }
         tokio::spawn(expiry_scanner(node.clone()));
         tokio::spawn(contact_watcher(node.clone()));
+        if node.config.terminal_retention_ms > 0 {
+            tokio::spawn(retention_sweeper(node.clone()));
+        }
         Ok(node)
     }
 
@@ -355,6 +358,46 @@ async fn expiry_scanner(node: Arc<Node>) {
                 tracing::debug!(error = %e, "expiry vote not committed; it is cast again later");
             }
         });
+    }
+}
+
+/// On the leader: forgets terminal tasks older than the retention, a bounded batch at a time.
+async fn retention_sweeper(node: Arc<Node>) {
+    let retention = node.config.terminal_retention_ms;
+    let every = Duration::from_millis((retention / 10).clamp(50, 10_000));
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        if node.leader().map(|l| l.0) != Some(node.id) {
+            continue;
+        }
+        let before = node.clock.unix_ms().saturating_sub(retention);
+        let due = {
+            let a = node.shared.applied.read().expect("lock");
+            a.state.oldest_finished_unix_ms().is_some_and(|at| at < before)
+        };
+        if !due {
+            continue;
+        }
+        let req = Request {
+            now_unix_ms: node.clock.unix_ms(),
+            cmd: Command::Purge {
+                finished_before_unix_ms: before,
+                max: 1000,
+            },
+        };
+        match node.propose_local(req).await {
+            ProposeReply::Applied(Response::Purged { count }) => {
+                tracing::debug!(count, "forgot finished tasks past retention")
+            }
+            ProposeReply::Failed(e) => {
+                tracing::debug!(error = %e, "retention sweep not committed; tried again later")
+            }
+            _ => {}
+        }
     }
 }
 

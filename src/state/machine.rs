@@ -46,6 +46,8 @@ pub struct State {
     leases: BTreeMap<Token, Lease>,
     /// Every token still in some task's history → that task.
     tokens: BTreeMap<Token, String>,
+    /// (finished_at_unix_ms, id) of terminal tasks, oldest first, for retention.
+    finished: BTreeSet<(u64, String)>,
     /// (worker_id, claim_id) → token of the live lease that claim created.
     claims: BTreeMap<(String, String), Token>,
     /// (queue, state, id) for listing.
@@ -252,6 +254,10 @@ impl State {
             Command::Release { token, reason } => self.release(rev, now, *token, reason, fx),
             Command::Cancel { task_id, reason } => self.cancel(rev, now, task_id, reason, fx),
             Command::ExpiryVote { voter, votes } => self.vote(rev, now, *voter, votes, configs, fx),
+            Command::Purge {
+                finished_before_unix_ms,
+                max,
+            } => self.purge(*finished_before_unix_ms, *max),
         };
         #[cfg(debug_assertions)]
         self.check_invariants();
@@ -268,6 +274,10 @@ impl State {
     fn index(&mut self, t: &Task) {
         self.by_queue_state
             .insert((t.spec.queue.clone(), t.state, t.spec.id.clone()));
+        if t.state.is_terminal() {
+            self.finished
+                .insert((t.updated_at_unix_ms, t.spec.id.clone()));
+        }
         if t.state == TaskState::Pending {
             self.ready
                 .entry(t.spec.queue.clone())
@@ -279,6 +289,10 @@ impl State {
     fn unindex(&mut self, t: &Task) {
         self.by_queue_state
             .remove(&(t.spec.queue.clone(), t.state, t.spec.id.clone()));
+        if t.state.is_terminal() {
+            self.finished
+                .remove(&(t.updated_at_unix_ms, t.spec.id.clone()));
+        }
         if t.state == TaskState::Pending {
             if let Some(r) = self.ready.get_mut(&t.spec.queue) {
                 r.remove(&ready_key(t));
@@ -453,6 +467,30 @@ impl State {
         fx.heard.push((token, 0, lease.ttl_ms));
         let task = self.put(rev, now, t, Some(EventKind::Claimed), fx);
         Response::Claimed { task, lease }
+    }
+
+    /// The oldest terminal task's finish time, for the retention sweeper.
+    pub fn oldest_finished_unix_ms(&self) -> Option<u64> {
+        self.finished.first().map(|(at, _)| *at)
+    }
+
+    fn purge(&mut self, before: u64, max: u32) -> Response {
+        let mut count = 0;
+        while count < max {
+            match self.finished.first() {
+                Some((at, _)) if *at < before => {}
+                _ => break,
+            }
+            let (_, id) = self.finished.pop_first().expect("checked");
+            let t = self.tasks.remove(&id).expect("finished task exists");
+            self.by_queue_state
+                .remove(&(t.spec.queue.clone(), t.state, id.clone()));
+            for r in &t.history {
+                self.tokens.remove(&r.lease_token);
+            }
+            count += 1;
+        }
+        Response::Purged { count }
     }
 
     /// Why `token` holds no live lease.
@@ -773,6 +811,14 @@ impl State {
                 .get(token)
                 .unwrap_or_else(|| panic!("claim {claim:?} points at ended lease {token}"));
             assert!(&l.worker_id == worker && &l.claim_id == claim);
+        }
+        assert_eq!(
+            self.finished.len(),
+            self.tasks.values().filter(|t| t.state.is_terminal()).count(),
+            "every terminal task is in the retention index"
+        );
+        for (at, id) in &self.finished {
+            assert_eq!(self.tasks[id].updated_at_unix_ms, *at);
         }
         assert_eq!(
             self.claims.len(),

@@ -468,6 +468,33 @@ fn claim_by_id_and_listing() {
 }
 
 #[test]
+fn purge_forgets_old_terminal_tasks_only() {
+    let mut sm = Sm::new();
+    for id in ["a", "b", "c"] {
+        sm.run(Command::Submit(spec(id, 3)));
+    }
+    let (t, l) = sm.claim();
+    sm.run_at(NOW + 10, Command::Complete {
+        task_id: t.spec.id.clone(),
+        token: l.token,
+        report: Report { success: true, exit_code: 0, result: vec![], error: String::new() },
+    });
+    sm.run_at(NOW + 20, Command::Cancel { task_id: "b".into(), reason: String::new() });
+    // Nothing finished before NOW + 10.
+    let purge = |before, max| Command::Purge { finished_before_unix_ms: before, max };
+    assert_eq!(sm.run(purge(NOW + 10, 10)), Response::Purged { count: 0 });
+    assert_eq!(sm.run(purge(NOW + 100, 1)), Response::Purged { count: 1 });
+    assert!(sm.s.task("a").is_none(), "the oldest finished task goes first");
+    assert!(sm.s.task("b").is_some());
+    assert_eq!(sm.run(purge(NOW + 100, 10)), Response::Purged { count: 1 });
+    assert_eq!(sm.s.task("c").unwrap().state, TaskState::Pending, "live tasks stay");
+    // Its lease token is forgotten too; a report for it now names an unknown task.
+    assert_eq!(sm.s.lost_reason(l.token), LostReason::Unknown);
+    let back = State::from_bytes(&sm.s.to_bytes()).unwrap();
+    assert_eq!(back, sm.s);
+}
+
+#[test]
 fn snapshot_round_trip_keeps_indexes() {
     let mut sm = Sm::new();
     for id in ["a", "b"] {
@@ -525,6 +552,10 @@ fn arb_cmd() -> impl Strategy<Value = (u64, Command)> {
         }),
         (1u64..5, prop::collection::vec((token, 0u64..3), 1..3))
             .prop_map(|(voter, votes)| Command::ExpiryVote { voter, votes }),
+        (0u64..30_000, 1u32..3).prop_map(|(age, max)| Command::Purge {
+            finished_before_unix_ms: NOW + age,
+            max
+        }),
     ];
     (0u64..500, cmd)
 }
@@ -543,6 +574,7 @@ proptest! {
         for (dt, cmd) in cmds {
             now += dt;
             let before = sm.s.clone();
+            let cmd_seen = cmd.clone();
             let a = sm.run_at(now, cmd.clone());
             let b = replica.run_at(now, cmd);
             prop_assert_eq!(&a, &b, "same command, same answer");
@@ -564,10 +596,25 @@ proptest! {
             for l in before.leases() {
                 prop_assert!(l.token <= max_token);
             }
-            // Terminal tasks never change.
+            // Terminal tasks never change; a purge forgets only terminal tasks, oldest first,
+            // finished before its cut-off.
+            let purged: Vec<&Task> = before.tasks().filter(|t| sm.s.task(t.id()).is_none()).collect();
+            if let Response::Purged { count } = &a {
+                prop_assert_eq!(*count as usize, purged.len());
+                let cut = match &cmd_seen { Command::Purge { finished_before_unix_ms, .. } => *finished_before_unix_ms, _ => unreachable!() };
+                let newest_purged = purged.iter().map(|t| t.updated_at_unix_ms).max();
+                for t in &purged {
+                    prop_assert!(t.state.is_terminal() && t.updated_at_unix_ms < cut);
+                }
+                for t in sm.s.tasks().filter(|t| t.state.is_terminal()) {
+                    prop_assert!(newest_purged.is_none_or(|n| t.updated_at_unix_ms >= n), "oldest first");
+                }
+            } else {
+                prop_assert!(purged.is_empty(), "only a purge forgets tasks");
+            }
             for t in before.tasks() {
                 let id = t.id();
-                if t.state.is_terminal() {
+                if t.state.is_terminal() && sm.s.task(id).is_some() {
                     prop_assert_eq!(Some(t), sm.s.task(id), "terminal task {} changed", id);
                 }
             }

@@ -191,6 +191,12 @@ pub enum Command {
         task_id: String,
         reason: String,
     },
+    /// Forgets up to `max` terminal tasks that finished before `finished_before_unix_ms`
+    /// (retention). Proposed by the leader from its wall clock.
+    Purge {
+        finished_before_unix_ms: u64,
+        max: u32,
+    },
     /// `voter`'s own monotonic clock says these leases outlived their TTL, as of the renewal
     /// count it had seen.
     ExpiryVote {
@@ -209,6 +215,7 @@ impl Command {
             Command::Complete { .. } => "complete",
             Command::Release { .. } => "release",
             Command::Cancel { .. } => "cancel",
+            Command::Purge { .. } => "purge",
             Command::ExpiryVote { .. } => "expiry_vote",
         }
     }
@@ -329,6 +336,9 @@ pub enum Response {
     },
     Voted {
         expired: Vec<Token>,
+    },
+    Purged {
+        count: u32,
     },
     Rejected(Rejection),
 }
