@@ -1,6 +1,7 @@
 //! The `leasekeeper` command: run nodes (`dev`, `server`) and talk to a cluster (`task`,
 //! `status`, `node`).
 mod output;
+mod work;
 
 use crate::client::Client;
 use crate::node::{Limits, NodeConfig};
@@ -56,6 +57,11 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Run a command for each task claimed from a queue, with renewals and durable reports.
+    Worker(work::WorkerArgs),
+    /// Wrap one externally scheduled job (cron, Airflow, XXL-JOB) as a task: submit, claim, run,
+    /// report; exits with the command's own code.
+    Run(work::RunArgs),
     /// Add or remove cluster members.
     Node {
         #[command(subcommand)]
@@ -185,6 +191,7 @@ pub fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -193,6 +200,8 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Dev(a) => dev(a).await,
         Cmd::Server(a) => server(a).await,
         Cmd::Task { cmd, conn } => task(cmd, conn).await,
+        Cmd::Worker(a) => work::worker(a).await,
+        Cmd::Run(a) => work::run(a).await,
         Cmd::Status { conn } => {
             let c = Client::new(conn.endpoints.clone())?;
             let s = c.cluster_status().await?;

@@ -106,7 +106,8 @@ impl Client {
         self.inner.channels[i].clone()
     }
 
-    fn rotate(&self) {
+    /// Moves on to the next node (e.g. after a broken stream).
+    pub fn rotate(&self) {
         self.inner.current.fetch_add(1, Ordering::Relaxed);
     }
 

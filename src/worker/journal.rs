@@ -1,0 +1,299 @@
+//! The worker's durable journal of final reports.
+//!
+//! A final report is appended and fsynced here *before* it is sent, and marked acknowledged once
+//! the cluster committed it. On start the journal is read back and every report without an
+//! acknowledgement is sent again; reports are idempotent (lease token + outcome), so a replay of
+//! one that did commit changes nothing.
+//!
+//! Format: records of `len: u32 LE | crc32(body): u32 LE | body` where body is postcard. A
+//! torn or corrupt tail (a crash mid-append) ends the journal there and is cut off on open.
+//! When every report is acknowledged the file is truncated, so it stays small.
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// What a worker reports for one attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success {
+        result: Vec<u8>,
+    },
+    Failure {
+        exit_code: i32,
+        error: String,
+        result: Vec<u8>,
+    },
+    /// Give the task back without counting an attempt against it (e.g. the worker is shutting
+    /// down before the work started or could finish).
+    Release {
+        reason: String,
+    },
+}
+
+/// One final report, as journaled.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub task_id: String,
+    pub lease_token: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+enum Record {
+    Report(Report),
+    Acked { lease_token: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {err}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("journal {0} is in use by another worker process: give each worker its own --journal-dir (or --worker-id)")]
+    Locked(PathBuf),
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    /// Reports not acknowledged yet, by lease token.
+    pending: BTreeMap<u64, Report>,
+    len: u64,
+    /// Held for the journal's lifetime: one process per journal.
+    _lock: File,
+}
+
+const MAX_RECORD: u32 = 64 * 1024 * 1024;
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, locking it for this process, and reads back the
+    /// reports that were never acknowledged.
+    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
+        let io = |err| JournalError::Io {
+            path: dir.to_path_buf(),
+            err,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = File::create(dir.join("LOCK")).map_err(io)?;
+        // SAFETY: flock on a file descriptor we own; no memory is touched.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(JournalError::Locked(dir.to_path_buf()));
+        }
+        let path = dir.join("reports.journal");
+        let io = |err| JournalError::Io {
+            path: path.clone(),
+            err,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let mut pending = BTreeMap::new();
+        let mut good = 0usize;
+        while let Some((rec, next)) = decode(&bytes[good..]) {
+            match rec {
+                Record::Report(r) => {
+                    pending.insert(r.lease_token, r);
+                }
+                Record::Acked { lease_token } => {
+                    pending.remove(&lease_token);
+                }
+            }
+            good += next;
+        }
+        if good < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = bytes.len() - good,
+                "journal ends in a torn record (a crash mid-append); cutting it off"
+            );
+            file.set_len(good as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        if good > 0 || !pending.is_empty() {
+            tracing::info!(path = %path.display(), unacknowledged = pending.len(), "journal opened");
+        }
+        // The directory entry of a new journal must survive a crash too.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        Ok(Journal {
+            path,
+            file,
+            pending,
+            len: good as u64,
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reports still to be acknowledged, oldest token first.
+    pub fn pending(&self) -> Vec<Report> {
+        self.pending.values().cloned().collect()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Appends `report` and fsyncs it. Only after this returns may the report be sent. A report
+    /// for a token that already has one keeps the first (reports are final).
+    pub fn append(&mut self, report: &Report) -> Result<(), JournalError> {
+        if self.pending.contains_key(&report.lease_token) {
+            return Ok(());
+        }
+        self.write(&Record::Report(report.clone()))?;
+        self.pending.insert(report.lease_token, report.clone());
+        Ok(())
+    }
+
+    /// Marks the report of `lease_token` acknowledged by the cluster.
+    pub fn ack(&mut self, lease_token: u64) -> Result<(), JournalError> {
+        if self.pending.remove(&lease_token).is_none() {
+            return Ok(());
+        }
+        if self.pending.is_empty() {
+            // Nothing left to replay: start over with an empty file.
+            let io = |err| JournalError::Io {
+                path: self.path.clone(),
+                err,
+            };
+            self.file.set_len(0).map_err(io)?;
+            self.file.sync_data().map_err(io)?;
+            self.len = 0;
+            return Ok(());
+        }
+        self.write(&Record::Acked { lease_token })
+    }
+
+    fn write(&mut self, rec: &Record) -> Result<(), JournalError> {
+        let body = postcard::to_stdvec(rec).expect("journal records serialize");
+        let mut buf = Vec::with_capacity(body.len() + 8);
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        buf.extend_from_slice(&body);
+        let io = |err| JournalError::Io {
+            path: self.path.clone(),
+            err,
+        };
+        self.file.write_all(&buf).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// One record from the front of `bytes` and its encoded length, or None at a torn tail.
+fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
+    if bytes.len() < 8 {
+        return None;
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().ok()?);
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
+    if len > MAX_RECORD || bytes.len() < 8 + len as usize {
+        return None;
+    }
+    let body = &bytes[8..8 + len as usize];
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let rec = postcard::from_bytes(body).ok()?;
+    Some((rec, 8 + len as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(token: u64) -> Report {
+        Report {
+            task_id: format!("t{token}"),
+            lease_token: token,
+            outcome: Outcome::Success {
+                result: b"done".to_vec(),
+            },
+        }
+    }
+
+    #[test]
+    fn unacknowledged_reports_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            j.append(&report(1)).unwrap();
+            j.append(&report(2)).unwrap();
+            j.append(&report(3)).unwrap();
+            j.ack(2).unwrap();
+        }
+        let mut j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.pending(), vec![report(1), report(3)]);
+        j.ack(1).unwrap();
+        j.ack(3).unwrap();
+        assert_eq!(std::fs::metadata(j.path()).unwrap().len(), 0, "compacted");
+        drop(j);
+        assert!(Journal::open(dir.path()).unwrap().pending().is_empty());
+    }
+
+    #[test]
+    fn a_report_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.append(&report(5)).unwrap();
+        let mut other = report(5);
+        other.outcome = Outcome::Release { reason: "x".into() };
+        j.append(&other).unwrap();
+        assert_eq!(j.pending(), vec![report(5)]);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path;
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            j.append(&report(1)).unwrap();
+            j.append(&report(2)).unwrap();
+            path = j.path().to_path_buf();
+        }
+        let full = std::fs::read(&path).unwrap();
+        // Every cut inside the second record keeps exactly the first.
+        let first_len = decode(&full).unwrap().1;
+        for cut in first_len..full.len() {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let j = Journal::open(dir.path()).unwrap();
+            assert_eq!(j.pending(), vec![report(1)], "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), first_len as u64);
+        }
+        // A flipped bit in the body is a corrupt record, not a different report.
+        let mut bad = full.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(
+            Journal::open(dir.path()).unwrap().pending(),
+            vec![report(1)]
+        );
+    }
+
+    #[test]
+    fn one_process_per_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let _j = Journal::open(dir.path()).unwrap();
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(JournalError::Locked(_))
+        ));
+    }
+}
