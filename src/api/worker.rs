@@ -33,6 +33,9 @@ fn lease_of(node: &Node, token: Token, renewals: u64) -> Option<pb::Lease> {
     })
 }
 
+/// The longest a Heartbeat message waits for its renewals to commit before answering RETRY.
+pub const HEARTBEAT_ANSWER_MS: u64 = 1000;
+
 type HeartbeatStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>>;
 
@@ -175,7 +178,23 @@ impl Worker for WorkerSvc {
                         .await;
                     return;
                 }
-                let resp = match node.renew(msg.lease_tokens.clone()).await {
+                // A heartbeat is answered within HEARTBEAT_ANSWER_MS: RETRY when there is no
+                // leader or the renewal did not commit in time, so that the worker can tell "the
+                // cluster is electing" from "I am cut off".
+                let renewed = if node.leader().is_none() {
+                    Err(crate::node::NodeError::NoLeader(0))
+                } else {
+                    match tokio::time::timeout(
+                        Duration::from_millis(HEARTBEAT_ANSWER_MS),
+                        node.renew(msg.lease_tokens.clone()),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(crate::node::NodeError::NoLeader(HEARTBEAT_ANSWER_MS)),
+                    }
+                };
+                let resp = match renewed {
                     Ok(out) => {
                         let a = node.shared.applied.read().expect("lock");
                         let mut min_ttl = u64::MAX;

@@ -25,6 +25,9 @@ struct Inner {
     current: AtomicUsize,
     /// How long one call keeps trying other nodes before it gives up.
     retry_for: Duration,
+    /// How long one attempt may go unanswered before the next node is tried (a partition shows
+    /// up as silence, not as an error).
+    attempt_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,20 +82,34 @@ impl Client {
                 channels,
                 current: AtomicUsize::new(start),
                 retry_for: Duration::from_secs(15),
+                attempt_timeout: Duration::from_secs(5),
             }),
         })
     }
 
     /// How long one call keeps retrying across nodes (default 15 s).
     pub fn with_retry_for(self, d: Duration) -> Self {
+        self.with(|i| i.retry_for = d)
+    }
+
+    /// How long one attempt may go unanswered before the call moves to another node (default
+    /// 5 s; long-poll claims add their wait).
+    pub fn with_attempt_timeout(self, d: Duration) -> Self {
+        self.with(|i| i.attempt_timeout = d)
+    }
+
+    fn with(self, change: impl FnOnce(&mut Inner)) -> Self {
         let i = &self.inner;
+        let mut inner = Inner {
+            endpoints: i.endpoints.clone(),
+            channels: i.channels.clone(),
+            current: AtomicUsize::new(i.current.load(Ordering::Relaxed)),
+            retry_for: i.retry_for,
+            attempt_timeout: i.attempt_timeout,
+        };
+        change(&mut inner);
         Self {
-            inner: Arc::new(Inner {
-                endpoints: i.endpoints.clone(),
-                channels: i.channels.clone(),
-                current: AtomicUsize::new(i.current.load(Ordering::Relaxed)),
-                retry_for: d,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -113,15 +130,31 @@ impl Client {
 
     /// Runs `f` against one node after another until it answers something other than
     /// UNAVAILABLE, or `retry_for` has passed.
-    pub async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let deadline = tokio::time::Instant::now() + self.inner.retry_for;
+        self.call_waiting(Duration::ZERO, f).await
+    }
+
+    /// Like [`Client::call`] for a call the server may hold for up to `wait` (long poll).
+    pub async fn call_waiting<T, F, Fut>(&self, wait: Duration, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.retry_for + wait;
         let mut backoff = Duration::from_millis(10);
+        let attempt = self.inner.attempt_timeout + wait;
         loop {
-            match f(self.channel()).await {
+            let answer = match tokio::time::timeout(attempt, f(self.channel())).await {
+                Ok(a) => a,
+                Err(_) => Err(Status::unavailable(format!(
+                    "no answer within {attempt:?}: trying another node"
+                ))),
+            };
+            match answer {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if retryable(&s) && tokio::time::Instant::now() + backoff < deadline => {
                     tracing::debug!(code = ?s.code(), message = s.message(), "retrying on another node");
@@ -217,7 +250,7 @@ impl Client {
         if req.claim_id.is_empty() {
             req.claim_id = format!("{:032x}", rand::random::<u128>());
         }
-        self.call(|c| {
+        self.call_waiting(Duration::from_millis(req.wait_ms), |c| {
             let req = req.clone();
             async move { WorkerClient::new(c).claim_task(req).await }
         })

@@ -148,9 +148,19 @@ struct Tracked {
 }
 
 /// The leases this worker holds, shared by the claim loop, handlers, heartbeats and reports.
-#[derive(Default)]
 pub struct Leases {
     map: Mutex<HashMap<u64, Tracked>>,
+    /// When a node last answered a heartbeat at all (ALIVE or RETRY).
+    contact_at: Mutex<Instant>,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+            contact_at: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 impl Leases {
@@ -205,19 +215,42 @@ impl Leases {
         let interval = m.values().map(|t| t.interval_ms).min().unwrap_or(500);
         (tokens, Duration::from_millis(interval))
     }
-    /// Leases no renewal confirmed for a whole TTL: presumed lost (the cluster may already have
-    /// expired them, and this worker cannot hear it).
+    /// Leases presumed lost although the cluster could not say so:
+    /// - no renewal confirmed for a TTL and no node answered at all meanwhile (this worker is cut
+    ///   off; the cluster may have expired the lease and cannot tell it);
+    /// - no renewal confirmed for two TTLs although nodes answered "no leader, retry" (an
+    ///   election does not take that long; this worker may only reach a minority).
+    ///
+    /// A leader election alone never costs a lease: nodes answer RETRY meanwhile, and a new
+    /// leader hears every lease anew.
     fn lose_unconfirmed(&self, now: Instant) {
-        let stale: Vec<(u64, u64)> = {
+        let contact = *self.contact_at.lock().expect("lock");
+        let stale: Vec<(u64, String)> = {
             let m = self.map.lock().expect("lock");
             m.iter()
                 .filter(|(_, t)| !t.reported && !t.lost.is_cancelled())
-                .filter(|(_, t)| now.duration_since(t.confirmed_at) > Duration::from_millis(t.ttl_ms))
-                .map(|(k, t)| (*k, t.ttl_ms))
+                .filter_map(|(k, t)| {
+                    let ttl = Duration::from_millis(t.ttl_ms);
+                    let unconfirmed = now.saturating_duration_since(t.confirmed_at);
+                    let silent = now.saturating_duration_since(contact.max(t.confirmed_at));
+                    if unconfirmed > 2 * ttl {
+                        Some((*k, format!("no renewal committed within two lease TTLs ({} ms each) although nodes answered", t.ttl_ms)))
+                    } else if unconfirmed > ttl && silent > ttl {
+                        Some((*k, format!("no node reachable within the lease TTL ({} ms); the cluster may have expired it", t.ttl_ms)))
+                    } else {
+                        None
+                    }
+                })
                 .collect()
         };
-        for (token, ttl) in stale {
-            self.lose(token, format!("no renewal confirmed within the lease TTL ({ttl} ms); the cluster may have expired it"));
+        for (token, why) in stale {
+            self.lose(token, why);
+        }
+    }
+    fn contact(&self, at: Instant) {
+        let mut c = self.contact_at.lock().expect("lock");
+        if at > *c {
+            *c = at;
         }
     }
     fn confirm(&self, token: u64, sent_at: Instant, interval_ms: u64) {
@@ -673,8 +706,9 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                 })
                 .await
                 .is_ok();
-            // Wait for this heartbeat's answer, bounded by the interval and a little slack.
-            let wait = interval.max(Duration::from_millis(200));
+            // Nodes answer within about a second (RETRY when they cannot commit in time), so
+            // silence beyond that means this node is unreachable.
+            let wait = interval.max(Duration::from_millis(1500));
             let answer = if ok {
                 loop {
                     match tokio::time::timeout(wait, rx.message()).await {
@@ -689,12 +723,19 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
             match answer {
                 Some(r) => {
                     backoff = Duration::from_millis(50);
+                    leases.contact(sent_at);
+                    let mut retry = false;
                     for l in r.leases {
                         match pb::LeaseStatus::try_from(l.status).unwrap_or(pb::LeaseStatus::Unspecified) {
                             pb::LeaseStatus::Alive => leases.confirm(l.lease_token, sent_at, r.renew_interval_ms),
-                            pb::LeaseStatus::Retry | pb::LeaseStatus::Unspecified => {}
+                            pb::LeaseStatus::Retry | pb::LeaseStatus::Unspecified => retry = true,
                             _ => leases.lose(l.lease_token, l.message),
                         }
+                    }
+                    if retry {
+                        // This node has no leader to commit through: ask another one next.
+                        stream = None;
+                        client.rotate();
                     }
                 }
                 None => {

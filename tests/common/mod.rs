@@ -2,6 +2,8 @@
 //! sled in temporary directories.
 #![allow(dead_code)]
 pub mod procs;
+pub mod proxy;
+pub mod workers;
 use leasekeeper::client::Client;
 use leasekeeper::node::NodeConfig;
 use leasekeeper::proto::v1 as pb;
