@@ -175,13 +175,17 @@ async fn finished_tasks_are_forgotten_after_retention() {
         c.get("done").await.unwrap().state,
         pb::TaskState::Succeeded as i32
     );
-    eventually(Duration::from_secs(10), "the finished task to be forgotten", || async {
-        c.renew(running).await.unwrap();
-        match c.get("done").await {
-            Err(e) if e.code() == tonic::Code::NotFound => Some(()),
-            _ => None,
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the finished task to be forgotten",
+        || async {
+            c.renew(running).await.unwrap();
+            match c.get("done").await {
+                Err(e) if e.code() == tonic::Code::NotFound => Some(()),
+                _ => None,
+            }
+        },
+    )
     .await;
     assert_eq!(
         c.get("waiting").await.unwrap().state,

@@ -62,7 +62,10 @@ async fn assert_rows_succeeded_once(c: &leasekeeper::client::Client, marks: &Pat
         );
         assert_eq!(succeeded_records(&t), 1, "{id}: {t:#?}");
         assert_eq!(runs(marks, id), 1, "{id} ran more than once: {t:#?}\n{log}");
-        assert_eq!(String::from_utf8_lossy(&t.result).trim(), format!("ok {id}"));
+        assert_eq!(
+            String::from_utf8_lossy(&t.result).trim(),
+            format!("ok {id}")
+        );
     }
 }
 
@@ -81,22 +84,30 @@ async fn scenarios_succeed_with_the_link_dropped_including_during_the_report() {
     let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
     let w = start_worker(dir.path(), &endpoints, &[]);
     let t0 = Instant::now();
-    // Drop 1: longer than every renew interval, over the moment S005 (1.3 s) and S003 (1.5 s)
-    // exit, so their reports go into the void and must be retried.
-    sleep_until(t0, 1000).await;
-    px.iter().for_each(Proxy::cut);
-    sleep_until(t0, 1850).await;
-    // S005's command has exited 0 by now, but its report cannot have reached the cluster.
-    let log = w.log_text();
-    assert!(log.contains("exited task=S005"), "S005 still running at 1.85 s:\n{log}");
-    let s005 = c.get("S005").await.unwrap();
-    assert_eq!(s005.state, pb::TaskState::Running as i32, "{s005:#?}\n{log}");
-    px.iter().for_each(Proxy::heal);
-    // Drop 2: over S001's exit (3.1 s) and S004's (3.4 s).
-    sleep_until(t0, 2900).await;
-    px.iter().for_each(Proxy::cut);
-    sleep_until(t0, 3800).await;
-    px.iter().for_each(Proxy::heal);
+    // Three drops, each longer than the renew interval (a third of the TTL) of the rows whose
+    // command exits during it, and shorter than their TTL: their reports go into the void and
+    // must be retried after the heal, and no lease may be lost over it.
+    for (from, to, rows) in [
+        (950, 1500, &["S005"][..]),
+        (2900, 4200, &["S001", "S004"][..]),
+        (9000, 13000, &["S002"][..]),
+    ] {
+        sleep_until(t0, from).await;
+        px.iter().for_each(Proxy::cut);
+        sleep_until(t0, to - 100).await;
+        let log = w.log_text();
+        for id in rows {
+            // The command has exited 0, but its report cannot have reached the cluster.
+            assert!(
+                log.contains(&format!("exited task={id}")),
+                "{id} still running:\n{log}"
+            );
+            let t = c.get(id).await.unwrap();
+            assert_eq!(t.state, pb::TaskState::Running as i32, "{t:#?}\n{log}");
+        }
+        sleep_until(t0, to).await;
+        px.iter().for_each(Proxy::heal);
+    }
     assert_rows_succeeded_once(&c, &dir.path().join("marks"), &w.log_text()).await;
     drop(w);
     cluster.shutdown().await;
@@ -156,7 +167,11 @@ async fn scenarios_succeed_with_sigterm_right_after_a_child_exits_0() {
     // Every report was committed before the worker exited: no waiting here.
     for (id, _, _) in scenario_rows(MS_PER_S) {
         let t = c.get(id).await.unwrap();
-        assert_eq!(t.state, pb::TaskState::Succeeded as i32, "{id}: {t:#?}\n{log}");
+        assert_eq!(
+            t.state,
+            pb::TaskState::Succeeded as i32,
+            "{id}: {t:#?}\n{log}"
+        );
     }
     assert_rows_succeeded_once(&c, &dir.path().join("marks"), &log).await;
     cluster.shutdown().await;

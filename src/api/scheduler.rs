@@ -258,7 +258,10 @@ impl Scheduler for SchedulerSvc {
                     Ok(e) => pending.push(e),
                     Err(broadcast::error::RecvError::Closed) => return,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(missed = n, "watcher fell behind the live channel; resuming from retained events");
+                        tracing::debug!(
+                            missed = n,
+                            "watcher fell behind the live channel; resuming from retained events"
+                        );
                         let from = if last_rev > 0 { last_rev } else { start };
                         let res = node.shared.events.lock().expect("lock").watch(from);
                         match res {

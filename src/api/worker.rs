@@ -95,7 +95,10 @@ impl Worker for WorkerSvc {
                 self.node.read_barrier().await.map_err(error::node)?;
                 let a = self.node.shared.applied.read().expect("lock");
                 if let Some(l) = a.state.lease_of_claim(&r.worker_id, &r.claim_id) {
-                    let t = a.state.task(&l.task_id).expect("a live lease's task exists");
+                    let t = a
+                        .state
+                        .task(&l.task_id)
+                        .expect("a live lease's task exists");
                     return Ok(answer(t, l));
                 }
             }

@@ -195,7 +195,10 @@ pub async fn run(a: RunArgs) -> Result<(), BoxError> {
         Ok(Some(ctx)) => ctx,
         Ok(None) => return Err(format!("task {task_id} could not be claimed").into()),
         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-            eprintln!("task {task_id} is being run by another worker: {}", s.message());
+            eprintln!(
+                "task {task_id} is being run by another worker: {}",
+                s.message()
+            );
             std::process::exit(75);
         }
         Err(s) => return Err(s.into()),

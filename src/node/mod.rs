@@ -377,7 +377,9 @@ async fn retention_sweeper(node: Arc<Node>) {
         let before = node.clock.unix_ms().saturating_sub(retention);
         let due = {
             let a = node.shared.applied.read().expect("lock");
-            a.state.oldest_finished_unix_ms().is_some_and(|at| at < before)
+            a.state
+                .oldest_finished_unix_ms()
+                .is_some_and(|at| at < before)
         };
         if !due {
             continue;

@@ -814,7 +814,10 @@ impl State {
         }
         assert_eq!(
             self.finished.len(),
-            self.tasks.values().filter(|t| t.state.is_terminal()).count(),
+            self.tasks
+                .values()
+                .filter(|t| t.state.is_terminal())
+                .count(),
             "every terminal task is in the retention index"
         );
         for (at, id) in &self.finished {
@@ -822,7 +825,10 @@ impl State {
         }
         assert_eq!(
             self.claims.len(),
-            self.leases.values().filter(|l| !l.claim_id.is_empty()).count()
+            self.leases
+                .values()
+                .filter(|l| !l.claim_id.is_empty())
+                .count()
         );
         let mut live_tasks = BTreeSet::new();
         for (token, l) in &self.leases {

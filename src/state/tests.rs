@@ -474,20 +474,44 @@ fn purge_forgets_old_terminal_tasks_only() {
         sm.run(Command::Submit(spec(id, 3)));
     }
     let (t, l) = sm.claim();
-    sm.run_at(NOW + 10, Command::Complete {
-        task_id: t.spec.id.clone(),
-        token: l.token,
-        report: Report { success: true, exit_code: 0, result: vec![], error: String::new() },
-    });
-    sm.run_at(NOW + 20, Command::Cancel { task_id: "b".into(), reason: String::new() });
+    sm.run_at(
+        NOW + 10,
+        Command::Complete {
+            task_id: t.spec.id.clone(),
+            token: l.token,
+            report: Report {
+                success: true,
+                exit_code: 0,
+                result: vec![],
+                error: String::new(),
+            },
+        },
+    );
+    sm.run_at(
+        NOW + 20,
+        Command::Cancel {
+            task_id: "b".into(),
+            reason: String::new(),
+        },
+    );
     // Nothing finished before NOW + 10.
-    let purge = |before, max| Command::Purge { finished_before_unix_ms: before, max };
+    let purge = |before, max| Command::Purge {
+        finished_before_unix_ms: before,
+        max,
+    };
     assert_eq!(sm.run(purge(NOW + 10, 10)), Response::Purged { count: 0 });
     assert_eq!(sm.run(purge(NOW + 100, 1)), Response::Purged { count: 1 });
-    assert!(sm.s.task("a").is_none(), "the oldest finished task goes first");
+    assert!(
+        sm.s.task("a").is_none(),
+        "the oldest finished task goes first"
+    );
     assert!(sm.s.task("b").is_some());
     assert_eq!(sm.run(purge(NOW + 100, 10)), Response::Purged { count: 1 });
-    assert_eq!(sm.s.task("c").unwrap().state, TaskState::Pending, "live tasks stay");
+    assert_eq!(
+        sm.s.task("c").unwrap().state,
+        TaskState::Pending,
+        "live tasks stay"
+    );
     // Its lease token is forgotten too; a report for it now names an unknown task.
     assert_eq!(sm.s.lost_reason(l.token), LostReason::Unknown);
     let back = State::from_bytes(&sm.s.to_bytes()).unwrap();
@@ -516,7 +540,11 @@ fn arb_cmd() -> impl Strategy<Value = (u64, Command)> {
             queue,
             ..spec(&id, m)
         })),
-        (queue.clone(), prop::option::of(id.clone()), prop::sample::select(vec!["", "", "c1", "c2"]))
+        (
+            queue.clone(),
+            prop::option::of(id.clone()),
+            prop::sample::select(vec!["", "", "c1", "c2"])
+        )
             .prop_map(|(queue, task_id, claim_id)| Command::Claim {
                 queue,
                 worker_id: "w".into(),

@@ -139,8 +139,16 @@ pub async fn run(ctx: &TaskContext, cfg: &ExecConfig) -> Outcome {
     let out_tail = Arc::new(Mutex::new(Tail::default()));
     let err_tail = Arc::new(Mutex::new(Tail::default()));
     let pumps = [
-        tokio::spawn(pump(child.stdout.take().expect("piped"), out_tail.clone(), false)),
-        tokio::spawn(pump(child.stderr.take().expect("piped"), err_tail.clone(), true)),
+        tokio::spawn(pump(
+            child.stdout.take().expect("piped"),
+            out_tail.clone(),
+            false,
+        )),
+        tokio::spawn(pump(
+            child.stderr.take().expect("piped"),
+            err_tail.clone(),
+            true,
+        )),
     ];
 
     // Wait for the child; on a lost lease or the end of the grace period, stop it.
@@ -197,7 +205,12 @@ pub async fn run(ctx: &TaskContext, cfg: &ExecConfig) -> Outcome {
 }
 
 /// The report for a child's end. Exit 0 is a success whatever happened around it.
-pub fn outcome_of(exit: Exit, stdout: Vec<u8>, stderr: Vec<u8>, stopped: Option<String>) -> Outcome {
+pub fn outcome_of(
+    exit: Exit,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    stopped: Option<String>,
+) -> Outcome {
     let err_text = String::from_utf8_lossy(&stderr).into_owned();
     match exit {
         Exit::Code(0) => Outcome::Success { result: stdout },
@@ -246,30 +259,58 @@ mod tests {
     #[test]
     fn outcomes() {
         assert_eq!(
-            outcome_of(Exit::Code(0), b"out".to_vec(), vec![], Some("lease lost (x)".into())),
-            Outcome::Success { result: b"out".to_vec() },
+            outcome_of(
+                Exit::Code(0),
+                b"out".to_vec(),
+                vec![],
+                Some("lease lost (x)".into())
+            ),
+            Outcome::Success {
+                result: b"out".to_vec()
+            },
             "exit 0 is success even after a lost lease (a late success)"
         );
-        let Outcome::Failure { exit_code, error, .. } =
-            outcome_of(Exit::Code(3), vec![], b"boom".to_vec(), None)
+        let Outcome::Failure {
+            exit_code, error, ..
+        } = outcome_of(Exit::Code(3), vec![], b"boom".to_vec(), None)
         else {
             panic!()
         };
         assert_eq!(exit_code, 3);
         assert!(error.contains("code 3") && error.contains("boom"));
-        let Outcome::Failure { exit_code, error, .. } =
-            outcome_of(Exit::Signal(9), vec![], vec![], None)
+        let Outcome::Failure {
+            exit_code, error, ..
+        } = outcome_of(Exit::Signal(9), vec![], vec![], None)
         else {
             panic!()
         };
         assert_eq!(exit_code, 137);
         assert!(error.contains("SIGKILL"), "{error}");
         assert!(matches!(
-            outcome_of(Exit::Signal(15), vec![], vec![], Some("worker stopping".into())),
+            outcome_of(
+                Exit::Signal(15),
+                vec![],
+                vec![],
+                Some("worker stopping".into())
+            ),
             Outcome::Release { .. }
         ));
-        assert_eq!(exit_code_of(&Outcome::Failure { exit_code: 137, error: String::new(), result: vec![] }), 137);
-        assert_eq!(exit_code_of(&Outcome::Failure { exit_code: -1, error: String::new(), result: vec![] }), 1);
+        assert_eq!(
+            exit_code_of(&Outcome::Failure {
+                exit_code: 137,
+                error: String::new(),
+                result: vec![]
+            }),
+            137
+        );
+        assert_eq!(
+            exit_code_of(&Outcome::Failure {
+                exit_code: -1,
+                error: String::new(),
+                result: vec![]
+            }),
+            1
+        );
     }
 
     #[test]
@@ -280,6 +321,6 @@ mod tests {
         }
         let v = t.take();
         assert_eq!(v.len(), TAIL_BYTES);
-        assert_eq!(*v.last().unwrap(), (199 % 251) as u8);
+        assert_eq!(*v.last().unwrap(), 199u8);
     }
 }

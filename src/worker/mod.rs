@@ -90,7 +90,13 @@ pub fn default_journal_dir(worker_id: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".leasekeeper/journal"));
     let safe: String = worker_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     base.join(safe)
 }
@@ -164,7 +170,13 @@ impl Default for Leases {
 }
 
 impl Leases {
-    fn track(&self, token: u64, ttl_ms: u64, interval_ms: u64, sent_at: Instant) -> CancellationToken {
+    fn track(
+        &self,
+        token: u64,
+        ttl_ms: u64,
+        interval_ms: u64,
+        sent_at: Instant,
+    ) -> CancellationToken {
         let lost = CancellationToken::new();
         self.map.lock().expect("lock").insert(
             token,
@@ -202,7 +214,11 @@ impl Leases {
         }
     }
     fn reason(&self, token: u64) -> Option<String> {
-        self.map.lock().expect("lock").get(&token).and_then(|t| t.reason.clone())
+        self.map
+            .lock()
+            .expect("lock")
+            .get(&token)
+            .and_then(|t| t.reason.clone())
     }
     /// Tokens to renew now, and the interval until the next heartbeat.
     fn due(&self) -> (Vec<u64>, Duration) {
@@ -324,7 +340,8 @@ impl Worker {
         for r in pending {
             tracing::info!(task = %r.task_id, token = r.lease_token, "replaying an unacknowledged report");
             // Keep the lease alive while the report goes out (a restart within the TTL).
-            w.leases.track(r.lease_token, u64::MAX / 4, 300, Instant::now());
+            w.leases
+                .track(r.lease_token, u64::MAX / 4, 300, Instant::now());
             w.leases.mark_reported(r.lease_token);
             w.deliver(r);
         }
@@ -345,7 +362,12 @@ impl Worker {
     }
 
     /// Journals `outcome` for `lease` (fsync), then delivers it in the background.
-    pub async fn report(&self, task_id: &str, token: u64, outcome: Outcome) -> Result<(), JournalError> {
+    pub async fn report(
+        &self,
+        task_id: &str,
+        token: u64,
+        outcome: Outcome,
+    ) -> Result<(), JournalError> {
         let report = Report {
             task_id: task_id.to_string(),
             lease_token: token,
@@ -584,7 +606,11 @@ fn report_retryable(s: &Status) -> bool {
     crate::client::retryable(s)
         || matches!(
             s.code(),
-            Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted | Code::Aborted | Code::Internal
+            Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::ResourceExhausted
+                | Code::Aborted
+                | Code::Internal
         )
 }
 
@@ -663,12 +689,16 @@ async fn deliver(
 /// another node when the stream breaks, and reports lost leases to their handlers.
 async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken) {
     let mut seq = 0u64;
-    let mut stream: Option<(mpsc::Sender<pb::HeartbeatRequest>, tonic::Streaming<pb::HeartbeatResponse>)> = None;
+    let mut stream: Option<(
+        mpsc::Sender<pb::HeartbeatRequest>,
+        tonic::Streaming<pb::HeartbeatResponse>,
+    )> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
         let (tokens, interval) = leases.due();
         let jitter = interval.as_millis() as u64 / 10;
-        let pause = interval + Duration::from_millis(rand::random::<u64>() % (2 * jitter + 1)) - Duration::from_millis(jitter);
+        let pause = interval + Duration::from_millis(rand::random::<u64>() % (2 * jitter + 1))
+            - Duration::from_millis(jitter);
         leases.lose_unconfirmed(Instant::now());
         if tokens.is_empty() {
             tokio::select! {
@@ -726,8 +756,12 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                     leases.contact(sent_at);
                     let mut retry = false;
                     for l in r.leases {
-                        match pb::LeaseStatus::try_from(l.status).unwrap_or(pb::LeaseStatus::Unspecified) {
-                            pb::LeaseStatus::Alive => leases.confirm(l.lease_token, sent_at, r.renew_interval_ms),
+                        match pb::LeaseStatus::try_from(l.status)
+                            .unwrap_or(pb::LeaseStatus::Unspecified)
+                        {
+                            pb::LeaseStatus::Alive => {
+                                leases.confirm(l.lease_token, sent_at, r.renew_interval_ms)
+                            }
                             pb::LeaseStatus::Retry | pb::LeaseStatus::Unspecified => retry = true,
                             _ => leases.lose(l.lease_token, l.message),
                         }
@@ -739,7 +773,9 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                     }
                 }
                 None => {
-                    tracing::debug!("heartbeat stream broke or went quiet; reconnecting to another node");
+                    tracing::debug!(
+                        "heartbeat stream broke or went quiet; reconnecting to another node"
+                    );
                     stream = None;
                     client.rotate();
                     tokio::select! {

@@ -1,0 +1,202 @@
+//! A worker's journal and lease loss, with real `leasekeeper worker` processes:
+//! - SIGKILLed after its command exited 0 (report journaled, not delivered) and restarted within
+//!   the TTL: the success is committed from the journal and the task is not run again;
+//! - cut off for longer than the TTL: it stops its command; the command exits 0 anyway, and that
+//!   late success, delivered after the heal while a second attempt runs, ends the task SUCCEEDED.
+mod common;
+use common::proxy::{proxies, Proxy};
+use common::workers::*;
+use common::*;
+use leasekeeper::proto::v1 as pb;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_after_exit_0_then_restart_commits_from_the_journal() {
+    let cluster = Cluster::start(3).await;
+    let c = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let journal = dir.path().join("journal");
+    c.submit(pb::SubmitTaskRequest {
+        id: "K".into(),
+        queue: "crash".into(),
+        payload: b"0.6\n".to_vec(),
+        lease_ttl_ms: 6000,
+        max_attempts: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let px: Vec<Proxy> = proxies(&cluster.addrs).await;
+    let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
+    let log = dir.path().join("worker.log");
+    let mut w = WorkerProc::spawn(
+        &endpoints,
+        "crash",
+        &journal,
+        &[],
+        &task_command(&marks),
+        log.clone(),
+    );
+    eventually(Duration::from_secs(10), "K claimed", || async {
+        (c.get("K").await.ok()?.state == pb::TaskState::Running as i32).then_some(())
+    })
+    .await;
+    // Cut the worker off before its command exits: the report is journaled, not delivered.
+    px.iter().for_each(Proxy::cut);
+    let journal_file = journal.join("reports.journal");
+    eventually(
+        Duration::from_secs(10),
+        "the report in the journal",
+        || async {
+            let len = std::fs::metadata(&journal_file).ok()?.len();
+            (len > 0).then_some(())
+        },
+    )
+    .await;
+    w.signal(libc::SIGKILL);
+    w.child.wait().await.unwrap();
+    px.iter().for_each(Proxy::heal);
+    assert_eq!(
+        c.get("K").await.unwrap().state,
+        pb::TaskState::Running as i32
+    );
+
+    // Restarted well within the TTL, straight to the cluster this time.
+    let mut w2 = WorkerProc::spawn(
+        &cluster.addrs,
+        "crash",
+        &journal,
+        &[],
+        &task_command(&marks),
+        log.clone(),
+    );
+    let t = eventually(Duration::from_secs(10), "K succeeded", || async {
+        let t = c.get("K").await.ok()?;
+        (t.state == pb::TaskState::Succeeded as i32).then_some(t)
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("replaying an unacknowledged report"),
+        "{text}"
+    );
+    assert_eq!(t.attempt, 1, "not run again: {t:#?}");
+    assert_eq!(runs(&marks, "K"), 1);
+    assert!(!t.history[0].late, "committed within the lease: {t:#?}");
+    assert_eq!(String::from_utf8_lossy(&t.result).trim(), "ok K");
+    w2.signal(libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(20), w2.child.wait())
+        .await
+        .expect("worker stops")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        std::fs::metadata(&journal_file).unwrap().len(),
+        0,
+        "journal drained"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() {
+    let cluster = Cluster::start(3).await;
+    let c = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    c.submit(pb::SubmitTaskRequest {
+        id: "L".into(),
+        queue: "late".into(),
+        payload: b"30\n".to_vec(),
+        lease_ttl_ms: 1500,
+        max_attempts: 3,
+        retry: Some(pb::RetryPolicy {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 100,
+        }),
+    })
+    .await
+    .unwrap();
+    // Finishes its work when told to stop, and exits 0.
+    let graceful = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        format!(
+            r#"trap 'echo "finished $LEASEKEEPER_TASK_ID"; exit 0' TERM; echo run >> "{}/$LEASEKEEPER_TASK_ID"; sleep 30 & wait"#,
+            marks.display()
+        ),
+    ];
+    let px: Vec<Proxy> = proxies(&cluster.addrs).await;
+    let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
+    let a = WorkerProc::spawn(
+        &endpoints,
+        "late",
+        &dir.path().join("journal-a"),
+        &["--worker-id", "a"],
+        &graceful,
+        dir.path().join("a.log"),
+    );
+    eventually(Duration::from_secs(10), "L claimed by a", || async {
+        (c.get("L").await.ok()?.state == pb::TaskState::Running as i32).then_some(())
+    })
+    .await;
+    px.iter().for_each(Proxy::cut);
+    // Worker b takes the next attempt once the cluster has expired a's lease.
+    let b = WorkerProc::spawn(
+        &cluster.addrs,
+        "late",
+        &dir.path().join("journal-b"),
+        &["--worker-id", "b"],
+        &task_command(&marks),
+        dir.path().join("b.log"),
+    );
+    let t = eventually(Duration::from_secs(15), "a second attempt", || async {
+        let t = c.get("L").await.ok()?;
+        (t.attempt == 2 && t.state == pb::TaskState::Running as i32).then_some(t)
+    })
+    .await;
+    assert_eq!(
+        t.history[0].outcome,
+        pb::AttemptOutcome::Expired as i32,
+        "{t:#?}"
+    );
+    // a noticed on its own that it lost the lease, stopped its command, which exited 0.
+    eventually(Duration::from_secs(10), "a to stop its command", || async {
+        a.log_text().contains("exited task=L").then_some(())
+    })
+    .await;
+    let alog = a.log_text();
+    assert!(
+        alog.contains("no node reachable within the lease TTL"),
+        "{alog}"
+    );
+    assert!(alog.contains("sending SIGTERM"), "{alog}");
+    px.iter().for_each(Proxy::heal);
+    let t = eventually(Duration::from_secs(15), "L succeeded", || async {
+        let t = c.get("L").await.ok()?;
+        (t.state == pb::TaskState::Succeeded as i32).then_some(t)
+    })
+    .await;
+    let first = &t.history[0];
+    assert_eq!(first.attempt, 1);
+    assert_eq!(
+        first.outcome,
+        pb::AttemptOutcome::Succeeded as i32,
+        "{t:#?}"
+    );
+    assert!(first.late, "recorded as a late success: {t:#?}");
+    assert_eq!(succeeded_records(&t), 1, "{t:#?}");
+    assert_eq!(String::from_utf8_lossy(&t.result).trim(), "finished L");
+    // b's attempt was superseded; b hears it and stops its command.
+    eventually(
+        Duration::from_secs(10),
+        "b to hear that its lease ended",
+        || async { b.log_text().contains("lease lost").then_some(()) },
+    )
+    .await;
+    drop((a, b));
+    cluster.shutdown().await;
+}
