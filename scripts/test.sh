@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# The test command: unit + property tests, openraft's storage suite, and real-cluster tests
-# (in-process nodes and real `leasekeeper server` processes on 127.0.0.1).
+# The test command: unit + property tests, openraft's storage suite, real-cluster tests
+# (in-process nodes and real `leasekeeper server` / `leasekeeper worker` processes on
+# 127.0.0.1), then the Python SDK's tests against real server processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked --all-targets
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked -- --test-threads=2
+
+# Python SDK: installed into a private virtualenv (stubs generated from proto/ by grpcio-tools).
+venv=target/py-venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install --quiet "./python[test]"
+(cd python/tests && LEASEKEEPER_BIN="$PWD/../../target/debug/leasekeeper" "../../$venv/bin/python" -m pytest -q .)

@@ -1,0 +1,194 @@
+"""A client for schedulers and workers: talks to any node, moves on when one is unreachable."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import grpc
+
+from .v1 import leasekeeper_pb2 as pb
+from .v1 import leasekeeper_pb2_grpc as rpc
+
+#: Codes after which another node (or the same one a little later) may answer differently.
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+
+
+class Client:
+    """Scheduler and worker calls against a cluster.
+
+    `endpoints` is every node's host:port (a list or a comma-separated string). Followers
+    forward writes to the leader, so a call only moves to another node when one is unreachable,
+    silent for `attempt_timeout` seconds, or answers UNAVAILABLE (no leader yet); it keeps
+    trying for `retry_for` seconds. Every write is idempotent, so a retry is always safe.
+    """
+
+    def __init__(
+        self,
+        endpoints: Union[str, Sequence[str]],
+        retry_for: float = 15.0,
+        attempt_timeout: float = 5.0,
+    ):
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e]
+        if not endpoints:
+            raise ValueError("no endpoints given: pass at least one node address (host:port)")
+        self.endpoints = list(endpoints)
+        self.retry_for = retry_for
+        self.attempt_timeout = attempt_timeout
+        self._channels = [grpc.insecure_channel(e) for e in self.endpoints]
+        self._current = random.randrange(len(self._channels))
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        for c in self._channels:
+            c.close()
+
+    def channel(self) -> grpc.Channel:
+        with self._lock:
+            return self._channels[self._current % len(self._channels)]
+
+    def rotate(self) -> None:
+        with self._lock:
+            self._current += 1
+
+    def _call(self, service: str, method: str, request, wait: float = 0.0):
+        deadline = time.monotonic() + self.retry_for + wait
+        backoff = 0.01
+        while True:
+            stub = getattr(rpc, service + "Stub")(self.channel())
+            try:
+                return getattr(stub, method)(request, timeout=self.attempt_timeout + wait)
+            except grpc.RpcError as e:
+                if e.code() in RETRYABLE and time.monotonic() + backoff < deadline:
+                    self.rotate()
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 0.5)
+                    continue
+                raise
+
+    # ------------------------------------------------------------------ scheduler
+
+    def submit(
+        self,
+        queue: str,
+        id: str = "",
+        payload: bytes = b"",
+        max_attempts: int = 0,
+        lease_ttl_ms: int = 0,
+        initial_backoff_ms: int = 0,
+        max_backoff_ms: int = 0,
+    ) -> pb.SubmitTaskResponse:
+        """Idempotent on `id`: the same spec again returns the same task (created=False)."""
+        req = pb.SubmitTaskRequest(
+            id=id,
+            queue=queue,
+            payload=payload,
+            max_attempts=max_attempts,
+            lease_ttl_ms=lease_ttl_ms,
+            retry=pb.RetryPolicy(initial_backoff_ms=initial_backoff_ms, max_backoff_ms=max_backoff_ms),
+        )
+        return self._call("Scheduler", "SubmitTask", req)
+
+    def get(self, id: str, stale: bool = False) -> pb.Task:
+        consistency = pb.READ_CONSISTENCY_STALE if stale else pb.READ_CONSISTENCY_LINEARIZABLE
+        return self._call("Scheduler", "GetTask", pb.GetTaskRequest(id=id, consistency=consistency)).task
+
+    def list(self, queue: str = "", state: int = 0, page_size: int = 0, page_token: str = ""):
+        req = pb.ListTasksRequest(queue=queue, state=state, page_size=page_size, page_token=page_token)
+        return self._call("Scheduler", "ListTasks", req)
+
+    def cancel(self, id: str, reason: str = "") -> pb.Task:
+        return self._call("Scheduler", "CancelTask", pb.CancelTaskRequest(id=id, reason=reason)).task
+
+    def watch(self, from_revision: int = 0, queue: str = "", task_id: str = "") -> Iterator[pb.TaskEvent]:
+        """Change events from `from_revision` (0 = from now), in revision order. A broken stream
+        is resumed on another node from the last revision seen, without gaps or repeats."""
+        next_rev = from_revision
+        seen_in_rev = 0
+        last_rev = 0
+        backoff = 0.05
+        while True:
+            req = pb.WatchTasksRequest(from_revision=next_rev, queue=queue, task_id=task_id)
+            stream = rpc.SchedulerStub(self.channel()).WatchTasks(req)
+            skip = seen_in_rev if next_rev and next_rev == last_rev else 0
+            try:
+                for ev in stream:
+                    if skip and ev.revision == last_rev:
+                        skip -= 1
+                        continue
+                    if ev.revision == last_rev:
+                        seen_in_rev += 1
+                    else:
+                        last_rev, seen_in_rev = ev.revision, 1
+                    backoff = 0.05
+                    yield ev
+                return
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE and e.code() != grpc.StatusCode.CANCELLED:
+                    raise
+                # Resume at the last revision (one revision may hold several events).
+                next_rev = last_rev if last_rev else next_rev
+                self.rotate()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    # ------------------------------------------------------------------ worker
+
+    def claim(
+        self,
+        queue: str,
+        worker_id: str,
+        lease_ttl_ms: int = 0,
+        wait_ms: int = 0,
+        task_id: str = "",
+        claim_id: Optional[str] = None,
+    ) -> pb.ClaimTaskResponse:
+        """Claims a task; retries reuse one claim id, so a lost answer never orphans a lease."""
+        req = pb.ClaimTaskRequest(
+            queue=queue,
+            worker_id=worker_id,
+            lease_ttl_ms=lease_ttl_ms,
+            wait_ms=wait_ms,
+            task_id=task_id,
+            claim_id=claim_id or uuid.uuid4().hex,
+        )
+        return self._call("Worker", "ClaimTask", req, wait=wait_ms / 1000.0)
+
+    def renew(self, lease_token: int) -> pb.RenewLeaseResponse:
+        return self._call("Worker", "RenewLease", pb.RenewLeaseRequest(lease_token=lease_token))
+
+    def progress(self, lease_token: int, progress: bytes) -> pb.ReportProgressResponse:
+        req = pb.ReportProgressRequest(lease_token=lease_token, progress=progress)
+        return self._call("Worker", "ReportProgress", req)
+
+    def complete(
+        self,
+        task_id: str,
+        lease_token: int,
+        success: bool,
+        exit_code: int = 0,
+        result: bytes = b"",
+        error: str = "",
+    ) -> pb.CompleteTaskResponse:
+        req = pb.CompleteTaskRequest(
+            task_id=task_id,
+            lease_token=lease_token,
+            success=success,
+            exit_code=exit_code,
+            result=result,
+            error=error,
+        )
+        return self._call("Worker", "CompleteTask", req)
+
+    def release(self, lease_token: int, reason: str = "") -> pb.ReleaseTaskResponse:
+        return self._call("Worker", "ReleaseTask", pb.ReleaseTaskRequest(lease_token=lease_token, reason=reason))
+
+    # ------------------------------------------------------------------ admin
+
+    def cluster_status(self) -> pb.ClusterStatusResponse:
+        return self._call("Admin", "ClusterStatus", pb.ClusterStatusRequest())

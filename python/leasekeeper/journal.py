@@ -1,0 +1,167 @@
+"""The worker's durable journal of final reports (same rules as the Rust worker's).
+
+A report is appended and fsynced *before* it is sent, and marked acknowledged once the cluster
+committed it; on start every unacknowledged report is sent again (reports are idempotent).
+Format: one record per line, `<crc32 hex> <json>`; a torn or corrupt tail (a crash mid-append)
+ends the journal there and is cut off on open. When nothing is left unacknowledged the file is
+truncated. One process per journal (an exclusive flock on `LOCK`).
+"""
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Dict, List
+
+log = logging.getLogger("leasekeeper.journal")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker reports for one attempt: `kind` is "success", "failure" or "release"."""
+
+    kind: str
+    result: bytes = b""
+    exit_code: int = 0
+    error: str = ""
+    reason: str = ""
+
+    @staticmethod
+    def success(result: bytes = b"") -> "Outcome":
+        return Outcome("success", result=result)
+
+    @staticmethod
+    def failure(exit_code: int = 1, error: str = "", result: bytes = b"") -> "Outcome":
+        return Outcome("failure", result=result, exit_code=exit_code, error=error)
+
+    @staticmethod
+    def release(reason: str = "") -> "Outcome":
+        return Outcome("release", reason=reason)
+
+
+@dataclass(frozen=True)
+class Report:
+    task_id: str
+    lease_token: int
+    outcome: Outcome
+
+
+class JournalLocked(Exception):
+    pass
+
+
+def _encode(rec: dict) -> bytes:
+    body = json.dumps(rec, separators=(",", ":"), sort_keys=True).encode()
+    return b"%08x " % zlib.crc32(body) + body + b"\n"
+
+
+def _decode(line: bytes):
+    if not line.endswith(b"\n") or len(line) < 10 or line[8:9] != b" ":
+        return None
+    body = line[9:-1]
+    try:
+        if int(line[:8], 16) != zlib.crc32(body):
+            return None
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _to_record(r: Report) -> dict:
+    o = r.outcome
+    return {
+        "type": "report",
+        "task_id": r.task_id,
+        "token": r.lease_token,
+        "kind": o.kind,
+        "result": base64.b64encode(o.result).decode(),
+        "exit_code": o.exit_code,
+        "error": o.error,
+        "reason": o.reason,
+    }
+
+
+def _from_record(d: dict) -> Report:
+    o = Outcome(
+        d["kind"],
+        result=base64.b64decode(d["result"]),
+        exit_code=d["exit_code"],
+        error=d["error"],
+        reason=d["reason"],
+    )
+    return Report(d["task_id"], d["token"], o)
+
+
+class Journal:
+    def __init__(self, directory: str):
+        os.makedirs(directory, exist_ok=True)
+        self.dir = directory
+        self._lock = open(os.path.join(directory, "LOCK"), "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise JournalLocked(
+                f"journal {directory} is in use by another worker process: "
+                "give each worker its own journal_dir (or worker_id)"
+            )
+        self.path = os.path.join(directory, "reports.jsonl")
+        self._f = open(self.path, "a+b")
+        self._f.seek(0)
+        data = self._f.read()
+        self._pending: Dict[int, Report] = {}
+        good = 0
+        for line in data.splitlines(keepends=True):
+            rec = _decode(line)
+            if rec is None:
+                break
+            if rec["type"] == "report":
+                self._pending.setdefault(rec["token"], _from_record(rec))
+            elif rec["type"] == "ack":
+                self._pending.pop(rec["token"], None)
+            good += len(line)
+        if good < len(data):
+            log.warning("journal %s ends in a torn record; cutting %d bytes", self.path, len(data) - good)
+            self._f.truncate(good)
+            os.fsync(self._f.fileno())
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def pending(self) -> List[Report]:
+        return [self._pending[k] for k in sorted(self._pending)]
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def append(self, report: Report) -> None:
+        """Durable once this returns; a second report for the same token keeps the first."""
+        if report.lease_token in self._pending:
+            return
+        self._write(_to_record(report))
+        self._pending[report.lease_token] = report
+
+    def ack(self, lease_token: int) -> None:
+        if self._pending.pop(lease_token, None) is None:
+            return
+        if not self._pending:
+            self._f.truncate(0)
+            os.fsync(self._f.fileno())
+            return
+        self._write({"type": "ack", "token": lease_token})
+
+    def _write(self, rec: dict) -> None:
+        self._f.seek(0, os.SEEK_END)
+        self._f.write(_encode(rec))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+        self._lock.close()

@@ -1,0 +1,403 @@
+"""A worker that never loses a success (same semantics as the Rust `leasekeeper::worker`).
+
+- Claims up to `concurrency` tasks at a time (long poll, idempotent claim ids).
+- Renews every lease it holds over one Heartbeat stream, at the interval the cluster advises
+  (about a third of the TTL, jittered). A lease the cluster reports lost, or that no renewal
+  confirmed for a TTL while no node answered at all (or for two TTLs while nodes answered "no
+  leader"), sets the handler's `ctx.lost` event.
+- Journals the handler's outcome (fsync) before sending it, retries it until the cluster
+  acknowledges it, renews the lease until then, and replays unacknowledged reports at start.
+- On SIGTERM/SIGINT (or `stop()`): no more claims, running handlers get `shutdown_grace`
+  seconds, then `ctx.stopping` is set; every outcome is reported before `run` returns.
+
+A handler returns bytes (success, the result), an `Outcome`, or raises (failure).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import grpc
+
+from .client import RETRYABLE, Client
+from .journal import Journal, Outcome, Report
+from .v1 import leasekeeper_pb2 as pb
+from .v1 import leasekeeper_pb2_grpc as rpc
+
+log = logging.getLogger("leasekeeper.worker")
+
+
+def default_journal_dir(worker_id: str) -> str:
+    base = os.environ.get("LEASEKEEPER_JOURNAL_DIR", os.path.join(".leasekeeper", "journal"))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in worker_id)
+    return os.path.join(base, safe)
+
+
+@dataclass
+class _Tracked:
+    ttl: float
+    interval: float
+    confirmed_at: float
+    lost: threading.Event
+    reason: Optional[str] = None
+    reported: bool = False
+
+
+class TaskContext:
+    def __init__(self, worker: "Worker", task: pb.Task, lease: pb.Lease, lost: threading.Event):
+        self.task = task
+        self.lease = lease
+        self.lost = lost
+        self.stopping = worker._stopping
+        self._worker = worker
+
+    @property
+    def token(self) -> int:
+        return self.lease.token
+
+    @property
+    def payload(self) -> bytes:
+        return self.task.payload
+
+    @property
+    def lost_reason(self) -> Optional[str]:
+        return self._worker._reason(self.lease.token)
+
+    def progress(self, checkpoint: bytes) -> None:
+        self._worker.client.progress(self.lease.token, checkpoint)
+
+
+Handler = Callable[[TaskContext], Union[bytes, None, Outcome]]
+
+
+class _HeartbeatStream:
+    """One bidirectional Heartbeat call: requests from a queue, answers read by a thread."""
+
+    def __init__(self, channel: grpc.Channel):
+        self._requests: "queue.Queue[Optional[pb.HeartbeatRequest]]" = queue.Queue()
+        self._answers: "queue.Queue[Optional[pb.HeartbeatResponse]]" = queue.Queue()
+
+        def requests():
+            while True:
+                r = self._requests.get()
+                if r is None:
+                    return
+                yield r
+
+        self._call = rpc.WorkerStub(channel).Heartbeat(requests())
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            for r in self._call:
+                self._answers.put(r)
+        except grpc.RpcError:
+            pass
+        self._answers.put(None)
+
+    def exchange(self, req: pb.HeartbeatRequest, timeout: float) -> Optional[pb.HeartbeatResponse]:
+        self._requests.put(req)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                r = self._answers.get(timeout=left)
+            except queue.Empty:
+                return None
+            if r is None:
+                return None
+            if r.seq == req.seq:
+                return r
+
+    def close(self):
+        self._requests.put(None)
+        self._call.cancel()
+
+
+class Worker:
+    def __init__(
+        self,
+        endpoints: Union[str, Sequence[str]],
+        queue: str,
+        worker_id: Optional[str] = None,
+        concurrency: int = 1,
+        lease_ttl_ms: int = 0,
+        journal_dir: Optional[str] = None,
+        shutdown_grace: float = 30.0,
+        drain_timeout: float = 300.0,
+        claim_wait_ms: int = 1000,
+    ):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.client = Client(endpoints)
+        self.queue = queue
+        self.worker_id = worker_id or f"{socket.gethostname()}-{queue}"
+        self.concurrency = concurrency
+        self.lease_ttl_ms = lease_ttl_ms
+        self.shutdown_grace = shutdown_grace
+        self.drain_timeout = drain_timeout
+        self.claim_wait_ms = claim_wait_ms
+        self.journal = Journal(journal_dir or default_journal_dir(self.worker_id))
+        self._lock = threading.Lock()
+        self._leases: Dict[int, _Tracked] = {}
+        self._contact_at = time.monotonic()
+        self._acked = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._stopping = threading.Event()
+        self._hb_stop = threading.Event()
+        self._hb = threading.Thread(target=self._heartbeats, name="leasekeeper-heartbeat", daemon=True)
+        self._hb.start()
+        for r in self.journal.pending():
+            log.info("replaying an unacknowledged report task=%s token=%d", r.task_id, r.lease_token)
+            self._track(r.lease_token, ttl=1e9, interval=0.3, sent_at=time.monotonic())
+            self._leases[r.lease_token].reported = True
+            self._deliver_async(r)
+
+    # ------------------------------------------------------------------ public
+
+    def stop(self) -> None:
+        """Stops claiming; `run` then winds down as after SIGTERM."""
+        self._stop.set()
+
+    def undelivered(self) -> int:
+        with self._lock:
+            return self.journal.pending_count()
+
+    def drain(self, timeout: float) -> int:
+        """Waits until every journaled report is acknowledged; returns how many are left."""
+        deadline = time.monotonic() + timeout
+        with self._acked:
+            while self.journal.pending_count() and time.monotonic() < deadline:
+                self._acked.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            return self.journal.pending_count()
+
+    def report(self, task_id: str, lease_token: int, outcome: Outcome) -> None:
+        """Journals `outcome` (fsync), then delivers it in the background."""
+        r = Report(task_id, lease_token, outcome)
+        with self._lock:
+            self.journal.append(r)
+            t = self._leases.get(lease_token)
+            if t:
+                t.reported = True
+        self._deliver_async(r)
+
+    def claim(self, task_id: str = "", wait_ms: Optional[int] = None) -> Optional[TaskContext]:
+        sent_at = time.monotonic()
+        r = self.client.claim(
+            self.queue,
+            self.worker_id,
+            lease_ttl_ms=self.lease_ttl_ms,
+            wait_ms=self.claim_wait_ms if wait_ms is None else wait_ms,
+            task_id=task_id,
+            claim_id=uuid.uuid4().hex,
+        )
+        if not r.HasField("lease"):
+            return None
+        lost = self._track(r.lease.token, r.lease.ttl_ms / 1000.0, r.renew_interval_ms / 1000.0, sent_at)
+        log.info("claimed task=%s token=%d attempt=%d", r.task.id, r.lease.token, r.lease.attempt)
+        return TaskContext(self, r.task, r.lease, lost)
+
+    def run(self, handler: Handler, install_signal_handlers: bool = True) -> int:
+        """Runs `handler` on claimed tasks until stopped; returns the number of reports left
+        undelivered (0 = everything acknowledged)."""
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda s, f: (log.info("signal %d: stopping", s), self._stop.set()))
+        slots = threading.Semaphore(self.concurrency)
+        running: List = []
+        backoff = 0.05
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="leasekeeper-task") as pool:
+            while not self._stop.is_set():
+                if not slots.acquire(timeout=0.1):
+                    continue
+                try:
+                    ctx = self.claim()
+                    backoff = 0.05
+                except grpc.RpcError as e:
+                    slots.release()
+                    log.warning("claim failed (%s); retrying", e.code())
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                if ctx is None:
+                    slots.release()
+                    continue
+                if self._stop.is_set():
+                    self.report(ctx.task.id, ctx.token, Outcome.release("worker stopping before the task started"))
+                    slots.release()
+                    break
+                running.append(pool.submit(self._handle, handler, ctx, slots))
+            log.info("stopping: no more claims; %d task(s) may still run", sum(not f.done() for f in running))
+            grace_end = time.monotonic() + self.shutdown_grace
+            while any(not f.done() for f in running):
+                if time.monotonic() >= grace_end and not self._stopping.is_set():
+                    log.warning("grace period over: telling running tasks to stop")
+                    self._stopping.set()
+                time.sleep(0.02)
+        left = self.drain(self.drain_timeout)
+        if left:
+            log.error("%d report(s) not acknowledged yet; they are sent at the next start", left)
+        return left
+
+    def close(self) -> None:
+        self._hb_stop.set()
+        self._hb.join(timeout=5)
+        self.journal.close()
+        self.client.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _handle(self, handler: Handler, ctx: TaskContext, slots: threading.Semaphore) -> None:
+        try:
+            try:
+                res = handler(ctx)
+                outcome = res if isinstance(res, Outcome) else Outcome.success(res or b"")
+            except Exception as e:  # the task failed; the report says how
+                outcome = Outcome.failure(1, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+            self.report(ctx.task.id, ctx.token, outcome)
+        finally:
+            slots.release()
+
+    def _track(self, token: int, ttl: float, interval: float, sent_at: float) -> threading.Event:
+        lost = threading.Event()
+        with self._lock:
+            self._leases[token] = _Tracked(ttl=ttl, interval=max(interval, 0.01), confirmed_at=sent_at, lost=lost)
+        return lost
+
+    def _reason(self, token: int) -> Optional[str]:
+        with self._lock:
+            t = self._leases.get(token)
+            return t.reason if t else None
+
+    def _lose(self, token: int, why: str) -> None:
+        with self._lock:
+            t = self._leases.get(token)
+            if t is None:
+                return
+            if t.reason is None:
+                log.warning("lease lost token=%d: %s", token, why)
+                t.reason = why
+            t.lost.set()
+            if t.reported:
+                del self._leases[token]
+
+    def _lose_unconfirmed(self, now: float) -> None:
+        stale = []
+        with self._lock:
+            for token, t in self._leases.items():
+                if t.reported or t.lost.is_set():
+                    continue
+                unconfirmed = now - t.confirmed_at
+                silent = now - max(self._contact_at, t.confirmed_at)
+                if unconfirmed > 2 * t.ttl:
+                    stale.append((token, "no renewal committed within two lease TTLs although nodes answered"))
+                elif unconfirmed > t.ttl and silent > t.ttl:
+                    stale.append((token, "no node reachable within the lease TTL; the cluster may have expired it"))
+        for token, why in stale:
+            self._lose(token, why)
+
+    def _heartbeats(self) -> None:
+        seq = 0
+        stream: Optional[_HeartbeatStream] = None
+        backoff = 0.05
+        while not self._hb_stop.is_set():
+            self._lose_unconfirmed(time.monotonic())
+            with self._lock:
+                tokens = [k for k, t in self._leases.items() if not t.lost.is_set()]
+                interval = min((t.interval for t in self._leases.values()), default=0.5)
+            if not tokens:
+                self._hb_stop.wait(0.05)
+                continue
+            if stream is None:
+                stream = _HeartbeatStream(self.client.channel())
+            seq += 1
+            sent_at = time.monotonic()
+            answer = stream.exchange(pb.HeartbeatRequest(seq=seq, lease_tokens=tokens), timeout=max(interval, 1.5))
+            if answer is None:
+                stream.close()
+                stream = None
+                self.client.rotate()
+                self._hb_stop.wait(backoff)
+                backoff = min(backoff * 2, 0.5)
+                continue
+            backoff = 0.05
+            retry = False
+            with self._lock:
+                self._contact_at = max(self._contact_at, sent_at)
+            for l in answer.leases:
+                if l.status == pb.LEASE_STATUS_ALIVE:
+                    with self._lock:
+                        t = self._leases.get(l.lease_token)
+                        if t:
+                            t.confirmed_at = max(t.confirmed_at, sent_at)
+                            if answer.renew_interval_ms:
+                                t.interval = answer.renew_interval_ms / 1000.0
+                elif l.status in (pb.LEASE_STATUS_RETRY, pb.LEASE_STATUS_UNSPECIFIED):
+                    retry = True
+                else:
+                    self._lose(l.lease_token, l.message)
+            if retry:
+                stream.close()
+                stream = None
+                self.client.rotate()
+            jitter = interval * 0.1
+            self._hb_stop.wait(interval + random.uniform(-jitter, jitter))
+        if stream is not None:
+            stream.close()
+
+    def _deliver_async(self, r: Report) -> None:
+        threading.Thread(target=self._deliver, args=(r,), name="leasekeeper-report", daemon=True).start()
+
+    def _send(self, r: Report) -> None:
+        o = r.outcome
+        if o.kind == "release":
+            self.client.release(r.lease_token, o.reason)
+        else:
+            self.client.complete(
+                r.task_id,
+                r.lease_token,
+                success=o.kind == "success",
+                exit_code=o.exit_code,
+                result=o.result,
+                error=o.error,
+            )
+
+    def _deliver(self, r: Report) -> None:
+        backoff = 0.05
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self._send(r)
+                log.info("report committed task=%s token=%d tries=%d", r.task_id, r.lease_token, tries)
+                break
+            except grpc.RpcError as e:
+                if e.code() in RETRYABLE or e.code() in (
+                    grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    grpc.StatusCode.ABORTED,
+                    grpc.StatusCode.INTERNAL,
+                ):
+                    log.warning("report not delivered yet (%s); retrying", e.code())
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                log.error("report refused for good (%s: %s); dropping it", e.code(), e.details())
+                break
+        with self._acked:
+            self.journal.ack(r.lease_token)
+            self._leases.pop(r.lease_token, None)
+            self._acked.notify_all()

@@ -1,0 +1,143 @@
+"""The Python SDK against a real cluster: a task's whole life seen by a watcher, the journal's
+crash rules, and SCENARIOS.md row S003 (no heartbeats in the task) with the leader killed."""
+import os
+import threading
+import time
+
+import pytest
+
+from leasekeeper import Journal, Outcome, Report, Worker
+from leasekeeper.journal import JournalLocked
+from leasekeeper.v1 import leasekeeper_pb2 as pb
+
+
+def test_lifecycle_seen_by_a_watcher(cluster):
+    c = cluster.client()
+    events = []
+    done = threading.Event()
+
+    def watch():
+        for ev in c.watch(from_revision=1, queue="py"):
+            events.append(ev)
+            if ev.kind == pb.EVENT_KIND_SUCCEEDED:
+                done.set()
+                return
+
+    threading.Thread(target=watch, daemon=True).start()
+    r = c.submit("py", id="job-1", payload=b"hello", lease_ttl_ms=3000)
+    assert r.created
+    assert not c.submit("py", id="job-1", payload=b"hello", lease_ttl_ms=3000).created
+    claim = c.claim("py", "w-py")
+    assert claim.task.id == "job-1" and claim.lease.token > 0
+    assert 0 < claim.renew_interval_ms < 3000
+    assert c.renew(claim.lease.token).lease.renewals >= 1
+    c.progress(claim.lease.token, b"half")
+    c.complete("job-1", claim.lease.token, success=True, result=b"done")
+    assert done.wait(10), f"watcher saw {[e.kind for e in events]}"
+    kinds = [e.kind for e in events]
+    assert kinds == [
+        pb.EVENT_KIND_SUBMITTED,
+        pb.EVENT_KIND_CLAIMED,
+        pb.EVENT_KIND_PROGRESS,
+        pb.EVENT_KIND_SUCCEEDED,
+    ], kinds
+    revs = [e.revision for e in events]
+    assert revs == sorted(revs) and len(set(revs)) == len(revs)
+    t = c.get("job-1")
+    assert t.state == pb.TASK_STATE_SUCCEEDED and t.result == b"done"
+    # Completing again is idempotent; a bad id is a clear error.
+    c.complete("job-1", claim.lease.token, success=True, result=b"done")
+    with pytest.raises(Exception) as e:
+        c.get("no-such-task")
+    assert "no-such-task" in str(e.value)
+
+
+def test_journal_keeps_unacknowledged_reports_and_cuts_torn_tails(tmp_path):
+    d = str(tmp_path / "j")
+    j = Journal(d)
+    for tok in (1, 2, 3):
+        j.append(Report(f"t{tok}", tok, Outcome.success(b"r%d" % tok)))
+    j.ack(2)
+    with pytest.raises(JournalLocked):
+        Journal(d)
+    j.close()
+    with open(os.path.join(d, "reports.jsonl"), "ab") as f:
+        f.write(b"0badc0de {\"type\":\"ack\",\"tok")  # a crash mid-append
+    j = Journal(d)
+    assert [r.lease_token for r in j.pending()] == [1, 3]
+    assert j.pending()[0].outcome == Outcome.success(b"r1")
+    j.ack(1)
+    j.ack(3)
+    assert os.path.getsize(os.path.join(d, "reports.jsonl")) == 0
+    j.close()
+
+
+def test_s003_row_succeeds_once_with_the_leader_killed(cluster, tmp_path):
+    """S003: report generation, runs 90 s, no heartbeat of its own, timeout 100 s. Scaled 1 s →
+    20 ms. The worker renews for it; the leader is killed while it runs."""
+    c = cluster.client()
+    c.submit("s003", id="S003", payload=b"report", lease_ttl_ms=2000, max_attempts=3)
+    runs = []
+
+    w = Worker(cluster.addrs, "s003", worker_id="py-worker", journal_dir=str(tmp_path / "journal"))
+
+    def generate_report(ctx):
+        runs.append(ctx.task.id)
+        time.sleep(1.8)  # and never calls anything itself
+        if ctx.lost.is_set():
+            return Outcome.release(f"lease lost: {ctx.lost_reason}")
+        w.stop()
+        return b"report generated"
+
+    killer_done = threading.Event()
+
+    def kill_leader():
+        time.sleep(0.6)
+        leader = cluster.wait_leader()
+        cluster.kill(leader)
+        time.sleep(1.0)
+        cluster.start(leader)
+        killer_done.set()
+
+    threading.Thread(target=kill_leader, daemon=True).start()
+    left = w.run(generate_report, install_signal_handlers=False)
+    w.close()
+    assert left == 0
+    assert killer_done.wait(10)
+    t = c.get("S003")
+    assert t.state == pb.TASK_STATE_SUCCEEDED, t
+    assert t.result == b"report generated"
+    assert runs == ["S003"]
+    assert t.attempt == 1
+    assert sum(1 for r in t.history if r.outcome == pb.ATTEMPT_OUTCOME_SUCCEEDED) == 1
+
+
+WORKER_SCRIPT = r'''
+import os, signal, sys, time
+from leasekeeper import Worker
+w = Worker(sys.argv[1], "sig", worker_id="py-sig", journal_dir=sys.argv[2], shutdown_grace=10)
+def handler(ctx):
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGTERM)   # SIGTERM right as the work finishes
+    return b"finished " + ctx.task.id.encode()
+sys.exit(0 if w.run(handler) == 0 else 75)
+'''
+
+
+def test_sigterm_right_after_the_work_still_reports_success(cluster, tmp_path):
+    import subprocess
+    import sys
+
+    c = cluster.client()
+    for i in range(3):
+        c.submit("sig", id=f"sig-{i}", lease_ttl_ms=3000)
+    p = subprocess.run(
+        [sys.executable, "-c", WORKER_SCRIPT, ",".join(cluster.addrs), str(tmp_path / "journal")],
+        timeout=60,
+        capture_output=True,
+    )
+    assert p.returncode == 0, p.stderr.decode()
+    states = {i: c.get(f"sig-{i}").state for i in range(3)}
+    # The first task finished and was reported; the worker stopped claiming after SIGTERM.
+    assert list(states.values()).count(pb.TASK_STATE_SUCCEEDED) == 1, states
+    assert list(states.values()).count(pb.TASK_STATE_PENDING) == 2, states
