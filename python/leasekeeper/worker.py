@@ -143,6 +143,9 @@ class Worker:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.client = Client(endpoints)
+        # Claims give up sooner: the claim loop retries anyway, and a stop must not wait long
+        # on an unreachable cluster.
+        self._claims = Client(endpoints, retry_for=3.0)
         self.queue = queue
         self.worker_id = worker_id or f"{socket.gethostname()}-{queue}"
         self.concurrency = concurrency
@@ -196,7 +199,7 @@ class Worker:
 
     def claim(self, task_id: str = "", wait_ms: Optional[int] = None) -> Optional[TaskContext]:
         sent_at = time.monotonic()
-        r = self.client.claim(
+        r = self._claims.claim(
             self.queue,
             self.worker_id,
             lease_ttl_ms=self.lease_ttl_ms,
@@ -257,6 +260,7 @@ class Worker:
         self._hb.join(timeout=5)
         self.journal.close()
         self.client.close()
+        self._claims.close()
 
     # ------------------------------------------------------------------ internals
 

@@ -496,7 +496,14 @@ impl Worker {
             let claimed = tokio::select! {
                 r = self.claim_with(None, stopping.clone(), &claim_id, self.config.claim_wait) => r,
                 _ = stop.cancelled() => {
-                    self.claim_with(None, stopping.clone(), &claim_id, Duration::ZERO).await
+                    // Bounded: with the cluster unreachable a stop must not wait on it.
+                    let quick = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        self.claim_with(None, stopping.clone(), &claim_id, Duration::ZERO),
+                    );
+                    quick.await.unwrap_or_else(|_| {
+                        Err(Status::unavailable("cluster unreachable while stopping"))
+                    })
                 }
             };
             match claimed {
