@@ -83,7 +83,7 @@ async fn scenarios_succeed_with_the_link_dropped_including_during_the_report() {
     let px: Vec<Proxy> = proxies(&cluster.addrs).await;
     let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
     let w = start_worker(dir.path(), &endpoints, &[]);
-    let t0 = Instant::now();
+    let t0 = all_running(&c).await;
     // Three drops, each longer than the renew interval (a third of the TTL) of the rows whose
     // command exits during it, and shorter than their TTL: their reports go into the void and
     // must be retried after the heal, and no lease may be lost over it.
@@ -121,7 +121,7 @@ async fn scenarios_succeed_with_the_leader_killed_during_the_task_and_the_report
     mkdirs(dir.path());
     submit_rows(&c, None).await;
     let w = start_worker(dir.path(), &cluster.addrs, &[]);
-    let t0 = Instant::now();
+    let t0 = all_running(&c).await;
     // While every row runs.
     sleep_until(t0, 700).await;
     let first = cluster.wait_leader(Duration::from_secs(5)).await;
@@ -175,6 +175,20 @@ async fn scenarios_succeed_with_sigterm_right_after_a_child_exits_0() {
     }
     assert_rows_succeeded_once(&c, &dir.path().join("marks"), &log).await;
     cluster.shutdown().await;
+}
+
+/// The instant every row is RUNNING (the timeline of each test starts there).
+async fn all_running(c: &leasekeeper::client::Client) -> Instant {
+    eventually(Duration::from_secs(20), "every row claimed", || async {
+        for (id, _, _) in scenario_rows(MS_PER_S) {
+            if c.get(id).await.ok()?.state != pb::TaskState::Running as i32 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    Instant::now()
 }
 
 async fn sleep_until(t0: Instant, ms: u64) {

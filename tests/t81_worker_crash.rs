@@ -21,8 +21,8 @@ async fn sigkill_after_exit_0_then_restart_commits_from_the_journal() {
     c.submit(pb::SubmitTaskRequest {
         id: "K".into(),
         queue: "crash".into(),
-        payload: b"0.6\n".to_vec(),
-        lease_ttl_ms: 6000,
+        payload: b"2\n".to_vec(),
+        lease_ttl_ms: 8000,
         max_attempts: 3,
         ..Default::default()
     })
@@ -39,12 +39,25 @@ async fn sigkill_after_exit_0_then_restart_commits_from_the_journal() {
         &task_command(&marks),
         log.clone(),
     );
-    eventually(Duration::from_secs(10), "K claimed", || async {
-        (c.get("K").await.ok()?.state == pb::TaskState::Running as i32).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "K started by the worker",
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("started task=K")
+                .then_some(())
+        },
+    )
     .await;
     // Cut the worker off before its command exits: the report is journaled, not delivered.
     px.iter().for_each(Proxy::cut);
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("exited task=K"),
+        "exited before the cut"
+    );
     let journal_file = journal.join("reports.journal");
     eventually(
         Duration::from_secs(10),
@@ -139,8 +152,8 @@ async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() 
         &graceful,
         dir.path().join("a.log"),
     );
-    eventually(Duration::from_secs(10), "L claimed by a", || async {
-        (c.get("L").await.ok()?.state == pb::TaskState::Running as i32).then_some(())
+    eventually(Duration::from_secs(10), "L started by a", || async {
+        a.log_text().contains("started task=L").then_some(())
     })
     .await;
     px.iter().for_each(Proxy::cut);

@@ -221,6 +221,11 @@ class Worker:
                 signal.signal(sig, lambda s, f: (log.info("signal %d: stopping", s), self._stop.set()))
         slots = threading.Semaphore(self.concurrency)
         running: List = []
+        # Reports an earlier run left behind go out before any claim: one of them may finish the
+        # very task this worker would otherwise claim and run again.
+        deadline = time.monotonic() + self.drain_timeout
+        while self.undelivered() and not self._stop.is_set() and time.monotonic() < deadline:
+            self.drain(0.2)
         backoff = 0.05
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="leasekeeper-task") as pool:
             while not self._stop.is_set():

@@ -62,6 +62,8 @@ enum Cmd {
     /// Wrap one externally scheduled job (cron, Airflow, XXL-JOB) as a task: submit, claim, run,
     /// report; exits with the command's own code.
     Run(work::RunArgs),
+    /// Load generator: drive a running cluster and report ops/s and latency percentiles.
+    Bench(BenchArgs),
     /// Add or remove cluster members.
     Node {
         #[command(subcommand)]
@@ -69,6 +71,34 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// submit | renew | lifecycle | watch
+    #[arg(long, value_enum, default_value = "renew")]
+    shape: crate::bench::Shape,
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// gRPC connections shared by the clients.
+    #[arg(long, default_value_t = 8)]
+    conns: usize,
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Live leases for `renew` (at least one per client).
+    #[arg(long, default_value_t = 1000)]
+    leases: usize,
+    /// Watch streams for `watch`.
+    #[arg(long, default_value_t = 16)]
+    watchers: usize,
+    /// Tasks started per second for `lifecycle`/`watch` (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Spread calls over every node instead of sending them to the leader.
+    #[arg(long)]
+    any_node: bool,
+    #[command(flatten)]
+    conn: Conn,
 }
 
 #[derive(Args)]
@@ -201,6 +231,26 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Server(a) => server(a).await,
         Cmd::Task { cmd, conn } => task(cmd, conn).await,
         Cmd::Worker(a) => work::worker(a).await,
+        Cmd::Bench(a) => {
+            let report = crate::bench::run(crate::bench::BenchConfig {
+                endpoints: a.conn.endpoints.clone(),
+                shape: a.shape,
+                clients: a.clients,
+                conns: a.conns,
+                duration: std::time::Duration::from_secs(a.duration_s),
+                leases: a.leases,
+                watchers: a.watchers,
+                rate: a.rate,
+                leader_only: !a.any_node,
+            })
+            .await?;
+            if a.conn.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print();
+            }
+            Ok(())
+        }
         Cmd::Run(a) => work::run(a).await,
         Cmd::Status { conn } => {
             let c = Client::new(conn.endpoints.clone())?;

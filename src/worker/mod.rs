@@ -483,6 +483,16 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let stopping = CancellationToken::new();
         let mut running = tokio::task::JoinSet::new();
+        // Reports an earlier run left behind go out before any claim: one of them may finish
+        // the very task this worker would otherwise claim and run again.
+        if self.undelivered() > 0 {
+            tokio::select! {
+                left = self.drain(self.config.drain_timeout) => if left > 0 {
+                    tracing::warn!(left, "earlier reports still undelivered; claiming anyway");
+                },
+                _ = stop.cancelled() => {}
+            }
+        }
         let mut backoff = Duration::from_millis(50);
         while !stop.is_cancelled() {
             let permit = tokio::select! {
