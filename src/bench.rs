@@ -264,7 +264,7 @@ async fn prepare_leases(
             let mut out = Vec::new();
             let mut i = w;
             while i < n {
-                let id = format!("lease-{i}");
+                let id = format!("lease-{queue}-{i}");
                 c.submit(pb::SubmitTaskRequest {
                     id: id.clone(),
                     queue: queue.clone(),

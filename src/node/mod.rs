@@ -1,5 +1,6 @@
 //! One leasekeeper node: Raft, storage, the gRPC server, and the node's own duties (voting on
 //! expiry from its own clock, coalescing renewals, forwarding writes to the leader).
+mod batch;
 mod config;
 mod renew;
 
@@ -58,6 +59,7 @@ pub struct Node {
     pub clock: Arc<dyn Clock>,
     pub channels: Channels,
     renewer: Renewer,
+    proposer: batch::Proposer,
     shutdown: watch::Sender<bool>,
 }
 
@@ -113,6 +115,7 @@ impl Node {
             clock,
             channels,
             renewer: Renewer::new(weak.clone()),
+            proposer: batch::Proposer::new(weak.clone()),
             shutdown,
             config,
         });
@@ -176,9 +179,14 @@ impl Node {
         }
     }
 
-    /// Stamps `cmd` with this node's wall clock, commits it through the leader and returns the
-    /// state machine's answer.
+    /// Commits `cmd` through the leader and returns the state machine's answer. Commands
+    /// proposed concurrently share one log entry (group commit, see `batch`).
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
+        self.proposer.propose(cmd).await
+    }
+
+    /// Stamps `cmd` with this node's wall clock and commits it as one entry, now.
+    pub(crate) async fn propose_now(&self, cmd: Command) -> Result<Response, NodeError> {
         let req = Request {
             now_unix_ms: self.clock.unix_ms(),
             cmd,

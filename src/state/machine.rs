@@ -9,6 +9,22 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Attempt records kept per task; older ones are dropped (their tokens then read as unknown).
 pub const HISTORY_LIMIT: usize = 64;
 
+/// Revisions one log entry spans: a batch entry's commands get consecutive revisions from
+/// `entry_revision(index)`, so revisions and fencing tokens stay unique and only grow.
+pub const REVISIONS_PER_ENTRY: u64 = 1 << 16;
+/// The most commands one batch entry may carry.
+pub const MAX_BATCH_COMMANDS: usize = (REVISIONS_PER_ENTRY - 1) as usize;
+
+/// The revision of the first (or only) command of log entry `index`.
+pub fn entry_revision(index: u64) -> Revision {
+    index * REVISIONS_PER_ENTRY
+}
+
+/// The highest revision log entry `index` can hold.
+pub fn last_revision_of_entry(index: u64) -> Revision {
+    entry_revision(index + 1) - 1
+}
+
 /// What the node around the state machine must know about one apply step.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -209,11 +225,48 @@ impl State {
 
     // ------------------------------------------------------------------ apply
 
-    /// Applies the command of log entry `rev`. `configs` are the voter sets in force.
+    /// Applies log entry `index`: its command, or each command of a batch, at revisions
+    /// `entry_revision(index) + position`. `configs` are the voter sets in force.
+    pub fn apply_entry(
+        &mut self,
+        index: u64,
+        req: &Request,
+        configs: &VoterConfigs,
+        fx: &mut Effects,
+    ) -> Response {
+        let base = entry_revision(index);
+        match &req.cmd {
+            Command::Batch(cmds) => Response::Batch(
+                cmds.iter()
+                    .enumerate()
+                    .map(|(j, c)| self.apply_cmd(base + j as u64, req.now_unix_ms, c, configs, fx))
+                    .collect(),
+            ),
+            c => self.apply_cmd(base, req.now_unix_ms, c, configs, fx),
+        }
+    }
+
+    /// Records that log entry `index` carried no command (blank, membership).
+    pub fn note_entry(&mut self, index: u64) {
+        self.note_revision(entry_revision(index));
+    }
+
+    /// Applies one command at revision `rev`.
     pub fn apply(
         &mut self,
         rev: Revision,
         req: &Request,
+        configs: &VoterConfigs,
+        fx: &mut Effects,
+    ) -> Response {
+        self.apply_cmd(rev, req.now_unix_ms, &req.cmd, configs, fx)
+    }
+
+    fn apply_cmd(
+        &mut self,
+        rev: Revision,
+        now: u64,
+        cmd: &Command,
         configs: &VoterConfigs,
         fx: &mut Effects,
     ) -> Response {
@@ -223,8 +276,7 @@ impl State {
             self.last_revision
         );
         self.last_revision = rev;
-        let now = req.now_unix_ms;
-        let resp = match &req.cmd {
+        let resp = match cmd {
             Command::Submit(spec) => self.submit(rev, now, spec, fx),
             Command::Claim {
                 queue,
@@ -258,6 +310,10 @@ impl State {
                 finished_before_unix_ms,
                 max,
             } => self.purge(*finished_before_unix_ms, *max),
+            Command::Batch(_) => {
+                debug_assert!(false, "batches are not nested");
+                Response::Batch(Vec::new())
+            }
         };
         #[cfg(debug_assertions)]
         self.check_invariants();

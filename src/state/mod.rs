@@ -5,7 +5,10 @@
 mod machine;
 mod types;
 
-pub use machine::{backoff_ms, Effects, State, VoterConfigs, HISTORY_LIMIT};
+pub use machine::{
+    backoff_ms, entry_revision, last_revision_of_entry, Effects, State, VoterConfigs,
+    HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
+};
 pub use types::*;
 
 #[cfg(test)]

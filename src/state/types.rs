@@ -191,6 +191,9 @@ pub enum Command {
         task_id: String,
         reason: String,
     },
+    /// Several commands committed as one log entry (group commit); each gets its own revision
+    /// and answer. Never nested.
+    Batch(Vec<Command>),
     /// Forgets up to `max` terminal tasks that finished before `finished_before_unix_ms`
     /// (retention). Proposed by the leader from its wall clock.
     Purge {
@@ -216,6 +219,7 @@ impl Command {
             Command::Release { .. } => "release",
             Command::Cancel { .. } => "cancel",
             Command::Purge { .. } => "purge",
+            Command::Batch(_) => "batch",
             Command::ExpiryVote { .. } => "expiry_vote",
         }
     }
@@ -340,5 +344,7 @@ pub enum Response {
     Purged {
         count: u32,
     },
+    /// One answer per command of a `Batch`, in order.
+    Batch(Vec<Response>),
     Rejected(Rejection),
 }

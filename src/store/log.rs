@@ -8,6 +8,11 @@
 //! Log entries live in tree `log` under their big-endian index; vote, committed and purged ids
 //! in tree `meta`. One sled database holds both, so one flush covers a truncation, the appends
 //! after it and the committed id.
+//!
+//! Group commit: `append` writes the batch into sled and hands its callback to a flusher task.
+//! The flusher takes every callback waiting, runs one fsync, then completes them in order; the
+//! fsync covers every batch written before it started. While one fsync runs, the next batches
+//! pile up behind it, so under load many appends share one fsync.
 use crate::raft::{codec, Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
@@ -19,6 +24,35 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// Started on first use (inside the runtime).
+    flusher: std::sync::Arc<
+        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>>,
+    >,
+}
+
+/// One fsync for every callback waiting, then their completion in order.
+async fn flusher(
+    db: sled::Db,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
+) {
+    let mut waiting = Vec::new();
+    while let Some(first) = rx.recv().await {
+        waiting.push(first);
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let d = db.clone();
+        let res = match tokio::task::spawn_blocking(move || d.flush()).await {
+            Ok(r) => r,
+            Err(e) => Err(sled::Error::Io(std::io::Error::other(e.to_string()))),
+        };
+        for cb in waiting.drain(..) {
+            match &res {
+                Ok(_) => cb.log_io_completed(Ok(())),
+                Err(e) => cb.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+            }
+        }
+    }
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -33,7 +67,12 @@ impl LogStore {
     pub fn new(db: sled::Db) -> Result<Self, StorageError> {
         let log = db.open_tree("log").map_err(io)?;
         let meta = db.open_tree("meta").map_err(io)?;
-        Ok(Self { db, log, meta })
+        Ok(Self {
+            db,
+            log,
+            meta,
+            flusher: Default::default(),
+        })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Option<T>, StorageError> {
@@ -162,13 +201,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // Durable before openraft hears of it.
-        let res = self.flush().await;
-        match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        // Durable before openraft hears of it: the flusher completes the callback after an
+        // fsync that started after this write.
+        let tx = self.flusher.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(flusher(self.db.clone(), rx));
+            tx
+        });
+        if let Err(e) = tx.send(callback) {
+            // The flusher is gone (shutting down): flush here.
+            self.flush().await?;
+            e.0.log_io_completed(Ok(()));
         }
-        res
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -53,7 +53,11 @@ impl Shared {
             .lock()
             .expect("lock")
             .reset(state.leases(), self.clock.monotonic_ms());
-        self.events.lock().expect("lock").reset(idx);
+        self.events.lock().expect("lock").reset(if idx == 0 {
+            0
+        } else {
+            crate::state::last_revision_of_entry(idx)
+        });
         *a = Applied {
             state,
             last_applied: meta.last_log_id,
@@ -166,27 +170,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut guard = self.shared.applied.write().expect("lock");
             let a = &mut *guard;
             for e in entries {
-                let rev = e.log_id.index;
+                let index = e.log_id.index;
                 a.last_applied = Some(e.log_id);
                 let resp = match &e.payload {
                     EntryPayload::Blank => {
-                        a.state.note_revision(rev);
+                        a.state.note_entry(index);
                         Response::Ok
                     }
                     EntryPayload::Normal(req) => {
                         let configs = a.membership.membership().get_joint_config();
-                        a.state.apply(rev, req, configs, &mut fx)
+                        a.state.apply_entry(index, req, configs, &mut fx)
                     }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                        a.state.note_revision(rev);
+                        a.state.note_entry(index);
                         Response::Ok
                     }
                 };
                 out.push(resp);
             }
-            a.last_applied.map(|l| l.index).unwrap_or(0)
+            (
+                a.last_applied.map(|l| l.index).unwrap_or(0),
+                a.state.last_revision(),
+            )
         };
+        let (last, last_rev) = last;
         self.shared
             .timers
             .lock()
@@ -197,7 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for e in fx.events {
                 ev.push(e);
             }
-            ev.advance(last);
+            ev.advance(last_rev);
         }
         self.shared.applied_index.send_replace(last);
         Ok(out)
