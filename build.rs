@@ -16,5 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .bytes([".leasekeeper.raft.v1.RaftMessage.data"])
         .compile_fds(fds)?;
+    // The slice of etcd's API the bench compares against (client side only).
+    println!("cargo:rerun-if-changed=benches/etcd/etcd_subset.proto");
+    let etcd = protox::compile(["etcd_subset.proto"], ["benches/etcd"])?;
+    tonic_build::configure()
+        .build_server(false)
+        .compile_fds(etcd)?;
     Ok(())
 }

@@ -5,6 +5,11 @@ pub mod v1 {
     tonic::include_proto!("leasekeeper.v1");
 }
 
+/// Client stubs for the part of etcd's API that `leasekeeper bench --target etcd` uses.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
 pub mod raft_v1 {
     tonic::include_proto!("leasekeeper.raft.v1");
 }

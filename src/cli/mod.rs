@@ -97,6 +97,10 @@ struct BenchArgs {
     /// Spread calls over every node instead of sending them to the leader.
     #[arg(long)]
     any_node: bool,
+    /// Run the same shape against etcd (its v3 gRPC API) at --endpoints instead; list the
+    /// etcd leader first.
+    #[arg(long)]
+    etcd: bool,
     #[command(flatten)]
     conn: Conn,
 }
@@ -232,7 +236,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Task { cmd, conn } => task(cmd, conn).await,
         Cmd::Worker(a) => work::worker(a).await,
         Cmd::Bench(a) => {
-            let report = crate::bench::run(crate::bench::BenchConfig {
+            let cfg = crate::bench::BenchConfig {
                 endpoints: a.conn.endpoints.clone(),
                 shape: a.shape,
                 clients: a.clients,
@@ -242,8 +246,12 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 watchers: a.watchers,
                 rate: a.rate,
                 leader_only: !a.any_node,
-            })
-            .await?;
+            };
+            let report = if a.etcd {
+                crate::bench::etcd::run(cfg).await?
+            } else {
+                crate::bench::run(cfg).await?
+            };
             if a.conn.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

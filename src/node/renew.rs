@@ -60,7 +60,7 @@ async fn run(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<(Vec<Token>, Repl
                 .collect();
             tokens.sort_unstable();
             tokens.dedup();
-            let res = node.propose(Command::RenewBatch { tokens }).await;
+            let res = node.propose_now(Command::RenewBatch { tokens }).await;
             drop(permit);
             match res {
                 Ok(Response::Renewed(outcomes)) => {

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Side by side on this machine: a three-member etcd on loopback and a three-node leasekeeper
+# (both fsync on), the same load generator and shapes against each, one after the other.
+#
+#   bash scripts/bench-vs-etcd.sh [seconds-per-run] [clients]
+#
+# Installs Debian's etcd-server if it is missing. Prints one row per shape and system and the
+# ratio; the raw JSON rows go to target/bench/*.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+CLIENTS=${2:-64}
+OUT=target/bench
+mkdir -p "$OUT"
+
+if ! command -v etcd >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server >/dev/null
+fi
+cargo build --release --locked -q
+LK=target/release/leasekeeper
+WORK=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- etcd, three members
+cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+for i in 1 2 3; do
+  etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
+    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+    --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bench \
+    --log-level error >"$WORK/etcd-$i.log" 2>&1 &
+  pids+=($!)
+done
+ETCD_EPS=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
+leader=""
+for _ in $(seq 1 100); do
+  leader=$(ETCDCTL_API=3 etcdctl --endpoints "$ETCD_EPS" endpoint status -w json 2>/dev/null |
+    python3 -c 'import json,sys
+d=json.load(sys.stdin)
+print(next((e["Endpoint"] for e in d if e["Status"]["leader"]==e["Status"]["header"]["member_id"]), ""))' 2>/dev/null || true)
+  [ -n "$leader" ] && break
+  sleep 0.2
+done
+[ -n "$leader" ] || { echo "etcd did not elect a leader"; exit 1; }
+leader=${leader#http://}
+etcd_eps="$leader,$ETCD_EPS"
+
+# ---------------------------------------------------------------- leasekeeper, three nodes
+"$LK" dev --dir "$WORK/lk" --base-port 27301 >"$WORK/lk.log" 2>&1 &
+pids+=($!)
+LK_EPS=127.0.0.1:27301,127.0.0.1:27302,127.0.0.1:27303
+for _ in $(seq 1 100); do "$LK" status --endpoints "$LK_EPS" >/dev/null 2>&1 && break; sleep 0.2; done
+
+row() { # system shape extra-args...
+  local sys=$1 shape=$2; shift 2
+  local flags=(--shape "$shape" --duration-s "$SECS" --json "$@")
+  if [ "$sys" = etcd ]; then
+    "$LK" bench --etcd --endpoints "$etcd_eps" "${flags[@]}"
+  else
+    "$LK" bench --endpoints "$LK_EPS" "${flags[@]}"
+  fi > "$OUT/$sys-$shape$(echo "$@" | tr -d ' -').json"
+  cat "$OUT/$sys-$shape$(echo "$@" | tr -d ' -').json"
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); etcd $(etcd --version | head -1 | awk '{print $3}')"
+results=()
+for shape in renew lifecycle submit; do
+  e=$(row etcd "$shape" --clients "$CLIENTS")
+  l=$(row leasekeeper "$shape" --clients "$CLIENTS")
+  results+=("$shape|$e|$l")
+done
+e1=$(row etcd renew --clients 1 --conns 1 --leases 1)
+l1=$(row leasekeeper renew --clients 1 --conns 1 --leases 1)
+results+=("renew-1-client|$e1|$l1")
+
+python3 - "${results[@]}" <<'PY'
+import json, sys
+print(f"{'shape':<16}{'system':<13}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p999 ms':>9}{'errors':>8}")
+for item in sys.argv[1:]:
+    shape, e, l = item.split("|")
+    e, l = json.loads(e), json.loads(l)
+    for name, r in (("etcd", e), ("leasekeeper", l)):
+        lat = r["latency"]
+        print(f"{shape:<16}{name:<13}{r['ops_per_s']:>10.0f}{lat['p50_ms']:>9.2f}{lat['p99_ms']:>9.2f}{lat['p999_ms']:>9.2f}{r['errors']:>8}")
+    ratio = l["ops_per_s"] / e["ops_per_s"] if e["ops_per_s"] else float("inf")
+    print(f"{'':<16}{'ratio':<13}{ratio:>9.2f}x")
+PY
