@@ -100,8 +100,8 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    // submit → claim → 3 renewals → complete, one task, as four batch entries of one command.
-    g.throughput(Throughput::Elements(1));
+    // submit → claim → 3 renewals → complete for 100 tasks, one command per entry.
+    g.throughput(Throughput::Elements(100));
     g.bench_function("lifecycle", |b| {
         b.iter_batched(
             || (State::new(), Effects::default()),

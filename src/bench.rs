@@ -120,11 +120,18 @@ async fn clients_for(
 ) -> Result<Vec<Client>, Box<dyn std::error::Error + Send + Sync>> {
     let probe = Client::new(cfg.endpoints.clone())?;
     let endpoints = if cfg.leader_only {
-        let s = probe.cluster_status().await?;
-        if s.leader_addr.is_empty() {
-            return Err("the cluster has no leader".into());
+        let mut leader = String::new();
+        for _ in 0..100 {
+            leader = probe.cluster_status().await?.leader_addr;
+            if !leader.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        vec![s.leader_addr]
+        if leader.is_empty() {
+            return Err("the cluster has no leader (waited 10 s)".into());
+        }
+        vec![leader]
     } else {
         cfg.endpoints.clone()
     };

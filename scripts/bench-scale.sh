@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Scale: load TASKS tasks and LEASES live leases into a three-process cluster on this machine,
+# then report per-node RSS, disk used, snapshot size, the time to restart a node and the time
+# to catch up a wiped follower (by snapshot).
+#
+#   bash scripts/bench-scale.sh [tasks=1000000] [leases=100000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TASKS=${1:-1000000}
+LEASES=${2:-100000}
+cargo build --release --locked -q
+LK=$PWD/target/release/leasekeeper
+WORK=$(mktemp -d)
+declare -A pid
+cleanup() {
+  for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+addr() { echo "127.0.0.1:$((27500 + $1))"; }
+CLUSTER="1=$(addr 1),2=$(addr 2),3=$(addr 3)"
+EPS="$(addr 1),$(addr 2),$(addr 3)"
+start() { # id [no-init]
+  local init=(--initial-cluster "$CLUSTER")
+  [ "${2:-}" = no-init ] && init=()
+  "$LK" server --id "$1" --listen "$(addr "$1")" --data-dir "$WORK/node-$1" "${init[@]}" \
+    --max-ttl-ms 86400000 >>"$WORK/node-$1.log" 2>&1 &
+  pid[$1]=$!
+}
+field() { # node-id field -> value from `status --json`
+  "$LK" status --endpoints "$EPS" --json 2>/dev/null |
+    python3 -c "import json,sys; d=json.load(sys.stdin); m=[m for m in d['members'] if m['node_id']==$1]; print(m[0].get('$2', 0) if m else 0)"
+}
+leader_commit() {
+  "$LK" status --endpoints "$EPS" --json | python3 -c "import json,sys
+d=json.load(sys.stdin); print(max(m.get('applied_index',0) for m in d['members']))"
+}
+ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+for i in 1 2 3; do start "$i"; done
+for _ in $(seq 1 100); do
+  "$LK" status --endpoints "$EPS" --json 2>/dev/null | grep -q '"leader_addr":"1' && break
+  sleep 0.2
+done
+
+echo "loading $TASKS tasks ..."
+loaded=0
+t0=$(date +%s)
+while [ "$loaded" -lt "$TASKS" ]; do
+  n=$("$LK" bench --endpoints "$EPS" --shape submit --clients 64 --duration-s 10 --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["ops"])')
+  loaded=$((loaded + n))
+  echo "  $loaded tasks"
+done
+echo "loaded in $(( $(date +%s) - t0 )) s; claiming $LEASES leases ..."
+"$LK" bench --endpoints "$EPS" --shape renew --leases "$LEASES" --clients 64 --duration-s 5 --json >/dev/null
+"$LK" status --endpoints "$EPS"
+
+report() {
+  for i in "${!pid[@]}"; do
+    rss=$(ps -o rss= -p "${pid[$i]}" | awk '{printf "%.0f", $1/1024}')
+    disk=$(du -sm "$WORK/node-$i" | cut -f1)
+    snap=$( (stat -c %s "$WORK/node-$i/snapshot" 2>/dev/null || echo 0) | awk '{printf "%.1f", $1/1048576}')
+    echo "node $i: rss ${rss} MiB, disk ${disk} MiB, snapshot ${snap:-0} MiB, tasks $(field "$i" tasks), live leases $(field "$i" live_leases)"
+  done
+}
+report
+
+# Restart a follower (SIGKILL, then start): time until it has applied what the leader had.
+leader=$("$LK" status --endpoints "$EPS" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader_id"])')
+f=$(( leader % 3 + 1 ))
+target=$(leader_commit)
+kill -9 "${pid[$f]}"; wait "${pid[$f]}" 2>/dev/null || true
+t0=$(date +%s%N)
+start "$f"
+for _ in $(seq 1 6000); do [ "$(field "$f" applied_index)" -ge "$target" ] 2>/dev/null && break; sleep 0.05; done
+echo "restart of node $f (SIGKILL, then start): caught up to index $target in $(ms_since "$t0") ms"
+
+# A node that lost its disk rejoins under a new id (as with etcd: remove the member, add a new
+# one): it starts empty, is added as a learner, gets the leader's snapshot, then votes.
+kill -9 "${pid[$f]}"; wait "${pid[$f]}" 2>/dev/null || true
+rm -rf "$WORK/node-$f"
+"$LK" node remove "$f" --endpoints "$EPS" >/dev/null
+target=$(leader_commit)
+new=$((f + 3))
+"$LK" server --id "$new" --listen "$(addr "$f")" --data-dir "$WORK/node-$new" --max-ttl-ms 86400000 >>"$WORK/node-$new.log" 2>&1 &
+pid[$new]=$!
+unset "pid[$f]"
+t0=$(date +%s%N)
+"$LK" node add "$new" "$(addr "$f")" --endpoints "$EPS" >/dev/null
+for _ in $(seq 1 6000); do [ "$(field "$new" applied_index)" -ge "$target" ] 2>/dev/null && break; sleep 0.05; done
+echo "wiped node rejoined as node $new and caught up by snapshot to index $target in $(ms_since "$t0") ms"
+report
