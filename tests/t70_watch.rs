@@ -1,6 +1,6 @@
 //! WatchTasks beyond the happy path: a watcher that falls far behind the live fan-out still gets
 //! every event once and in order, and a revision older than what is retained answers OUT_OF_RANGE
-//! with the oldest revision kept, from which the watch resumes.
+//! with the oldest revision a watch can start from, from which the watch resumes.
 mod common;
 use common::*;
 use futures::StreamExt;
@@ -83,9 +83,9 @@ async fn compacted_revision_is_out_of_range_with_the_oldest_kept() {
         .expect_err("revision 1 was compacted");
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
     let msg = err.message();
-    assert!(msg.contains("oldest revision kept is"), "{msg}");
+    assert!(msg.contains("oldest revision a watch can start from is"), "{msg}");
     let oldest: u64 = msg
-        .split("oldest revision kept is ")
+        .split("oldest revision a watch can start from is ")
         .nth(1)
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|s| s.parse().ok())
@@ -101,7 +101,16 @@ async fn compacted_revision_is_out_of_range_with_the_oldest_kept() {
         .await
         .expect("watch from the oldest kept revision");
     let first = stream.next().await.unwrap().unwrap();
-    assert_eq!(first.revision, oldest);
+    assert!(first.revision >= oldest, "{} < {oldest}", first.revision);
+    // One below it is refused.
+    let err = from_leader
+        .watch(pb::WatchTasksRequest {
+            from_revision: oldest - 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("below the oldest is compacted");
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
     let mut last = first.revision;
     let mut count = 1;
     while count < 100 {

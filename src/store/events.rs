@@ -19,7 +19,7 @@ pub struct EventLog {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WatchError {
-    #[error("revision {requested} is no longer retained: the oldest revision kept is {oldest}; resume from it (and re-read state with ListTasks) or from 0 for live changes only")]
+    #[error("revision {requested} is no longer retained: the oldest revision a watch can start from is {oldest}; resume from it (and re-read state with ListTasks) or from 0 for live changes only")]
     Compacted {
         requested: Revision,
         oldest: Revision,
