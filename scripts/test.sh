@@ -4,6 +4,13 @@
 # 127.0.0.1), then the Python SDK's tests against real server processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The clock-fault tests run one node under libfaketime (Debian package `faketime`).
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq faketime >/dev/null
+fi
 cargo build --locked --all-targets
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked -- --test-threads=2

@@ -83,7 +83,10 @@ async fn compacted_revision_is_out_of_range_with_the_oldest_kept() {
         .expect_err("revision 1 was compacted");
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
     let msg = err.message();
-    assert!(msg.contains("oldest revision a watch can start from is"), "{msg}");
+    assert!(
+        msg.contains("oldest revision a watch can start from is"),
+        "{msg}"
+    );
     let oldest: u64 = msg
         .split("oldest revision a watch can start from is ")
         .nth(1)

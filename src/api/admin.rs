@@ -46,6 +46,8 @@ pub fn node_status(node: &Node) -> pb::NodeStatusResponse {
         purged_index: m.purged.map(|l| l.index).unwrap_or(0),
         live_leases,
         tasks,
+        unix_ms: node.clock.unix_ms(),
+        monotonic_ms: node.clock.monotonic_ms(),
     }
 }
 

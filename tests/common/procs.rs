@@ -10,6 +10,8 @@ pub struct Procs {
     pub addrs: Vec<String>,
     pub children: Vec<Option<Child>>,
     pub extra: Vec<String>,
+    /// Extra environment per node (e.g. libfaketime for one node's clock).
+    pub envs: Vec<Vec<(String, String)>>,
 }
 
 fn free_port() -> u16 {
@@ -23,6 +25,11 @@ fn free_port() -> u16 {
 impl Procs {
     /// Starts `n` nodes with fast test timings plus `extra` flags.
     pub fn start(n: usize, extra: &[&str]) -> Procs {
+        Self::start_with_env(n, extra, vec![Vec::new(); n])
+    }
+
+    /// Like `start`, with extra environment variables for each node.
+    pub fn start_with_env(n: usize, extra: &[&str], envs: Vec<Vec<(String, String)>>) -> Procs {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
@@ -31,6 +38,7 @@ impl Procs {
             addrs,
             children: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            envs,
         };
         for i in 0..n {
             p.spawn(i);
@@ -73,6 +81,7 @@ impl Procs {
             ])
             .args(&self.extra)
             .env("LEASEKEEPER_LOG", "info,openraft=warn")
+            .envs(self.envs[i].iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

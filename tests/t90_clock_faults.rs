@@ -1,0 +1,238 @@
+//! One node's clock goes wrong — running twice as fast, jumping an hour ahead, standing still —
+//! on a cluster of real `leasekeeper server` processes, the faulty one under libfaketime (its
+//! monotonic clock faked too). Whatever that node does, a worker that renews on time never loses
+//! its lease, and a lease nobody renews still expires by the votes of the sane majority.
+//!
+//! Needs Debian's `faketime` package (`.ci/run` installs it).
+mod common;
+use common::procs::Procs;
+use common::*;
+use leasekeeper::proto::v1 as pb;
+use std::time::{Duration, Instant};
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+const TTL: u64 = 1500;
+
+fn faketime_env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: apt-get install faketime"
+    );
+    let mut env = vec![("LD_PRELOAD".to_string(), LIBFAKETIME.to_string())];
+    env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// Makes node 0 (the faulty one) the leader if a few leader kills get it there; returns whether
+/// it is.
+async fn try_make_leader(p: &mut Procs, node: usize) -> bool {
+    for _ in 0..8 {
+        let l = p.wait_leader(Duration::from_secs(15)).await;
+        if l == node {
+            return true;
+        }
+        p.kill(l);
+        // The others elect without it; then it comes back as a follower.
+        p.wait_leader(Duration::from_secs(15)).await;
+        p.spawn(l);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    p.wait_leader(Duration::from_secs(15)).await == node
+}
+
+/// (wall, monotonic) clock of node `i` as it reports them, against the test's own clocks.
+async fn clock_of(p: &Procs, i: usize) -> (i64, u64) {
+    let s = p.status(i).await.expect("node answers");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (s.unix_ms as i64 - now, s.monotonic_ms)
+}
+
+struct Outcome {
+    live_renewals: u32,
+    dead_expired_after: Duration,
+}
+
+/// A renewing worker and a silent one for `run_for`; `during` runs at `fault_at` (e.g. a jump).
+async fn renewing_and_silent(
+    p: &Procs,
+    run_for: Duration,
+    fault_at: Duration,
+    during: impl FnOnce(),
+) -> Outcome {
+    let c = p.client();
+    for id in ["live", "dead"] {
+        c.submit(pb::SubmitTaskRequest {
+            id: id.into(),
+            queue: "clock".into(),
+            lease_ttl_ms: TTL,
+            max_attempts: 3,
+            retry: Some(pb::RetryPolicy {
+                initial_backoff_ms: 60_000,
+                max_backoff_ms: 60_000,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let claim = |id: &'static str| {
+        let c = c.clone();
+        async move {
+            c.claim(pb::ClaimTaskRequest {
+                task_id: id.into(),
+                ..claim_req("clock", "w")
+            })
+            .await
+            .unwrap()
+            .lease
+            .unwrap()
+            .token
+        }
+    };
+    let live = claim("live").await;
+    let _dead = claim("dead").await;
+    let started = Instant::now();
+    let mut dead_expired_after = None;
+    let mut live_renewals = 0;
+    let mut during = Some(during);
+    while started.elapsed() < run_for {
+        if started.elapsed() >= fault_at {
+            if let Some(f) = during.take() {
+                f();
+            }
+        }
+        // Renew on time: a third of the TTL, as the SDK does.
+        match c.renew(live).await {
+            Ok(_) => live_renewals += 1,
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                panic!(
+                    "false expiration after {:?}: {}\n{}",
+                    started.elapsed(),
+                    e.message(),
+                    p.logs()
+                )
+            }
+            Err(e) => eprintln!("renewal not answered ({e}); trying again"),
+        }
+        if dead_expired_after.is_none() {
+            if let Ok(t) = c.get("dead").await {
+                if t.state != pb::TaskState::Running as i32 {
+                    dead_expired_after = Some(started.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(TTL / 3)).await;
+    }
+    let t = c.get("live").await.unwrap();
+    assert_eq!(t.state, pb::TaskState::Running as i32, "{t:#?}");
+    assert_eq!(
+        t.attempt, 1,
+        "the renewing worker kept its first lease: {t:#?}"
+    );
+    let dead = c.get("dead").await.unwrap();
+    assert_eq!(
+        dead.history[0].outcome,
+        pb::AttemptOutcome::Expired as i32,
+        "a silent worker's lease expires by the sane majority: {dead:#?}\n{}",
+        p.logs()
+    );
+    Outcome {
+        live_renewals,
+        dead_expired_after: dead_expired_after.expect("dead lease expired during the run"),
+    }
+}
+
+fn check_expiry_delay(o: &Outcome) {
+    // Not before the TTL, and within TTL + a renew interval + vote/commit slack.
+    assert!(
+        o.dead_expired_after >= Duration::from_millis(TTL),
+        "{:?}",
+        o.dead_expired_after
+    );
+    assert!(
+        o.dead_expired_after <= Duration::from_millis(TTL * 3),
+        "silent lease expired only after {:?}",
+        o.dead_expired_after
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_node_at_double_speed_even_as_leader() {
+    let mut envs = vec![Vec::new(); 3];
+    envs[0] = faketime_env(&[("FAKETIME", "+0 x2")]);
+    let mut p = Procs::start_with_env(3, &[], envs);
+    let leads = try_make_leader(&mut p, 0).await;
+    let (_, m0) = clock_of(&p, 0).await;
+    let t0 = Instant::now();
+    let o = renewing_and_silent(&p, Duration::from_secs(6), Duration::ZERO, || {}).await;
+    let (_, m1) = clock_of(&p, 0).await;
+    let rate = (m1 - m0) as f64 / t0.elapsed().as_millis() as f64;
+    assert!(
+        (1.6..2.4).contains(&rate),
+        "node 1's monotonic clock ran at {rate:.2}x, not 2x"
+    );
+    eprintln!(
+        "x2 node (measured {rate:.2}x) leader={leads}: {} renewals, silent lease expired after {:?}",
+        o.live_renewals, o.dead_expired_after
+    );
+    check_expiry_delay(&o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_node_jumps_an_hour_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("faketime");
+    std::fs::write(&file, "+0\n").unwrap();
+    let mut envs = vec![Vec::new(); 3];
+    envs[0] = faketime_env(&[
+        ("FAKETIME_TIMESTAMP_FILE", file.to_str().unwrap()),
+        ("FAKETIME_NO_CACHE", "1"),
+    ]);
+    let mut p = Procs::start_with_env(3, &[], envs);
+    let leads = try_make_leader(&mut p, 0).await;
+    let o = renewing_and_silent(
+        &p,
+        Duration::from_secs(6),
+        Duration::from_millis(2000),
+        || {
+            std::fs::write(&file, "+3600\n").unwrap();
+        },
+    )
+    .await;
+    let (skew, _) = clock_of(&p, 0).await;
+    assert!(
+        (3_500_000..3_700_000).contains(&skew),
+        "node 1's wall clock is {skew} ms off, not +1 h"
+    );
+    eprintln!(
+        "+1 h node (wall clock {skew} ms ahead) leader={leads}: {} renewals, silent lease expired after {:?}",
+        o.live_renewals, o.dead_expired_after
+    );
+    check_expiry_delay(&o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_node_clock_stands_still() {
+    let mut envs = vec![Vec::new(); 3];
+    // An absolute time without '@' is a frozen clock (wall and monotonic).
+    envs[0] = faketime_env(&[("FAKETIME", "2026-11-24 12:00:00")]);
+    let p = Procs::start_with_env(3, &[], envs);
+    // A node whose clock does not move cannot time anything out; the other two elect a leader.
+    p.wait_leader(Duration::from_secs(15)).await;
+    let (_, m0) = clock_of(&p, 0).await;
+    let o = renewing_and_silent(&p, Duration::from_secs(6), Duration::ZERO, || {}).await;
+    let (_, m1) = clock_of(&p, 0).await;
+    assert!(
+        m1 - m0 < 50,
+        "node 1's monotonic clock moved {} ms while frozen",
+        m1 - m0
+    );
+    eprintln!(
+        "frozen node: {} renewals, silent lease expired after {:?}",
+        o.live_renewals, o.dead_expired_after
+    );
+    check_expiry_delay(&o);
+}
