@@ -48,10 +48,20 @@ impl Effects {
 pub type VoterConfigs = [BTreeSet<NodeId>];
 
 /// The persisted part of the state; indexes are rebuilt on load.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Persisted {
     tasks: Vec<Task>,
     leases: Vec<Lease>,
+    last_token: Token,
+    last_revision: Revision,
+}
+
+/// The same encoding as [`Persisted`], borrowing the state instead of copying it (a snapshot
+/// of a million tasks must not hold a second copy of them in memory).
+#[derive(Serialize)]
+struct PersistedRef<'a> {
+    tasks: Vec<&'a Task>,
+    leases: Vec<&'a Lease>,
     last_token: Token,
     last_revision: Revision,
 }
@@ -189,9 +199,9 @@ impl State {
     // ------------------------------------------------------------------ snapshots
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let p = Persisted {
-            tasks: self.tasks.values().cloned().collect(),
-            leases: self.leases.values().cloned().collect(),
+        let p = PersistedRef {
+            tasks: self.tasks.values().collect(),
+            leases: self.leases.values().collect(),
             last_token: self.last_token,
             last_revision: self.last_revision,
         };

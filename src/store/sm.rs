@@ -101,15 +101,36 @@ impl StateMachineStore {
     }
 
     fn write_file(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        write_atomically(&self.path, &codec::encode(&(meta, data))).map_err(write_err)
+        write_atomically(&self.path, &file_parts(meta, data)).map_err(write_err)
     }
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// The snapshot file, `codec::encode(&(meta, data))`, as pieces: the encoded meta, the length
+/// prefix of `data`, and `data` itself — so that a large snapshot is not copied once more just
+/// to be written.
+fn file_parts<'a>(meta: &SnapshotMeta, data: &'a [u8]) -> [std::borrow::Cow<'a, [u8]>; 3] {
+    let mut len = Vec::with_capacity(10);
+    let mut n = data.len() as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            len.push(b);
+            break;
+        }
+        len.push(b | 0x80);
+    }
+    [codec::encode(meta).into(), len.into(), data.into()]
+}
+
+/// Writes `parts` to `path` so that a crash leaves either the old file or the new one.
+fn write_atomically(path: &Path, parts: &[std::borrow::Cow<'_, [u8]>]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for p in parts {
+        f.write_all(p)?;
+    }
+    let f = f.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
@@ -138,11 +159,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             };
             (a.state.to_bytes(), meta)
         };
-        let (path, bytes) = (self.path.clone(), codec::encode(&(&meta, &data)));
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+        let data = std::sync::Arc::new(data);
+        let (path, m, d) = (self.path.clone(), meta.clone(), data.clone());
+        tokio::task::spawn_blocking(move || write_atomically(&path, &file_parts(&m, &d)))
             .await
             .map_err(write_err)?
             .map_err(write_err)?;
+        let data = std::sync::Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
         Ok(Snapshot {
             meta,
@@ -237,5 +260,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_file_parts_are_the_encoded_pair() {
+        let meta = SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "s-1".into(),
+        };
+        for n in [0usize, 1, 127, 128, 16_383, 16_384, 300_000] {
+            let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let joined: Vec<u8> = file_parts(&meta, &data).concat();
+            assert_eq!(joined, codec::encode(&(&meta, &data)), "n = {n}");
+            let (m, d): (SnapshotMeta, Vec<u8>) = codec::decode(&joined).unwrap();
+            assert_eq!((m, d), (meta.clone(), data));
+        }
     }
 }
