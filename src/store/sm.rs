@@ -141,16 +141,14 @@ fn write_atomically(path: &Path, parts: &[std::borrow::Cow<'_, [u8]>]) -> std::i
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (data, meta) = {
-            let a = self.shared.applied.read().expect("lock");
+        // Serialized on a blocking thread: a large state takes long enough to stall a runtime
+        // worker (and with it Raft heartbeats) otherwise.
+        let shared = self.shared.clone();
+        let (data, meta) = tokio::task::spawn_blocking(move || {
+            let a = shared.applied.read().expect("lock");
             let id = match a.last_applied {
-                Some(l) => format!(
-                    "{}-{}-{}",
-                    l.leader_id,
-                    l.index,
-                    self.shared.clock.unix_ms()
-                ),
-                None => format!("empty-{}", self.shared.clock.unix_ms()),
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, shared.clock.unix_ms()),
+                None => format!("empty-{}", shared.clock.unix_ms()),
             };
             let meta = SnapshotMeta {
                 last_log_id: a.last_applied,
@@ -158,7 +156,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 snapshot_id: id,
             };
             (a.state.to_bytes(), meta)
-        };
+        })
+        .await
+        .map_err(write_err)?;
         let data = std::sync::Arc::new(data);
         let (path, m, d) = (self.path.clone(), meta.clone(), data.clone());
         tokio::task::spawn_blocking(move || write_atomically(&path, &file_parts(&m, &d)))
