@@ -24,6 +24,16 @@ fn req(cmd: Command) -> Request {
     }
 }
 
+fn claim(task_id: Option<String>) -> Command {
+    Command::Claim {
+        queue: "q".into(),
+        worker_id: "w".into(),
+        lease_ttl_ms: None,
+        task_id,
+        claim_id: String::new(),
+    }
+}
+
 /// A state with `n` running tasks; returns it, the next free index and the lease tokens.
 fn with_leases(n: usize) -> (State, u64, Vec<u64>) {
     let cfg = vec![BTreeSet::from([1u64, 2, 3])];
@@ -39,15 +49,8 @@ fn with_leases(n: usize) -> (State, u64, Vec<u64>) {
             &mut fx,
         );
         index += 1;
-        let claim = Command::Claim {
-            queue: "q".into(),
-            worker_id: "w".into(),
-            lease_ttl_ms: None,
-            task_id: None,
-            claim_id: String::new(),
-        };
         if let leasekeeper::state::Response::Claimed { lease, .. } =
-            s.apply_entry(index, &req(claim), &cfg, &mut fx)
+            s.apply_entry(index, &req(claim(None)), &cfg, &mut fx)
         {
             tokens.push(lease.token);
         }
@@ -117,17 +120,11 @@ fn benches(c: &mut Criterion) {
                         &mut fx,
                     );
                     index += 1;
-                    let claim = Command::Claim {
-                        queue: "q".into(),
-                        worker_id: "w".into(),
-                        lease_ttl_ms: None,
-                        task_id: Some(id.clone()),
-                        claim_id: String::new(),
-                    };
-                    let token = match s.apply_entry(index, &req(claim), &cfg, &mut fx) {
-                        leasekeeper::state::Response::Claimed { lease, .. } => lease.token,
-                        r => panic!("{r:?}"),
-                    };
+                    let token =
+                        match s.apply_entry(index, &req(claim(Some(id.clone()))), &cfg, &mut fx) {
+                            leasekeeper::state::Response::Claimed { lease, .. } => lease.token,
+                            r => panic!("{r:?}"),
+                        };
                     for _ in 0..3 {
                         index += 1;
                         s.apply_entry(

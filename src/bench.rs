@@ -97,6 +97,37 @@ struct Shared {
     stop: AtomicBool,
 }
 
+impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Shared {
+            ops: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// The report once the run is over.
+    fn report(
+        &self,
+        cfg: &BenchConfig,
+        seconds: f64,
+        lat: Vec<u32>,
+        visible: Option<Latency>,
+    ) -> BenchReport {
+        let ops = self.ops.load(Ordering::Relaxed);
+        BenchReport {
+            shape: cfg.shape,
+            clients: cfg.clients,
+            seconds,
+            ops,
+            ops_per_s: ops as f64 / seconds,
+            errors: self.errors.load(Ordering::Relaxed),
+            latency: latency(lat),
+            visible,
+        }
+    }
+}
+
 /// Paces task starts at `rate`/s across all clients (0 = unpaced).
 struct Pacer {
     rate: u64,
@@ -145,11 +176,7 @@ pub async fn run(
 ) -> Result<BenchReport, Box<dyn std::error::Error + Send + Sync>> {
     let conns = clients_for(&cfg).await?;
     let tag = format!("{:08x}", rand::random::<u32>());
-    let shared = Arc::new(Shared {
-        ops: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let shared = Shared::new();
     // Prepared state for `renew`: leases claimed up front.
     let mut tokens: Vec<u64> = Vec::new();
     if cfg.shape == Shape::Renew {
@@ -238,22 +265,12 @@ pub async fn run(
         // Watchers stop at their next event or when the grace runs out.
         let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
     }
-    let ops = shared.ops.load(Ordering::Relaxed);
     let visible = if cfg.shape == Shape::Watch {
         Some(latency(std::mem::take(&mut *visible.lock().expect("lock"))))
     } else {
         None
     };
-    Ok(BenchReport {
-        shape: cfg.shape,
-        clients: cfg.clients,
-        seconds,
-        ops,
-        ops_per_s: ops as f64 / seconds,
-        errors: shared.errors.load(Ordering::Relaxed),
-        latency: latency(lat),
-        visible,
-    })
+    Ok(shared.report(&cfg, seconds, lat, visible))
 }
 
 async fn prepare_leases(
@@ -529,11 +546,7 @@ pub mod etcd {
         }
         let chans = channels(&cfg).await?;
         let tag = format!("{:08x}", rand::random::<u32>());
-        let shared = Arc::new(Shared {
-            ops: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Shared::new();
         let mut leases: Vec<i64> = Vec::new();
         if cfg.shape == Shape::Renew {
             let mut l = LeaseClient::new(chans[0].clone());
@@ -570,18 +583,7 @@ pub mod etcd {
         for l in loops {
             lat.extend(l.await?);
         }
-        let seconds = started.elapsed().as_secs_f64();
-        let ops = shared.ops.load(Ordering::Relaxed);
-        Ok(BenchReport {
-            shape: cfg.shape,
-            clients: cfg.clients,
-            seconds,
-            ops,
-            ops_per_s: ops as f64 / seconds,
-            errors: shared.errors.load(Ordering::Relaxed),
-            latency: latency(lat),
-            visible: None,
-        })
+        Ok(shared.report(&cfg, started.elapsed().as_secs_f64(), lat, None))
     }
 
     fn record(shared: &Shared, lat: &mut Vec<u32>, t: Instant, ok: bool) {
