@@ -196,22 +196,19 @@ pub async fn run(
                     task_id: String::new(),
                 })
                 .await?;
-            let (sent_at, visible, shared) = (sent_at.clone(), visible.clone(), shared.clone());
+            let (sent_at, visible) = (sent_at.clone(), visible.clone());
             watchers.push(tokio::spawn(async move {
-                let mut local = Vec::new();
+                // Every delivery is recorded as it happens: the watcher is aborted at the end.
                 while let Some(Ok(ev)) = stream.next().await {
                     if ev.kind != pb::EventKind::Succeeded as i32 {
                         continue;
                     }
                     let id = ev.task.map(|t| t.id).unwrap_or_default();
-                    if let Some(t) = sent_at.lock().expect("lock").get(&id) {
-                        local.push(micros(t.elapsed()));
-                    }
-                    if shared.stop.load(Ordering::Relaxed) && local.len() % 64 == 0 {
-                        break;
+                    let sent = sent_at.lock().expect("lock").get(&id).copied();
+                    if let Some(t) = sent {
+                        visible.lock().expect("lock").push(micros(t.elapsed()));
                     }
                 }
-                visible.lock().expect("lock").extend(local);
             }));
         }
     }
@@ -261,9 +258,12 @@ pub async fn run(
         lat.extend(l.await?);
     }
     let seconds = started.elapsed().as_secs_f64();
+    // The last reports reach the watchers within this grace; then the watchers are stopped.
+    if !watchers.is_empty() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     for w in watchers {
-        // Watchers stop at their next event or when the grace runs out.
-        let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        w.abort();
     }
     let visible = if cfg.shape == Shape::Watch {
         Some(latency(std::mem::take(&mut *visible.lock().expect("lock"))))
