@@ -373,14 +373,14 @@ impl Worker {
             lease_token: token,
             outcome,
         };
-        let j = self.journal.clone();
-        let r = report.clone();
-        tokio::task::spawn_blocking(move || j.lock().expect("lock").append(&r))
-            .await
-            .expect("journal append does not panic")?;
-        self.leases.mark_reported(token);
-        self.deliver(report);
-        Ok(())
+        journal_then_deliver(
+            self.client.clone(),
+            self.journal.clone(),
+            self.leases.clone(),
+            self.acked.clone(),
+            report,
+        )
+        .await
     }
 
     fn deliver(&self, report: Report) {
@@ -589,19 +589,12 @@ impl Worker {
                 lease_token: token,
                 outcome,
             };
-            let j = journal.clone();
-            let r = report.clone();
-            match tokio::task::spawn_blocking(move || j.lock().expect("lock").append(&r)).await {
-                Ok(Ok(())) => {
-                    leases.mark_reported(token);
-                    tokio::spawn(deliver(client, journal, leases, acked, report));
-                }
-                failed => {
-                    // Without the journal a crash could lose the report; still deliver it.
-                    tracing::error!(error = ?failed, "cannot journal the report; sending it anyway");
-                    let _ = deliver_once(&client, &report).await;
-                    leases.untrack(token);
-                }
+            let (c, l) = (client.clone(), leases.clone());
+            if let Err(e) = journal_then_deliver(c, journal, l, acked, report.clone()).await {
+                // Without the journal a crash could lose the report; still deliver it.
+                tracing::error!(error = %e, "cannot journal the report; sending it anyway");
+                let _ = deliver_once(&client, &report).await;
+                leases.untrack(token);
             }
             drop(permit);
         }
@@ -661,6 +654,24 @@ async fn deliver_once(client: &Client, r: &Report) -> Result<(), Status> {
             .map(|_| ()),
         Outcome::Release { reason } => client.release(r.lease_token, reason).await.map(|_| ()),
     }
+}
+
+/// Appends `report` to the journal (fsync), then delivers it in the background; the lease is
+/// renewed until the cluster acknowledges the report.
+async fn journal_then_deliver(
+    client: Client,
+    journal: Arc<Mutex<Journal>>,
+    leases: Arc<Leases>,
+    acked: Arc<Notify>,
+    report: Report,
+) -> Result<(), JournalError> {
+    let (j, r) = (journal.clone(), report.clone());
+    tokio::task::spawn_blocking(move || j.lock().expect("lock").append(&r))
+        .await
+        .expect("journal append does not panic")?;
+    leases.mark_reported(report.lease_token);
+    tokio::spawn(deliver(client, journal, leases, acked, report));
+    Ok(())
 }
 
 /// Sends `r` until the cluster acknowledges it (or refuses it for good), then acks the journal.
