@@ -69,16 +69,12 @@ async fn assert_rows_succeeded_once(c: &leasekeeper::client::Client, marks: &Pat
     }
 }
 
-fn mkdirs(dir: &Path) {
-    std::fs::create_dir_all(dir.join("marks")).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scenarios_succeed_with_the_link_dropped_including_during_the_report() {
     let cluster = Cluster::start(3).await;
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
-    mkdirs(dir.path());
+    marks_dir(dir.path());
     submit_rows(&c, None).await;
     let px: Vec<Proxy> = proxies(&cluster.addrs).await;
     let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
@@ -118,7 +114,7 @@ async fn scenarios_succeed_with_the_leader_killed_during_the_task_and_the_report
     let mut cluster = Cluster::start(3).await;
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
-    mkdirs(dir.path());
+    marks_dir(dir.path());
     submit_rows(&c, None).await;
     let w = start_worker(dir.path(), &cluster.addrs, &[]);
     let t0 = all_running(&c).await;
@@ -152,7 +148,7 @@ async fn scenarios_succeed_with_sigterm_right_after_a_child_exits_0() {
     let cluster = Cluster::start(3).await;
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
-    mkdirs(dir.path());
+    marks_dir(dir.path());
     // S005's command sends SIGTERM to its worker as it exits 0; the other rows are still
     // running then and get the grace period.
     submit_rows(&c, Some("S005")).await;

@@ -15,8 +15,7 @@ async fn sigkill_after_exit_0_then_restart_commits_from_the_journal() {
     let cluster = Cluster::start(3).await;
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let marks = marks_dir(dir.path());
     let journal = dir.path().join("journal");
     c.submit(pb::SubmitTaskRequest {
         id: "K".into(),
@@ -118,8 +117,7 @@ async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() 
     let cluster = Cluster::start(3).await;
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let marks = marks_dir(dir.path());
     c.submit(pb::SubmitTaskRequest {
         id: "L".into(),
         queue: "late".into(),
@@ -152,10 +150,7 @@ async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() 
         &graceful,
         dir.path().join("a.log"),
     );
-    eventually(Duration::from_secs(10), "L started by a", || async {
-        a.log_text().contains("started task=L").then_some(())
-    })
-    .await;
+    a.wait_log("started task=L").await;
     px.iter().for_each(Proxy::cut);
     // Worker b takes the next attempt once the cluster has expired a's lease.
     let b = WorkerProc::spawn(
@@ -177,10 +172,7 @@ async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() 
         "{t:#?}"
     );
     // a noticed on its own that it lost the lease, stopped its command, which exited 0.
-    eventually(Duration::from_secs(10), "a to stop its command", || async {
-        a.log_text().contains("exited task=L").then_some(())
-    })
-    .await;
+    a.wait_log("exited task=L").await;
     let alog = a.log_text();
     assert!(
         alog.contains("no node reachable within the lease TTL"),
@@ -204,12 +196,7 @@ async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() 
     assert_eq!(succeeded_records(&t), 1, "{t:#?}");
     assert_eq!(String::from_utf8_lossy(&t.result).trim(), "finished L");
     // b's attempt was superseded; b hears it and stops its command.
-    eventually(
-        Duration::from_secs(10),
-        "b to hear that its lease ended",
-        || async { b.log_text().contains("lease lost").then_some(()) },
-    )
-    .await;
+    b.wait_log("lease lost").await;
     drop((a, b));
     cluster.shutdown().await;
 }

@@ -41,8 +41,7 @@ async fn run_wraps_a_job_and_exits_with_its_code() {
     let cluster = Cluster::start(3).await;
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let marks = marks_dir(dir.path());
     let j = |n: &str| dir.path().join(format!("journal-{n}"));
     let count = format!(r#"echo run >> "{}/$LEASEKEEPER_TASK_ID";"#, marks.display());
 
@@ -107,8 +106,7 @@ async fn cancelling_a_running_task_stops_its_command() {
     let cluster = Cluster::start(3).await;
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let marks = marks_dir(dir.path());
     c.submit(pb::SubmitTaskRequest {
         id: "C".into(),
         queue: "cancel".into(),
@@ -131,12 +129,7 @@ async fn cancelling_a_running_task_stops_its_command() {
     })
     .await;
     c.cancel("C", "not needed").await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the command to be stopped",
-        || async { w.log_text().contains("exited task=C").then_some(()) },
-    )
-    .await;
+    w.wait_log("exited task=C").await;
     let log = w.log_text();
     assert!(log.contains("lease lost"), "{log}");
     assert!(log.contains("sending SIGTERM"), "{log}");
@@ -151,8 +144,7 @@ async fn a_stop_with_the_cluster_unreachable_exits_75_and_keeps_the_report() {
     let cluster = Cluster::start(3).await;
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let marks = marks_dir(dir.path());
     c.submit(pb::SubmitTaskRequest {
         id: "U".into(),
         queue: "unreachable".into(),
@@ -174,18 +166,9 @@ async fn a_stop_with_the_cluster_unreachable_exits_75_and_keeps_the_report() {
         dir.path().join("w.log"),
     );
     // The worker has its lease (not just the cluster: the claim's answer must have arrived).
-    eventually(Duration::from_secs(10), "U started", || async {
-        w.log_text().contains("started task=U").then_some(())
-    })
-    .await;
+    w.wait_log("started task=U").await;
     px.iter().for_each(Proxy::cut);
-    for _ in 0..500 {
-        if w.log_text().contains("exited task=U") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(w.log_text().contains("exited task=U"), "{}", w.log_text());
+    w.wait_log("exited task=U").await;
     w.signal(libc::SIGTERM);
     let status = tokio::time::timeout(Duration::from_secs(20), w.child.wait())
         .await

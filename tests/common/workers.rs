@@ -76,6 +76,27 @@ impl WorkerProc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits (up to 10 s) for `needle` in the worker's log; panics with the log otherwise.
+    pub async fn wait_log(&self, needle: &str) {
+        for _ in 0..500 {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!(
+            "{needle:?} not in the worker's log within 10 s:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+/// `dir/marks`, created: where the task command notes its runs.
+pub fn marks_dir(dir: &Path) -> PathBuf {
+    let marks = dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    marks
 }
 
 pub fn succeeded_records(t: &pb::Task) -> usize {
