@@ -87,6 +87,11 @@ fn latency(mut v: Vec<u32>) -> Latency {
     }
 }
 
+/// Client `i`'s share of `all` when each gets `per` (at least one).
+fn share<T: Copy>(all: &[T], i: usize, per: usize) -> Vec<T> {
+    all.iter().skip(i * per).take(per.max(1)).copied().collect()
+}
+
 fn micros(d: Duration) -> u32 {
     d.as_micros().min(u32::MAX as u128) as u32
 }
@@ -104,6 +109,23 @@ impl Shared {
             errors: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
+    }
+
+    /// Lets `loops` run for `duration`, stops them and gathers their latencies; returns them
+    /// with the seconds the run took.
+    async fn run_for(
+        &self,
+        duration: Duration,
+        started: Instant,
+        loops: Vec<tokio::task::JoinHandle<Vec<u32>>>,
+    ) -> Result<(Vec<u32>, f64), tokio::task::JoinError> {
+        tokio::time::sleep(duration).await;
+        self.stop.store(true, Ordering::Relaxed);
+        let mut lat = Vec::new();
+        for l in loops {
+            lat.extend(l.await?);
+        }
+        Ok((lat, started.elapsed().as_secs_f64()))
     }
 
     /// The report once the run is over.
@@ -224,12 +246,7 @@ pub async fn run(
         let c = conns[i % conns.len()].clone();
         let shared = shared.clone();
         let tag = tag.clone();
-        let mine: Vec<u64> = tokens
-            .iter()
-            .skip(i * per)
-            .take(per.max(1))
-            .copied()
-            .collect();
+        let mine = share(&tokens, i, per);
         let sent_at = sent_at.clone();
         let pacer = pacer.clone();
         let shape = cfg.shape;
@@ -251,13 +268,7 @@ pub async fn run(
             }
         }));
     }
-    tokio::time::sleep(cfg.duration).await;
-    shared.stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    for l in loops {
-        lat.extend(l.await?);
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let (lat, seconds) = shared.run_for(cfg.duration, started, loops).await?;
     // The last reports reach the watchers within this grace; then the watchers are stopped.
     if !watchers.is_empty() {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -562,12 +573,7 @@ pub mod etcd {
             let ch = chans[i % chans.len()].clone();
             let shared = shared.clone();
             let tag = tag.clone();
-            let mine: Vec<i64> = leases
-                .iter()
-                .skip(i * per)
-                .take(per.max(1))
-                .copied()
-                .collect();
+            let mine = share(&leases, i, per);
             let shape = cfg.shape;
             loops.push(tokio::spawn(async move {
                 match shape {
@@ -577,13 +583,8 @@ pub mod etcd {
                 }
             }));
         }
-        tokio::time::sleep(cfg.duration).await;
-        shared.stop.store(true, Ordering::Relaxed);
-        let mut lat = Vec::new();
-        for l in loops {
-            lat.extend(l.await?);
-        }
-        Ok(shared.report(&cfg, started.elapsed().as_secs_f64(), lat, None))
+        let (lat, seconds) = shared.run_for(cfg.duration, started, loops).await?;
+        Ok(shared.report(&cfg, seconds, lat, None))
     }
 
     fn record(shared: &Shared, lat: &mut Vec<u32>, t: Instant, ok: bool) {
