@@ -47,9 +47,33 @@ fn uri(addr: &str) -> String {
 }
 
 /// Whether another node (or the same one a little later) may answer differently.
+///
+/// Besides UNAVAILABLE and UNKNOWN this covers a call cut short by its connection: a node killed
+/// mid-call surfaces as CANCELLED ("operation was canceled") whose *source* is the transport
+/// error ("connection closed"). A CANCELLED without a transport source came from the server or
+/// the caller and is final. Every call of this client is idempotent, so sending it again is safe.
 pub fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown)
-        || (s.code() == Code::Cancelled && s.message().contains("connection"))
+    match s.code() {
+        Code::Unavailable | Code::Unknown => true,
+        Code::Cancelled => s.message().contains("connection") || cut_by_transport(s),
+        _ => false,
+    }
+}
+
+/// Whether `s` carries a transport-level error (tonic, hyper, h2 or I/O) in its source chain.
+fn cut_by_transport(s: &Status) -> bool {
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        let text = e.to_string();
+        if text.contains("connection") || text.contains("broken pipe") || text.contains("reset") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl Client {
@@ -350,5 +374,27 @@ impl Client {
                 .await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_cut_by_its_connection_is_retried_elsewhere() {
+        // What a SIGKILLed node looks like to a call in flight.
+        let mut cut = Status::cancelled("operation was canceled");
+        cut.set_source(Arc::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection closed",
+        )));
+        assert!(retryable(&cut));
+        assert!(retryable(&Status::unavailable("no leader")));
+        assert!(retryable(&Status::cancelled("connection reset by peer")));
+        // Cancelled by the server or the caller, with no transport underneath: final.
+        assert!(!retryable(&Status::cancelled("the caller gave up")));
+        assert!(!retryable(&Status::failed_precondition("lease expired")));
+        assert!(!retryable(&Status::invalid_argument("ttl_ms too small")));
     }
 }
