@@ -1,7 +1,8 @@
-//! The server side of Raft RPCs and of follower→leader forwarding.
+//! The server side of Raft RPCs and of follower→leader forwarding: the gRPC face of
+//! [`Node::handle_peer`].
 use crate::node::Node;
 use crate::proto::raft_v1::{raft_server::Raft as RaftRpc, RaftMessage};
-use crate::raft::codec;
+use crate::raft::network::PeerCall;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -9,18 +10,17 @@ pub struct RaftSvc {
     pub node: Arc<Node>,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
-    codec::decode(&m.data).map_err(|e| {
-        Status::invalid_argument(format!(
-            "undecodable raft message ({e}): are all nodes the same version?"
-        ))
-    })
-}
-
-fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
-    Ok(Response::new(RaftMessage {
-        data: codec::encode(v).into(),
-    }))
+impl RaftSvc {
+    async fn handle(
+        &self,
+        kind: PeerCall,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        match self.node.handle_peer(kind, &req.get_ref().data).await {
+            Ok(data) => Ok(Response::new(RaftMessage { data: data.into() })),
+            Err(e) => Err(Status::invalid_argument(e)),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -29,32 +29,28 @@ impl RaftRpc for RaftSvc {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode(req.get_ref())?;
-        reply(&self.node.raft.append_entries(rpc).await)
+        self.handle(PeerCall::Append, req).await
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode(req.get_ref())?;
-        reply(&self.node.raft.vote(rpc).await)
+        self.handle(PeerCall::Vote, req).await
     }
 
     async fn install_snapshot(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode(req.get_ref())?;
-        reply(&self.node.raft.install_snapshot(rpc).await)
+        self.handle(PeerCall::Snapshot, req).await
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let r = decode(req.get_ref())?;
-        reply(&self.node.propose_local(r).await)
+        self.handle(PeerCall::Propose, req).await
     }
 
     async fn read_index(
         &self,
-        _req: Request<RaftMessage>,
+        req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        reply(&self.node.read_index_local().await)
+        self.handle(PeerCall::ReadIndex, req).await
     }
 }

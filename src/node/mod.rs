@@ -7,13 +7,13 @@ mod renew;
 pub use config::{ConfigError, Limits, NodeConfig, RaftTiming};
 
 use crate::clock::{Clock, SystemClock};
-use crate::proto::raft_v1::{raft_client::RaftClient, RaftMessage};
-use crate::raft::network::{Channels, Network};
+use crate::raft::network::{Channels, GrpcTransport, Network, PeerCall, PeerError, Transport};
 use crate::raft::{
     codec, ClientWriteError, Node as RaftNode, NodeId, Raft, RaftError, RaftMetrics,
 };
 use crate::state::{Command, RenewOutcome, Request, Response, Token};
-use crate::store::{self, Shared};
+use crate::store::{self, Shared, StateMachineStore};
+use openraft::storage::RaftLogStorage;
 use renew::Renewer;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -51,6 +51,14 @@ pub(crate) enum ReadIndexReply {
     Failed(String),
 }
 
+/// What a node is built from besides its configuration and storage.
+pub struct Parts {
+    pub clock: Arc<dyn Clock>,
+    pub transport: Arc<dyn Transport>,
+    /// gRPC channels for the admin fan-out (status of every member).
+    pub channels: Channels,
+}
+
 pub struct Node {
     pub id: NodeId,
     pub config: NodeConfig,
@@ -58,6 +66,7 @@ pub struct Node {
     pub shared: Arc<Shared>,
     pub clock: Arc<dyn Clock>,
     pub channels: Channels,
+    transport: Arc<dyn Transport>,
     renewer: Renewer,
     proposer: batch::Proposer,
     shutdown: watch::Sender<bool>,
@@ -77,6 +86,44 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Node>, Box<dyn std::error::Error + Send + Sync>> {
         config.validate()?;
+        let channels = Channels::default();
+        let parts = Parts {
+            clock: clock.clone(),
+            transport: Arc::new(GrpcTransport {
+                channels: channels.clone(),
+            }),
+            channels,
+        };
+        let shared = Self::new_shared(&config, clock);
+        let (log, sm) = store::open(&config.data_dir, shared.clone())?;
+        Self::start_with_parts(config, parts, shared, log, sm).await
+    }
+
+    /// What the state machine shares with the node, for [`Node::start_with_parts`].
+    pub fn new_shared(config: &NodeConfig, clock: Arc<dyn Clock>) -> Arc<Shared> {
+        Arc::new(Shared::new(
+            clock,
+            config.event_retention,
+            config.watch_live_buffer,
+        ))
+    }
+
+    /// Starts a node on storage and a transport of the caller's choosing (the deterministic
+    /// simulation passes its own disk, network and clocks; [`Node::start`] passes sled, gRPC
+    /// and the system clock).
+    pub async fn start_with_parts<LS: RaftLogStorage<crate::raft::TypeConfig>>(
+        config: NodeConfig,
+        parts: Parts,
+        shared: Arc<Shared>,
+        log: LS,
+        sm: StateMachineStore,
+    ) -> Result<Arc<Node>, Box<dyn std::error::Error + Send + Sync>> {
+        config.validate()?;
+        let Parts {
+            clock,
+            transport,
+            channels,
+        } = parts;
         let t = &config.raft;
         let raft_config = openraft::Config {
             cluster_name: "leasekeeper".into(),
@@ -90,18 +137,11 @@ impl Node {
             ..Default::default()
         }
         .validate()?;
-        let shared = Arc::new(Shared::new(
-            clock.clone(),
-            config.event_retention,
-            config.watch_live_buffer,
-        ));
-        let (log, sm) = store::open(&config.data_dir, shared.clone())?;
-        let channels = Channels::default();
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
             Network {
-                channels: channels.clone(),
+                transport: transport.clone(),
             },
             log,
             sm,
@@ -114,6 +154,7 @@ impl Node {
             shared,
             clock,
             channels,
+            transport,
             renewer: Renewer::new(weak.clone()),
             proposer: batch::Proposer::new(weak.clone()),
             shutdown,
@@ -207,12 +248,12 @@ impl Node {
                     Err(RaftError::Fatal(f)) => return Err(NodeError::Stopped(f.to_string())),
                 }
             } else {
-                let mut client = RaftClient::new(self.channels.get(&addr));
-                let msg = RaftMessage {
-                    data: codec::encode(&req).into(),
-                };
-                match client.propose(msg).await {
-                    Ok(r) => match codec::decode::<ProposeReply>(&r.into_inner().data) {
+                let sent = self
+                    .transport
+                    .call(&addr, PeerCall::Propose, codec::encode(&req), self.timeout())
+                    .await;
+                match sent {
+                    Ok(data) => match codec::decode::<ProposeReply>(&data) {
                         Ok(ProposeReply::Applied(resp)) => return Ok(resp),
                         Ok(ProposeReply::NotLeader) => {}
                         Ok(ProposeReply::Failed(e)) => return Err(NodeError::Raft(e)),
@@ -224,12 +265,9 @@ impl Node {
                         }
                     },
                     // Not sent (connection refused): safe to try again.
-                    Err(s) if s.code() == tonic::Code::Unavailable => {}
-                    Err(s) => {
-                        return Err(NodeError::Unknown {
-                            leader,
-                            detail: s.message().to_string(),
-                        })
+                    Err(PeerError::Unreachable(_)) => {}
+                    Err(PeerError::Failed(detail)) => {
+                        return Err(NodeError::Unknown { leader, detail })
                     }
                 }
             }
@@ -238,6 +276,25 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Answers one node-to-node call (the server side of [`Transport`]): decodes it, hands it
+    /// to Raft or to the leader's proposal path, and encodes the answer.
+    pub async fn handle_peer(&self, kind: PeerCall, body: &[u8]) -> Result<Vec<u8>, String> {
+        fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+            codec::decode(b).map_err(|e| {
+                format!("undecodable raft message ({e}): are all nodes the same version?")
+            })
+        }
+        Ok(match kind {
+            PeerCall::Append => codec::encode(&self.raft.append_entries(decode(body)?).await),
+            PeerCall::Vote => codec::encode(&self.raft.vote(decode(body)?).await),
+            PeerCall::Snapshot => {
+                codec::encode(&self.raft.install_snapshot(decode(body)?).await)
+            }
+            PeerCall::Propose => codec::encode(&self.propose_local(decode(body)?).await),
+            PeerCall::ReadIndex => codec::encode(&self.read_index_local().await),
+        })
     }
 
     /// Leader side of a follower's forwarded proposal.
@@ -273,9 +330,12 @@ impl Node {
                     ReadIndexReply::Failed(e) => return Err(NodeError::Raft(e)),
                 }
             } else {
-                let mut client = RaftClient::new(self.channels.get(&addr));
-                match client.read_index(RaftMessage::default()).await {
-                    Ok(r) => match codec::decode::<ReadIndexReply>(&r.into_inner().data) {
+                let sent = self
+                    .transport
+                    .call(&addr, PeerCall::ReadIndex, Vec::new(), self.timeout())
+                    .await;
+                match sent {
+                    Ok(data) => match codec::decode::<ReadIndexReply>(&data) {
                         Ok(ReadIndexReply::Index(i)) => Some(i),
                         Ok(ReadIndexReply::NotLeader) => None,
                         Ok(ReadIndexReply::Failed(e)) => return Err(NodeError::Raft(e)),

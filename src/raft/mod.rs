@@ -1,6 +1,7 @@
 //! openraft wiring: the type configuration, the binary codec of Raft messages, and the network
 //! client that carries them over gRPC.
 pub mod network;
+pub mod runtime;
 
 use crate::state::{Request, Response};
 use std::io::Cursor;
@@ -17,6 +18,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = runtime::Runtime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+
 /// A cache of one lazily connected channel per peer address, shared by Raft replication,
 /// forwarding and the admin fan-out.
 #[derive(Clone, Default)]
@@ -45,9 +46,93 @@ impl Channels {
 /// Snapshot chunks and large append batches stay well below this.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// The node-to-node calls: Raft's own RPCs and a follower's forwarding to the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerCall {
+    Append,
+    Vote,
+    Snapshot,
+    Propose,
+    ReadIndex,
+}
+
+/// Why a node-to-node call has no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// Never delivered (connection refused, peer down): safe to send again.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// Sent, but no answer came back in time or the connection broke: the outcome is unknown.
+    #[error("no answer from peer: {0}")]
+    Failed(String),
+}
+
+/// Carries encoded node-to-node calls to the node at an address and brings back its encoded
+/// answer.
+///
+/// To ensure correctness, an implementation must:
+/// - answer [`PeerError::Unreachable`] only when the call certainly did not reach the peer
+///   (callers send it again, possibly elsewhere);
+/// - give up after `timeout` with [`PeerError::Failed`];
+/// - deliver the peer's answer bytes unchanged.
+pub trait Transport: Send + Sync + 'static {
+    fn call(
+        &self,
+        addr: &str,
+        kind: PeerCall,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, PeerError>>;
+}
+
+/// The production transport: the internal `Raft` gRPC service over [`Channels`].
+#[derive(Clone, Default)]
+pub struct GrpcTransport {
+    pub channels: Channels,
+}
+
+impl Transport for GrpcTransport {
+    fn call(
+        &self,
+        addr: &str,
+        kind: PeerCall,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, PeerError>> {
+        let mut client = RaftClient::new(self.channels.get(addr))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let addr = addr.to_string();
+        Box::pin(async move {
+            let msg = RaftMessage { data: body.into() };
+            let fut = async {
+                match kind {
+                    PeerCall::Append => client.append_entries(msg).await,
+                    PeerCall::Vote => client.vote(msg).await,
+                    PeerCall::Snapshot => client.install_snapshot(msg).await,
+                    PeerCall::Propose => client.propose(msg).await,
+                    PeerCall::ReadIndex => client.read_index(msg).await,
+                }
+            };
+            match tokio::time::timeout(timeout, fut).await {
+                Err(_) => Err(PeerError::Failed(format!(
+                    "{kind:?} to {addr} timed out after {} ms",
+                    timeout.as_millis()
+                ))),
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                    Err(PeerError::Unreachable(status.message().to_string()))
+                }
+                Ok(Err(status)) => Err(PeerError::Failed(status.to_string())),
+                Ok(Ok(r)) => Ok(r.into_inner().data.to_vec()),
+            }
+        })
+    }
+}
+
+/// openraft's network factory: one [`Connection`] per peer, over a [`Transport`].
 #[derive(Clone)]
 pub struct Network {
-    pub channels: Channels,
+    pub transport: Arc<dyn Transport>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -56,16 +141,16 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
         Connection {
             target,
-            client: RaftClient::new(self.channels.get(&node.addr))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            addr: node.addr.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
 
 pub struct Connection {
     target: NodeId,
-    client: RaftClient<Channel>,
+    addr: String,
+    transport: Arc<dyn Transport>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<E>>;
@@ -73,7 +158,7 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<
 impl Connection {
     async fn call<Req, Resp, E>(
         &mut self,
-        kind: Kind,
+        kind: PeerCall,
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, RpcErr<E>>
@@ -82,41 +167,23 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let msg = RaftMessage {
-            data: codec::encode(req).into(),
-        };
-        let fut = async {
-            match kind {
-                Kind::Append => self.client.append_entries(msg).await,
-                Kind::Vote => self.client.vote(msg).await,
-                Kind::Snapshot => self.client.install_snapshot(msg).await,
+        let data = match self
+            .transport
+            .call(&self.addr, kind, codec::encode(req), ttl)
+            .await
+        {
+            Ok(d) => d,
+            Err(e @ PeerError::Unreachable(_)) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
-        };
-        let resp = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => {
-                let e = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("{kind:?} to node {} timed out", self.target),
-                );
+            Err(e @ PeerError::Failed(_)) => {
                 return Err(RPCError::Network(NetworkError::new(&e)));
             }
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&status)));
-            }
-            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
-            Ok(Ok(r)) => r.into_inner(),
         };
         let res: Result<Resp, RaftError<E>> =
-            codec::decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            codec::decode(&data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Append,
-    Vote,
-    Snapshot,
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -125,7 +192,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call(Kind::Append, &rpc, option.hard_ttl()).await
+        self.call(PeerCall::Append, &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -133,7 +200,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.call(Kind::Snapshot, &rpc, option.hard_ttl()).await
+        self.call(PeerCall::Snapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -141,6 +208,6 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(Kind::Vote, &rpc, option.hard_ttl()).await
+        self.call(PeerCall::Vote, &rpc, option.hard_ttl()).await
     }
 }

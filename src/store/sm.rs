@@ -72,6 +72,22 @@ impl Shared {
 pub struct StateMachineStore {
     shared: Arc<Shared>,
     path: PathBuf,
+    /// Serialize and write snapshots on a blocking thread (production) or inline (the
+    /// deterministic simulation, where a thread finishing at a real-time moment would make the
+    /// run depend on more than its seed).
+    blocking: bool,
+}
+
+/// Runs `f` on a blocking thread, or right here.
+async fn off_runtime<T: Send + 'static>(
+    blocking: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StorageError> {
+    if blocking {
+        tokio::task::spawn_blocking(f).await.map_err(write_err)
+    } else {
+        Ok(f())
+    }
 }
 
 fn read_err<E: std::error::Error + 'static>(e: E) -> StorageError {
@@ -84,12 +100,22 @@ fn write_err<E: std::error::Error + 'static>(e: E) -> StorageError {
 
 impl StateMachineStore {
     pub fn open(path: PathBuf, shared: Arc<Shared>) -> Result<Self, StorageError> {
-        let sm = Self { shared, path };
+        let sm = Self {
+            shared,
+            path,
+            blocking: true,
+        };
         if let Some((meta, data)) = sm.read_file()? {
             let state = State::from_bytes(&data).map_err(read_err)?;
             sm.shared.replace(state, &meta);
         }
         Ok(sm)
+    }
+
+    /// Builds snapshots on the calling task instead of a blocking thread (for the simulation).
+    pub fn inline_snapshots(mut self) -> Self {
+        self.blocking = false;
+        self
     }
 
     fn read_file(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
@@ -144,7 +170,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // Serialized on a blocking thread: a large state takes long enough to stall a runtime
         // worker (and with it Raft heartbeats) otherwise.
         let shared = self.shared.clone();
-        let (data, meta) = tokio::task::spawn_blocking(move || {
+        let (data, meta) = off_runtime(self.blocking, move || {
             let a = shared.applied.read().expect("lock");
             let id = match a.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, shared.clock.unix_ms()),
@@ -157,13 +183,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             };
             (a.state.to_bytes(), meta)
         })
-        .await
-        .map_err(write_err)?;
+        .await?;
         let data = std::sync::Arc::new(data);
         let (path, m, d) = (self.path.clone(), meta.clone(), data.clone());
-        tokio::task::spawn_blocking(move || write_atomically(&path, &file_parts(&m, &d)))
-            .await
-            .map_err(write_err)?
+        off_runtime(self.blocking, move || write_atomically(&path, &file_parts(&m, &d)))
+            .await?
             .map_err(write_err)?;
         let data = std::sync::Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
