@@ -15,6 +15,7 @@ pub mod node;
 pub mod proto;
 pub mod raft;
 pub mod server;
+pub mod sim;
 pub mod state;
 pub mod store;
 pub mod worker;

@@ -47,10 +47,7 @@ impl RaftRpc for RaftSvc {
         self.handle(PeerCall::Propose, req).await
     }
 
-    async fn read_index(
-        &self,
-        req: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
+    async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.handle(PeerCall::ReadIndex, req).await
     }
 }

@@ -250,7 +250,12 @@ impl Node {
             } else {
                 let sent = self
                     .transport
-                    .call(&addr, PeerCall::Propose, codec::encode(&req), self.timeout())
+                    .call(
+                        &addr,
+                        PeerCall::Propose,
+                        codec::encode(&req),
+                        self.timeout(),
+                    )
                     .await;
                 match sent {
                     Ok(data) => match codec::decode::<ProposeReply>(&data) {
@@ -289,9 +294,7 @@ impl Node {
         Ok(match kind {
             PeerCall::Append => codec::encode(&self.raft.append_entries(decode(body)?).await),
             PeerCall::Vote => codec::encode(&self.raft.vote(decode(body)?).await),
-            PeerCall::Snapshot => {
-                codec::encode(&self.raft.install_snapshot(decode(body)?).await)
-            }
+            PeerCall::Snapshot => codec::encode(&self.raft.install_snapshot(decode(body)?).await),
             PeerCall::Propose => codec::encode(&self.propose_local(decode(body)?).await),
             PeerCall::ReadIndex => codec::encode(&self.read_index_local().await),
         })

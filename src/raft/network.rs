@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
-
 /// A cache of one lazily connected channel per peer address, shared by Raft replication,
 /// forwarding and the admin fan-out.
 #[derive(Clone, Default)]

@@ -186,9 +186,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         .await?;
         let data = std::sync::Arc::new(data);
         let (path, m, d) = (self.path.clone(), meta.clone(), data.clone());
-        off_runtime(self.blocking, move || write_atomically(&path, &file_parts(&m, &d)))
-            .await?
-            .map_err(write_err)?;
+        off_runtime(self.blocking, move || {
+            write_atomically(&path, &file_parts(&m, &d))
+        })
+        .await?
+        .map_err(write_err)?;
         let data = std::sync::Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
         tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
         Ok(Snapshot {
