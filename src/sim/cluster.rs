@@ -739,7 +739,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
             ids[rng.gen_range(0..ids.len())]
         };
         let hold = Duration::from_millis(rng.gen_range(200..3_000));
-        match rng.gen_range(0..6) {
+        match rng.gen_range(0..7) {
             0 => {
                 report
                     .faults
@@ -759,9 +759,13 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
                 *live.lock().expect("lock") = c.nodes.values().cloned().collect();
             }
             2 => {
-                let fault = match rng.gen_range(0..3) {
+                // 2x is the field report; 4x and 10x make the node vote well before a TTL has
+                // passed, so only the majority rule stands between it and a false expiry.
+                let fault = match rng.gen_range(0..5) {
                     0 => ClockFault::Rate(2_000),
-                    1 => ClockFault::Rate(500),
+                    1 => ClockFault::Rate(4_000),
+                    2 => ClockFault::Rate(10_000),
+                    3 => ClockFault::Rate(500),
                     _ => ClockFault::Frozen,
                 };
                 report.faults.push(format!(
@@ -789,6 +793,31 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
                 });
                 tokio::time::sleep(hold).await;
                 world.net.set_conditions(Conditions::default());
+            }
+            5 => {
+                // Power loss of a majority or of the whole cluster at one instant: only what
+                // each node had flushed survives.
+                let n = if rng.gen_bool(0.5) {
+                    ids.len()
+                } else {
+                    ids.len() / 2 + 1
+                };
+                let mut down = ids.clone();
+                while down.len() > n {
+                    down.remove(rng.gen_range(0..down.len()));
+                }
+                report
+                    .faults
+                    .push(format!("{at} ms: nodes {down:?} lose power, down {hold:?}"));
+                for id in &down {
+                    c.crash(*id).await;
+                }
+                *live.lock().expect("lock") = c.nodes.values().cloned().collect();
+                tokio::time::sleep(hold).await;
+                for id in &down {
+                    c.start(*id).await;
+                }
+                *live.lock().expect("lock") = c.nodes.values().cloned().collect();
             }
             _ => {
                 let who = 200 + rng.gen_range(0..cfg.workers as u64);
