@@ -31,6 +31,8 @@ pub struct SimConfig {
     pub tasks: usize,
     pub workers: usize,
     pub lease_ttl_ms: u64,
+    /// Run on disks that acknowledge appends before flushing them (a planted bug).
+    pub broken_disks: bool,
 }
 
 impl SimConfig {
@@ -44,6 +46,7 @@ impl SimConfig {
             tasks: 30,
             workers: 3,
             lease_ttl_ms: 1_000,
+            broken_disks: false,
         }
     }
 }
@@ -671,14 +674,25 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
         dir: dir.clone(),
         clocks: ids
             .iter()
-            .map(|i| (*i, SimClock::new(origin, 1_700_000_000_000)))
+            .map(|i| {
+                let start_ms = 10_000_000 + rng.gen_range(0..1_000_000);
+                (
+                    *i,
+                    SimClock::new(origin, 1_700_000_000_000 - start_ms, start_ms),
+                )
+            })
             .collect(),
         disks: ids
             .iter()
             .map(|i| {
+                let d = SimDisk::new(Duration::from_micros(rng.gen_range(50..500)));
                 (
                     *i,
-                    SimDisk::new(Duration::from_micros(rng.gen_range(50..500))),
+                    if cfg.broken_disks {
+                        d.broken_acks_before_flush()
+                    } else {
+                        d
+                    },
                 )
             })
             .collect(),
@@ -741,12 +755,22 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
         let hold = Duration::from_millis(rng.gen_range(200..3_000));
         match rng.gen_range(0..7) {
             0 => {
+                // In a 5-node cluster, sometimes a second node too (a 1+1+3 split).
+                let mut cut = vec![target];
+                if ids.len() == 5 && rng.gen_bool(0.5) {
+                    cut.push(ids[rng.gen_range(0..ids.len())]);
+                    cut.dedup();
+                }
                 report
                     .faults
-                    .push(format!("{at} ms: node {target} isolated for {hold:?}"));
-                world.net.isolate(Party::Node(target), true);
+                    .push(format!("{at} ms: nodes {cut:?} isolated for {hold:?}"));
+                for n in &cut {
+                    world.net.isolate(Party::Node(*n), true);
+                }
                 tokio::time::sleep(hold).await;
-                world.net.isolate(Party::Node(target), false);
+                for n in &cut {
+                    world.net.isolate(Party::Node(*n), false);
+                }
             }
             1 => {
                 report
@@ -776,10 +800,15 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
                 c.clocks[&clock_victim].set(None);
             }
             3 => {
-                report
-                    .faults
-                    .push(format!("{at} ms: node {clock_victim} clock jumps +1 h"));
-                c.clocks[&clock_victim].jump(3_600_000);
+                let ms: i64 = if rng.gen_bool(0.5) {
+                    3_600_000
+                } else {
+                    -3_600_000
+                };
+                report.faults.push(format!(
+                    "{at} ms: node {clock_victim} clock jumps {ms:+} ms"
+                ));
+                c.clocks[&clock_victim].jump(ms);
             }
             4 => {
                 report

@@ -70,6 +70,9 @@ pub struct SimDisk {
     inner: Arc<Mutex<DiskState>>,
     /// Simulated fsync latency.
     fsync: Duration,
+    /// A deliberately broken disk that acknowledges appends before they are flushed (the bug
+    /// the storage rules forbid), to show that the simulation catches it.
+    acks_before_flush: bool,
 }
 
 impl SimDisk {
@@ -77,7 +80,14 @@ impl SimDisk {
         Self {
             inner: Default::default(),
             fsync,
+            acks_before_flush: false,
         }
+    }
+
+    /// See [`SimDisk::acks_before_flush`](SimDisk): for the test that the simulation catches it.
+    pub fn broken_acks_before_flush(mut self) -> Self {
+        self.acks_before_flush = true;
+        self
     }
 
     /// Loses every write since the last flush and kills the current store handles.
@@ -212,6 +222,14 @@ impl RaftLogStorage<TypeConfig> for SimLogStore {
     {
         self.write(Op::Append(entries.into_iter().collect()))?;
         let me = self.clone();
+        if self.disk.acks_before_flush {
+            callback.log_io_completed(Ok(()));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let _ = me.flush().await;
+            });
+            return Ok(());
+        }
         tokio::spawn(async move {
             match me.flush().await {
                 Ok(()) => callback.log_io_completed(Ok(())),

@@ -256,13 +256,15 @@ pub struct SimClock {
 }
 
 impl SimClock {
-    pub fn new(origin: Instant, epoch_unix_ms: u64) -> Arc<Self> {
+    /// A clock reading `start_ms` now (a real monotonic clock's origin is arbitrary; starting
+    /// above zero leaves room for a jump backwards).
+    pub fn new(origin: Instant, epoch_unix_ms: u64, start_ms: u64) -> Arc<Self> {
         Arc::new(Self {
             origin,
             epoch_unix_ms,
             state: Mutex::new(ClockState {
                 anchor_real_ms: 0,
-                anchor_clock_ms: 0,
+                anchor_clock_ms: start_ms,
                 rate_milli: 1000,
             }),
         })
@@ -292,11 +294,11 @@ impl SimClock {
         };
     }
 
-    /// Jumps the clock forward by `ms`.
-    pub fn jump(&self, ms: u64) {
+    /// Jumps the clock by `ms` (backwards when negative, as a misbehaving clock source can).
+    pub fn jump(&self, ms: i64) {
         let mut s = self.state.lock().expect("lock");
         self.reanchor(&mut s);
-        s.anchor_clock_ms += ms;
+        s.anchor_clock_ms = s.anchor_clock_ms.saturating_add_signed(ms);
     }
 }
 
@@ -306,7 +308,7 @@ impl Clock for SimClock {
         self.read(&s)
     }
     fn unix_ms(&self) -> u64 {
-        self.epoch_unix_ms + self.monotonic_ms()
+        self.epoch_unix_ms.saturating_add(self.monotonic_ms())
     }
 }
 
@@ -316,7 +318,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn clock_faults_scale_jump_and_freeze_the_reading() {
-        let c = SimClock::new(Instant::now(), 1_000);
+        let c = SimClock::new(Instant::now(), 1_000, 0);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(c.monotonic_ms(), 100);
         c.set(Some(ClockFault::Rate(2000)));
@@ -324,6 +326,9 @@ mod tests {
         assert_eq!(c.monotonic_ms(), 300);
         c.jump(3_600_000);
         assert_eq!(c.monotonic_ms(), 3_600_300);
+        c.jump(-3_600_000);
+        assert_eq!(c.monotonic_ms(), 300);
+        c.jump(3_600_000);
         c.set(Some(ClockFault::Frozen));
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(c.monotonic_ms(), 3_600_300);
