@@ -33,6 +33,15 @@ pub struct SimConfig {
     pub lease_ttl_ms: u64,
     /// Run on disks that acknowledge appends before flushing them (a planted bug).
     pub broken_disks: bool,
+    /// Tasks taken by queue claims (a second queue; their histories are not checked for
+    /// linearizability, since a queue claim may take any of them).
+    pub queue_tasks: usize,
+    /// Workers that claim one task (by id or from the queue) and die.
+    pub dead_workers: usize,
+    /// Whether faults are injected (off for a scenario of its own).
+    pub fault_schedule: bool,
+    /// A node whose clock is off by this many ms from the start; clients never call it.
+    pub skewed_node: Option<(NodeId, i64)>,
 }
 
 impl SimConfig {
@@ -47,6 +56,10 @@ impl SimConfig {
             workers: 3,
             lease_ttl_ms: 1_000,
             broken_disks: false,
+            queue_tasks: 10,
+            dead_workers: 3,
+            fault_schedule: true,
+            skewed_node: None,
         }
     }
 }
@@ -120,6 +133,8 @@ struct World {
     origin: Instant,
     net: Arc<SimNet>,
     ids: Vec<NodeId>,
+    /// The nodes clients call.
+    client_nodes: Vec<NodeId>,
     rec: Mutex<Record>,
     stop: AtomicBool,
     ttl_ms: u64,
@@ -133,6 +148,10 @@ impl World {
     fn log(&self, task: &str, op: TaskOp, ret: Option<TaskRet>, invoked_at: u64) {
         let answered_at = ret.as_ref().map(|_| self.now_ms());
         let mut r = self.rec.lock().expect("lock");
+        if task.starts_with(QUEUE_TASK) {
+            (task, &op, &ret, invoked_at, answered_at).hash_debug(&mut r.trace);
+            return;
+        }
         (task, &op, &ret, invoked_at, answered_at).hash_debug(&mut r.trace);
         r.histories.entry(task.to_string()).or_default().push(Call {
             op,
@@ -169,7 +188,7 @@ impl World {
         let deadline = Instant::now() + Duration::from_millis(patience_ms);
         let mut i = first;
         loop {
-            let to = self.ids[i % self.ids.len()];
+            let to = self.client_nodes[i % self.client_nodes.len()];
             let left = deadline.saturating_duration_since(Instant::now());
             let t0 = self.now_ms();
             let r = self
@@ -210,10 +229,21 @@ impl<T: std::fmt::Debug> HashDebug for T {
     }
 }
 
+/// Ids of the tasks taken by queue claims start with this.
+const QUEUE_TASK: &str = "q-";
+
+fn queue_of(id: &str) -> &'static str {
+    if id.starts_with(QUEUE_TASK) {
+        "simq"
+    } else {
+        "sim"
+    }
+}
+
 fn spec(id: &str, ttl_ms: u64) -> TaskSpec {
     TaskSpec {
         id: id.to_string(),
-        queue: "sim".into(),
+        queue: queue_of(id).into(),
         payload: id.as_bytes().to_vec(),
         // Unlimited in practice: every task must end SUCCEEDED, however often leases expire.
         max_attempts: 1_000,
@@ -451,66 +481,151 @@ async fn get(w: &World, client: u64, first: usize, id: &str) {
 async fn worker(w: Arc<World>, client: u64, mut rng: StdRng, tasks: Vec<String>, dies: bool) {
     let mut n = 0u64;
     while !w.stop.load(Ordering::Relaxed) {
-        let id = &tasks[rng.gen_range(0..tasks.len())];
+        let id = tasks[rng.gen_range(0..tasks.len())].clone();
         let first = rng.gen_range(0..w.ids.len());
         n += 1;
         let key = client * 1_000_000 + n;
         let t0 = w.now_ms();
-        let Some(token) = claim(&w, client, first, id, key).await else {
+        let Some(token) = claim(&w, client, first, &id, key).await else {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(20..200))).await;
             continue;
         };
-        {
-            let mut rec = w.rec.lock().expect("lock");
-            rec.claims += 1;
-            rec.leases.insert(
-                token,
-                LeaseRec {
-                    task: id.clone(),
-                    ttl_ms: w.ttl_ms,
-                    heard_sent_ms: t0,
-                    dead: dies,
-                    closed: false,
-                },
-            );
-        }
+        hold(&w, client, first, &mut rng, &id, token, t0, dies).await;
         if dies {
-            // Claims one task, then is gone for good: its lease must expire.
             return;
         }
-        let work_ms = rng.gen_range(100..3 * w.ttl_ms);
-        let end = Instant::now() + Duration::from_millis(work_ms);
-        let mut lost = false;
-        while Instant::now() < end {
-            let step = Duration::from_millis(w.ttl_ms / 3).min(end - Instant::now());
-            tokio::time::sleep(step).await;
-            if Instant::now() >= end {
-                break;
-            }
-            if renew(&w, client, first, id, token).await == Some(false) {
-                lost = true;
-                break;
-            }
-        }
-        if lost && rng.gen_bool(0.5) {
-            // Stopped when told the lease was gone; no report.
-            continue;
-        }
-        // The work finished (perhaps after the lease was lost: a late success). Report until
-        // acknowledged or refused.
+    }
+}
+
+/// A worker on the queue: claims whatever task is ready, retrying a claim under its key until
+/// some node answers (the answer names the task a lost attempt may already have taken).
+async fn queue_worker(w: Arc<World>, client: u64, mut rng: StdRng, dies: bool) {
+    let mut n = 0u64;
+    while !w.stop.load(Ordering::Relaxed) {
+        let first = rng.gen_range(0..w.ids.len());
+        n += 1;
+        let key = client * 1_000_000 + n;
+        let t0 = w.now_ms();
+        let cmd = Command::Claim {
+            queue: queue_of(QUEUE_TASK).into(),
+            worker_id: format!("w{client}"),
+            lease_ttl_ms: None,
+            task_id: None,
+            claim_id: key.to_string(),
+        };
+        let taken: Mutex<Option<String>> = Mutex::new(None);
+        let mut answer = None;
         let mut k = 0;
-        while !w.stop.load(Ordering::Relaxed) {
-            match complete(&w, client, first + k, id, token).await {
-                Some(_) => break,
-                None => k += 1,
+        while answer.is_none() && !w.stop.load(Ordering::Relaxed) {
+            answer = w
+                .call(
+                    client,
+                    first + k,
+                    3_000,
+                    QUEUE_TASK,
+                    TaskOp::Claim { claim: key },
+                    |n| {
+                        let c = cmd.clone();
+                        async move { n.propose(c).await }
+                    },
+                    |r| match r {
+                        Response::Claimed { lease, .. } => {
+                            *taken.lock().expect("lock") = Some(lease.task_id.clone());
+                            TaskRet::Claimed { token: lease.token }
+                        }
+                        _ => TaskRet::NotClaimable,
+                    },
+                )
+                .await;
+            k += 1;
+        }
+        let id = taken.lock().expect("lock").take();
+        match (answer, id) {
+            (Some(TaskRet::Claimed { token }), Some(id)) => {
+                hold(&w, client, first, &mut rng, &id, token, t0, dies).await;
+                if dies {
+                    return;
+                }
             }
+            _ => tokio::time::sleep(Duration::from_millis(rng.gen_range(50..300))).await,
+        }
+    }
+}
+
+/// Holds a claimed lease: notes it, then (unless the worker dies right away) works, renewing at
+/// TTL/3, and reports success until the report is acknowledged or refused.
+#[allow(clippy::too_many_arguments)]
+async fn hold(
+    w: &World,
+    client: u64,
+    first: usize,
+    rng: &mut StdRng,
+    id: &str,
+    token: u64,
+    claimed_at_ms: u64,
+    dies: bool,
+) {
+    {
+        let mut rec = w.rec.lock().expect("lock");
+        rec.claims += 1;
+        rec.leases.insert(
+            token,
+            LeaseRec {
+                task: id.to_string(),
+                ttl_ms: w.ttl_ms,
+                heard_sent_ms: claimed_at_ms,
+                dead: dies,
+                closed: false,
+            },
+        );
+    }
+    if dies {
+        // Gone for good: its lease must expire.
+        return;
+    }
+    let work_ms = rng.gen_range(100..3 * w.ttl_ms);
+    let end = Instant::now() + Duration::from_millis(work_ms);
+    let mut lost = false;
+    while Instant::now() < end {
+        let step = Duration::from_millis(w.ttl_ms / 3).min(end - Instant::now());
+        tokio::time::sleep(step).await;
+        if Instant::now() >= end {
+            break;
+        }
+        if renew(w, client, first, id, token).await == Some(false) {
+            lost = true;
+            break;
+        }
+    }
+    if lost && rng.gen_bool(0.5) {
+        // Stopped when told the lease was gone; no report.
+        return;
+    }
+    // The work finished (perhaps after the lease was lost: a late success). Report until
+    // acknowledged or refused.
+    let mut k = 0;
+    while !w.stop.load(Ordering::Relaxed) {
+        match complete(w, client, first + k, id, token).await {
+            Some(_) => break,
+            None => k += 1,
         }
     }
 }
 
 /// The scheduler: submits every task (some twice), cancels a few, reads some back.
-async fn scheduler(w: Arc<World>, client: u64, mut rng: StdRng, tasks: Vec<String>) {
-    for id in &tasks {
+async fn scheduler(
+    w: Arc<World>,
+    client: u64,
+    mut rng: StdRng,
+    tasks: Vec<String>,
+    queue_tasks: Vec<String>,
+) {
+    let mut all: Vec<&String> = tasks.iter().chain(queue_tasks.iter()).collect();
+    // Interleaved, in an order of the seed's choosing.
+    for i in (1..all.len()).rev() {
+        all.swap(i, rng.gen_range(0..=i));
+    }
+    for id in all {
         if w.stop.load(Ordering::Relaxed) {
             return;
         }
@@ -659,6 +774,11 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
         origin,
         net: SimNet::new(StdRng::seed_from_u64(rng.gen())),
         ids: ids.clone(),
+        client_nodes: ids
+            .iter()
+            .copied()
+            .filter(|i| cfg.skewed_node.map(|s| s.0) != Some(*i))
+            .collect(),
         rec: Mutex::new(Record::default()),
         stop: AtomicBool::new(false),
         ttl_ms: cfg.lease_ttl_ms,
@@ -710,13 +830,27 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
     };
 
     let tasks: Vec<String> = (0..cfg.tasks).map(|i| format!("task-{i}")).collect();
+    let queue_tasks: Vec<String> = (0..cfg.queue_tasks)
+        .map(|i| format!("{QUEUE_TASK}{i}"))
+        .collect();
     let mut clients = Vec::new();
     clients.push(tokio::spawn(scheduler(
         world.clone(),
         100,
         StdRng::seed_from_u64(rng.gen()),
         tasks.clone(),
+        queue_tasks.clone(),
     )));
+    if !queue_tasks.is_empty() {
+        for k in 0..2u64 {
+            clients.push(tokio::spawn(queue_worker(
+                world.clone(),
+                250 + k,
+                StdRng::seed_from_u64(rng.gen()),
+                false,
+            )));
+        }
+    }
     for k in 0..cfg.workers as u64 {
         clients.push(tokio::spawn(worker(
             world.clone(),
@@ -726,25 +860,39 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
             false,
         )));
     }
-    // Workers that claim one task each and die.
-    for k in 0..2u64 {
+    // Workers that claim one task each and die: by id and from the queue, alternately.
+    for k in 0..cfg.dead_workers as u64 {
         let (w, r, t) = (
             world.clone(),
             StdRng::seed_from_u64(rng.gen()),
             tasks.clone(),
         );
         let delay = rng.gen_range(500..cfg.fault_ms / 2);
+        let from_queue = k % 2 == 1 && !queue_tasks.is_empty();
         clients.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            worker(w, 300 + k, r, t, true).await
+            if from_queue {
+                queue_worker(w, 300 + k, r, true).await
+            } else {
+                worker(w, 300 + k, r, t, true).await
+            }
         }));
     }
     let obs = tokio::spawn(observer(world.clone(), live.clone()));
 
     // The fault schedule. One node's clock (the same node all run) may misbehave: a minority.
     let clock_victim = ids[rng.gen_range(0..ids.len())];
+    if let Some((n, ms)) = cfg.skewed_node {
+        report
+            .faults
+            .push(format!("0 ms: node {n} clock off by {ms:+} ms, no clients"));
+        c.clocks[&n].jump(ms);
+    }
     let end = Instant::now() + Duration::from_millis(cfg.fault_ms);
-    while Instant::now() < end {
+    if !cfg.fault_schedule {
+        tokio::time::sleep_until(end).await;
+    }
+    while cfg.fault_schedule && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1_500))).await;
         let at = world.now_ms();
         let target = if rng.gen_bool(0.5) {
@@ -872,7 +1020,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
     let drain_deadline = Instant::now() + Duration::from_secs(60);
     let finished = |n: &Node| {
         let a = n.shared.applied.read().expect("lock");
-        tasks.iter().all(|t| {
+        tasks.iter().chain(queue_tasks.iter()).all(|t| {
             a.state
                 .task(t)
                 .is_some_and(|t| matches!(t.state, TaskState::Succeeded | TaskState::Cancelled))
@@ -889,6 +1037,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
                     let a = l.shared.applied.read().expect("lock");
                     tasks
                         .iter()
+                        .chain(queue_tasks.iter())
                         .filter_map(|t| {
                             let s = a.state.task(t).map(|t| (t.state, t.not_before_unix_ms));
                             (!matches!(s, Some((TaskState::Succeeded | TaskState::Cancelled, _))))

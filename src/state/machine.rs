@@ -141,10 +141,26 @@ impl State {
     /// Whether a claim on `queue` at `now_unix_ms` would find a task (lets a leader skip writing
     /// an entry that would only answer "no task").
     pub fn has_claimable(&self, queue: &str, now_unix_ms: u64) -> bool {
-        self.ready
-            .get(queue)
-            .and_then(|r| r.first())
-            .is_some_and(|(nb, _, _)| *nb <= now_unix_ms)
+        self.first_claimable(queue, now_unix_ms).is_some()
+    }
+
+    /// The pending task of `queue` that a claim stamped `now_unix_ms` takes: the one whose
+    /// not-before passed first; failing that, the one with the latest not-before if it lies
+    /// further ahead than that task's longest back-off. Only a proposer whose wall clock runs
+    /// ahead of this claim's stamps such a not-before (a node an hour ahead deciding an expiry),
+    /// and a retry must not wait for one node's clock.
+    fn first_claimable(&self, queue: &str, now_unix_ms: u64) -> Option<&str> {
+        let ready = self.ready.get(queue)?;
+        let (nb, _, id) = ready.first()?;
+        if *nb <= now_unix_ms {
+            return Some(id);
+        }
+        let (nb, _, id) = ready.last()?;
+        let longest_backoff_ms = self
+            .tasks
+            .get(id)
+            .map_or(0, |t| t.spec.max_backoff_ms.max(t.spec.initial_backoff_ms));
+        (nb.saturating_sub(now_unix_ms) > longest_backoff_ms).then_some(id.as_str())
     }
 
     /// Earliest not-before instant of a pending task in `queue`.
@@ -487,12 +503,10 @@ impl State {
                 }
                 Some(_) => id.to_string(),
             },
-            None => {
-                if !self.has_claimable(queue, now) {
-                    return Response::NoTask;
-                }
-                self.ready[queue].first().expect("claimable").2.clone()
-            }
+            None => match self.first_claimable(queue, now) {
+                Some(id) => id.to_string(),
+                None => return Response::NoTask,
+            },
         };
         let mut t = self.take(&id).expect("indexed task exists");
         debug_assert!(rev > self.last_token, "tokens only grow");

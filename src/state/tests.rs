@@ -193,6 +193,58 @@ fn expiry_needs_a_majority_at_the_same_renewal_count() {
 }
 
 #[test]
+fn a_retry_stamped_by_a_clock_an_hour_ahead_is_claimable_by_sane_nodes() {
+    const HOUR_MS: u64 = 3_600_000;
+    let queue_claim = || Command::Claim {
+        queue: "q".into(),
+        worker_id: "w2".into(),
+        lease_ttl_ms: None,
+        task_id: None,
+        claim_id: String::new(),
+    };
+    for (vote_clock_ahead_ms, claim_after_ms, claimable) in [
+        // An ordinary back-off (100 ms after the first failure) is respected...
+        (0, 50, false),
+        (0, 100, true),
+        // ...and a clock a little ahead only delays a retry by that much.
+        (300, 350, false),
+        (300, 400, true),
+        // A not-before further ahead than the task's longest back-off (1 s) was stamped by a
+        // clock ahead of this one's: the retry must not wait for that clock (an hour here).
+        (HOUR_MS, 0, true),
+        (HOUR_MS, 50, true),
+    ] {
+        let mut sm = Sm::new();
+        sm.run(Command::Submit(spec("a", 3)));
+        let (_, lease) = sm.claim();
+        let t = lease.token;
+        sm.run_at(
+            NOW,
+            Command::ExpiryVote {
+                voter: 1,
+                votes: vec![(t, 0)],
+            },
+        );
+        // The vote that decides comes from the node whose clock is ahead.
+        let decided = sm.run_at(
+            NOW + vote_clock_ahead_ms,
+            Command::ExpiryVote {
+                voter: 2,
+                votes: vec![(t, 0)],
+            },
+        );
+        assert_eq!(decided, Response::Voted { expired: vec![t] });
+        let r = sm.run_at(NOW + claim_after_ms, queue_claim());
+        assert_eq!(
+            matches!(r, Response::Claimed { .. }),
+            claimable,
+            "vote clock +{vote_clock_ahead_ms} ms, claim at +{claim_after_ms} ms: {r:?}"
+        );
+        sm.s.check_invariants();
+    }
+}
+
+#[test]
 fn quorum_table() {
     // (voter configs, votes, expired?)
     type Case<'a> = (&'a [&'a [u64]], &'a [u64], bool);
