@@ -1,12 +1,19 @@
 //! Bounded chaos on real processes: three `leasekeeper server` processes — node 1 under
 //! libfaketime at 2× speed that also jumps an hour ahead mid-run — with in-process workers (the
 //! worker SDK) and schedulers, while the leader is SIGKILLed and restarted again and again and
-//! one node at a time is cut off behind a proxy. A "dead" worker claims tasks and never renews.
+//! one node at a time — the leader too — is cut off from everyone. A "dead" worker claims tasks
+//! and never renews.
+//!
+//! Cuts: as root, every node runs in a network namespace of its own on a bridge this test creates
+//! (`common::netns`), and a cut takes the node's port down — peers and clients lose it both
+//! ways. Without root, nodes run on 127.0.0.1 behind proxies that cut clients only (the report
+//! says which).
 //!
 //! Reports tasks run, false expirations (must be 0), acknowledged writes lost (must be 0),
 //! failover times and the expiry delay of the dead worker's leases.
 //! `LEASEKEEPER_CHAOS_SECS` sets the length (default 20 s; CI runs the default).
 mod common;
+use common::netns::Netns;
 use common::procs::Procs;
 use common::proxy::Proxy;
 use leasekeeper::proto::v1 as pb;
@@ -47,14 +54,34 @@ async fn chaos_under_leader_kills_partitions_and_a_bad_clock() {
         ),
         ("FAKETIME_NO_CACHE".to_string(), "1".to_string()),
     ];
-    let mut p = Procs::start_with_env(3, &[], envs);
+    let net = Netns::available().then(|| Netns::create(3).expect("network namespaces"));
+    let mut p = match &net {
+        Some(n) => Procs::start_at(
+            (0..3).map(|i| n.addr(i, 7001)).collect(),
+            Some(n.namespaces.clone()),
+            &[],
+            envs,
+        ),
+        None => Procs::start_with_env(3, &[], envs),
+    };
     p.wait_leader(Duration::from_secs(15)).await;
-    // Clients reach the nodes through proxies, so that a node can be cut off from them.
+    // Without namespaces, clients reach the nodes through proxies, so that a node can at least
+    // be cut off from them.
     let mut proxies = Vec::new();
-    for a in &p.addrs {
-        proxies.push(Proxy::start(a.clone()).await);
+    if net.is_none() {
+        for a in &p.addrs {
+            proxies.push(Proxy::start(a.clone()).await);
+        }
     }
-    let endpoints: Vec<String> = proxies.iter().map(|x| x.addr.clone()).collect();
+    let endpoints: Vec<String> = match &net {
+        Some(_) => p.addrs.clone(),
+        None => proxies.iter().map(|x| x.addr.clone()).collect(),
+    };
+    let cuts_mode = if net.is_some() {
+        "cuts: network namespaces, peers and clients"
+    } else {
+        "cuts: proxies, clients only"
+    };
     let client = leasekeeper::client::Client::new(endpoints.clone()).unwrap();
 
     // Workers: the SDK, concurrency 8 each, tasks of 100–600 ms that succeed.
@@ -201,9 +228,15 @@ async fn chaos_under_leader_kills_partitions_and_a_bad_clock() {
         p.spawn(l);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let cut = (nl + round) % 3;
-        proxies[cut].cut();
+        match &net {
+            Some(n) => n.cut(cut),
+            None => proxies[cut].cut(),
+        }
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        proxies[cut].heal();
+        match &net {
+            Some(n) => n.heal(cut),
+            None => proxies[cut].heal(),
+        }
         if !jumped && started.elapsed() > Duration::from_secs(secs / 2) {
             std::fs::write(&clock_file, "+3600 x2\n").unwrap();
             jumped = true;
@@ -271,7 +304,7 @@ async fn chaos_under_leader_kills_partitions_and_a_bad_clock() {
     let mut delays = expiry_delays.lock().unwrap().clone();
     let ran = ran.lock().unwrap().len();
     eprintln!(
-        "chaos {secs}s: {} tasks acknowledged, {ran} runs, {} leader kills (failover p50 {:?}, max {:?}), \
+        "chaos {secs}s ({cuts_mode}): {} tasks acknowledged, {ran} runs, {} leader kills (failover p50 {:?}, max {:?}), \
          {} dead leases all expired (delay after claim p50 {:?}, max {:?}, TTL 1.5 s, polled every 100 ms); \
          lost {}, false expirations {}, not succeeded {}",
         all.len(),

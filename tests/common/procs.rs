@@ -12,6 +12,8 @@ pub struct Procs {
     pub extra: Vec<String>,
     /// Extra environment per node (e.g. libfaketime for one node's clock).
     pub envs: Vec<Vec<(String, String)>>,
+    /// The network namespace each node runs in (see `netns`), if any.
+    pub namespaces: Option<Vec<String>>,
 }
 
 fn free_port() -> u16 {
@@ -33,12 +35,24 @@ impl Procs {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
+        Self::start_at(addrs, None, extra, envs)
+    }
+
+    /// Starts one node per address, node `i` inside `namespaces[i]` when given.
+    pub fn start_at(
+        addrs: Vec<String>,
+        namespaces: Option<Vec<String>>,
+        extra: &[&str],
+        envs: Vec<Vec<(String, String)>>,
+    ) -> Procs {
+        let n = addrs.len();
         let mut p = Procs {
             dir: tempfile::tempdir().unwrap(),
             addrs,
             children: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             envs,
+            namespaces,
         };
         for i in 0..n {
             p.spawn(i);
@@ -56,7 +70,17 @@ impl Procs {
             .collect();
         let log =
             std::fs::File::create(self.dir.path().join(format!("node-{}.log", i + 1))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_leasekeeper"))
+        let bin = env!("CARGO_BIN_EXE_leasekeeper");
+        // `ip netns exec` enters the namespace and execs the server in place (same pid).
+        let mut cmd = match &self.namespaces {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns[i], bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args([
                 "server",
                 "--id",
