@@ -5,12 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The clock-fault tests run one node under libfaketime (Debian package `faketime`).
-if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then
+# The clock-fault tests run one node under libfaketime (Debian package `faketime`); the chaos
+# run puts each node in a network namespace of its own (`ip` from iproute2).
+missing=()
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
+command -v ip >/dev/null || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq faketime >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The deterministic simulation runs a fixed batch of seeds here (scripts/sim-soak.sh runs more).
+export LEASEKEEPER_SIM_SEEDS="${LEASEKEEPER_SIM_SEEDS:-150}"
 cargo build --locked --all-targets
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked -- --test-threads=2

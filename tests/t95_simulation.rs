@@ -57,7 +57,7 @@ fn seeds_hold_every_invariant() {
         run_checked(seed);
         return;
     }
-    let count = env_u64("LEASEKEEPER_SIM_SEEDS").unwrap_or(6);
+    let count = env_u64("LEASEKEEPER_SIM_SEEDS").unwrap_or(60);
     let first = env_u64("LEASEKEEPER_SIM_FIRST").unwrap_or(1);
     for seed in first..first + count {
         run_checked(seed);

@@ -1137,7 +1137,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
             let t = a.state.task(&l.task);
             let ended = t.and_then(|t| t.history.iter().find(|h| h.lease_token == *token));
             if a.state.lease(*token).is_some()
-                || ended.is_none_or(|h| h.outcome == Outcome::Running)
+                || ended.map_or(true, |h| h.outcome == Outcome::Running)
             {
                 world_violation(
                     &mut report,

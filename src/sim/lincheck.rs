@@ -67,11 +67,11 @@ pub fn check<M: Model>(init: &M, history: &[Call<M::Op, M::Ret>], budget: usize)
             .filter_map(|i| history[i].answered_at)
             .min()
             .unwrap_or(u64::MAX);
-        for i in 0..n {
-            if done & (1 << i) != 0 || history[i].invoked_at > horizon {
+        for (i, call) in history.iter().enumerate() {
+            if done & (1 << i) != 0 || call.invoked_at > horizon {
                 continue;
             }
-            for next in state.step(&history[i].op, history[i].ret.as_ref()) {
+            for next in state.step(&call.op, call.ret.as_ref()) {
                 stack.push((done | (1 << i), next));
             }
         }
@@ -244,7 +244,7 @@ impl Model for TaskModel {
                 }
             }
             for (r, next) in s.answers(op) {
-                if ret.is_none_or(|want| *want == r) {
+                if ret.map_or(true, |want| *want == r) {
                     out.push(next);
                 }
             }
@@ -274,7 +274,7 @@ mod tests {
         fn step(&self, op: &RegOp, ret: Option<&u64>) -> Vec<Self> {
             match op {
                 RegOp::Write(v) => vec![Register(*v)],
-                RegOp::Read if ret.is_none_or(|r| *r == self.0) => vec![self.clone()],
+                RegOp::Read if ret.map_or(true, |r| *r == self.0) => vec![self.clone()],
                 RegOp::Read => vec![],
             }
         }
@@ -294,7 +294,8 @@ mod tests {
         use RegOp::*;
         let w = |v, a, b| call(Write(v), Some(0), a, Some(b));
         let r = |v, a, b| call(Read, Some(v), a, Some(b));
-        let cases: Vec<(&str, Vec<Call<RegOp, u64>>, Verdict)> = vec![
+        type Case = (&'static str, Vec<Call<RegOp, u64>>, Verdict);
+        let cases: Vec<Case> = vec![
             (
                 "sequential",
                 vec![w(1, 0, 1), r(1, 2, 3)],
@@ -346,7 +347,8 @@ mod tests {
         use TaskOp as O;
         use TaskRet as R;
         let c = |op, ret, a, b| call(op, Some(ret), a, Some(b));
-        let cases: Vec<(&str, Vec<Call<TaskOp, TaskRet>>, Verdict)> = vec![
+        type Case = (&'static str, Vec<Call<TaskOp, TaskRet>>, Verdict);
+        let cases: Vec<Case> = vec![
             (
                 "a whole life",
                 vec![
