@@ -219,6 +219,29 @@ impl World {
     }
 }
 
+impl World {
+    /// [`World::call`] for a write: `cmd` committed through whichever node answers.
+    async fn propose<M>(
+        &self,
+        client: u64,
+        first: usize,
+        task: &str,
+        op: TaskOp,
+        cmd: Command,
+        read: M,
+    ) -> Option<TaskRet>
+    where
+        M: Fn(Response) -> TaskRet,
+    {
+        let propose = |n: Arc<Node>| {
+            let c = cmd.clone();
+            async move { n.propose(c).await }
+        };
+        self.call(client, first, 3_000, task, op, propose, read)
+            .await
+    }
+}
+
 /// Hashes a value by its debug text (the simulation's types need not implement Hash).
 trait HashDebug {
     fn hash_debug(&self, h: &mut std::collections::hash_map::DefaultHasher);
@@ -262,18 +285,13 @@ fn single(r: Response) -> Response {
 
 /// Whether the submit was acknowledged.
 async fn submit(w: &World, client: u64, first: usize, id: &str) -> bool {
-    let s = spec(id, w.ttl_ms);
     let ret = w
-        .call(
+        .propose(
             client,
             first,
-            3_000,
             id,
             TaskOp::Submit,
-            |n| {
-                let s = s.clone();
-                async move { n.propose(Command::Submit(s)).await }
-            },
+            Command::Submit(spec(id, w.ttl_ms)),
             |r| match r {
                 Response::Submitted { created, .. } => TaskRet::Submitted { created },
                 other => TaskRet::Seen(phase_of_unexpected(w, id, other)),
@@ -301,16 +319,12 @@ async fn claim(w: &World, client: u64, first: usize, id: &str, key: u64) -> Opti
         claim_id: key.to_string(),
     };
     let ret = w
-        .call(
+        .propose(
             client,
             first,
-            3_000,
             id,
             TaskOp::Claim { claim: key },
-            |n| {
-                let c = cmd.clone();
-                async move { n.propose(c).await }
-            },
+            cmd.clone(),
             |r| match r {
                 Response::Claimed { lease, .. } => TaskRet::Claimed { token: lease.token },
                 Response::NoTask
@@ -370,16 +384,12 @@ async fn complete(w: &World, client: u64, first: usize, id: &str, token: u64) ->
         },
     };
     let ret = w
-        .call(
+        .propose(
             client,
             first,
-            3_000,
             id,
             TaskOp::Complete { token },
-            |n| {
-                let c = cmd.clone();
-                async move { n.propose(c).await }
-            },
+            cmd.clone(),
             |r| match r {
                 Response::Completed { task, .. } if task.state == TaskState::Succeeded => {
                     TaskRet::Completed
@@ -406,16 +416,12 @@ async fn cancel(w: &World, client: u64, first: usize, id: &str) {
         reason: "simulated operator".into(),
     };
     let ret = w
-        .call(
+        .propose(
             client,
             first,
-            3_000,
             id,
             TaskOp::Cancel,
-            |n| {
-                let c = cmd.clone();
-                async move { n.propose(c).await }
-            },
+            cmd.clone(),
             |r| match r {
                 Response::Cancelled { .. } => TaskRet::Cancelled,
                 Response::Rejected(_) => TaskRet::Refused,
@@ -518,16 +524,12 @@ async fn queue_worker(w: Arc<World>, client: u64, mut rng: StdRng, dies: bool) {
         let mut k = 0;
         while answer.is_none() && !w.stop.load(Ordering::Relaxed) {
             answer = w
-                .call(
+                .propose(
                     client,
                     first + k,
-                    3_000,
                     QUEUE_TASK,
                     TaskOp::Claim { claim: key },
-                    |n| {
-                        let c = cmd.clone();
-                        async move { n.propose(c).await }
-                    },
+                    cmd.clone(),
                     |r| match r {
                         Response::Claimed { lease, .. } => {
                             *taken.lock().expect("lock") = Some(lease.task_id.clone());
@@ -783,9 +785,12 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
         stop: AtomicBool::new(false),
         ttl_ms: cfg.lease_ttl_ms,
     });
+    // One directory per run: runs of the same seed may go on in parallel (tests of one file).
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "leasekeeper-sim-{}-{}",
+        "leasekeeper-sim-{}-{}-{}",
         std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed),
         cfg.seed
     ));
     let _ = std::fs::remove_dir_all(&dir);
