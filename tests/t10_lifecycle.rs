@@ -197,3 +197,26 @@ async fn finished_tasks_are_forgotten_after_retention() {
     );
     cluster.shutdown().await;
 }
+
+/// Read-your-writes for claims: a follower answers a submit once the leader has committed it,
+/// possibly before the follower itself has applied it. A claim sent right after, through the
+/// same follower, must still find the task (the follower catches up before answering "none").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_right_after_a_submit_through_a_follower_finds_the_task() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    let c = cluster.client_of(follower);
+    for i in 0..40 {
+        let queue = format!("ryw-{i}");
+        c.submit(submit_req(&format!("ryw-{i}"), &queue, 3000))
+            .await
+            .unwrap();
+        let r = c.claim(claim_req(&queue, "w")).await.unwrap();
+        assert!(
+            r.task.is_some(),
+            "round {i}: the claim through node {follower} found no task right after its submit"
+        );
+    }
+    cluster.shutdown().await;
+}

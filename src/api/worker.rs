@@ -82,25 +82,32 @@ impl Worker for WorkerSvc {
         let mut first = true;
         loop {
             let now = self.node.clock.unix_ms();
-            let (claimable, next_ready) = {
+            let look = || {
                 let a = self.node.shared.applied.read().expect("lock");
                 (
                     a.state.has_claimable(&r.queue, now),
                     a.state.next_ready_at(&r.queue),
                 )
             };
-            if !claimable && first && !r.claim_id.is_empty() {
-                // Nothing to claim here: if this is a retry of a claim that was applied, its
-                // lease is the answer. A read barrier makes sure this node has applied it.
+            let (mut claimable, mut next_ready) = look();
+            if !claimable && first {
+                // Nothing to claim on this node's state — which may lag behind writes the
+                // caller has already seen acknowledged: a submit answered through this follower,
+                // or a claim applied before its answer was lost. Catch up to the leader's commit
+                // (read barrier), then look again.
                 self.node.read_barrier().await.map_err(error::node)?;
-                let a = self.node.shared.applied.read().expect("lock");
-                if let Some(l) = a.state.lease_of_claim(&r.worker_id, &r.claim_id) {
-                    let t = a
-                        .state
-                        .task(&l.task_id)
-                        .expect("a live lease's task exists");
-                    return Ok(answer(t, l));
+                if !r.claim_id.is_empty() {
+                    // A retry of a claim that was applied: its lease is the answer.
+                    let a = self.node.shared.applied.read().expect("lock");
+                    if let Some(l) = a.state.lease_of_claim(&r.worker_id, &r.claim_id) {
+                        let t = a
+                            .state
+                            .task(&l.task_id)
+                            .expect("a live lease's task exists");
+                        return Ok(answer(t, l));
+                    }
                 }
+                (claimable, next_ready) = look();
             }
             first = false;
             if claimable || !r.task_id.is_empty() {
