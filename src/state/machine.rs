@@ -68,7 +68,9 @@ struct PersistedRef<'a> {
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct State {
-    tasks: BTreeMap<String, Task>,
+    /// Boxed: a B-tree node keeps its entries inline and is on average a third empty, so a
+    /// 300-byte task inline would waste about 100 bytes a task (measured: docs/PERFORMANCE.md).
+    tasks: BTreeMap<String, Box<Task>>,
     leases: BTreeMap<Token, Lease>,
     /// Every token still in some task's history → that task.
     tokens: BTreeMap<Token, String>,
@@ -76,8 +78,8 @@ pub struct State {
     finished: BTreeSet<(u64, String)>,
     /// (worker_id, claim_id) → token of the live lease that claim created.
     claims: BTreeMap<(String, String), Token>,
-    /// (queue, state, id) for listing.
-    by_queue_state: BTreeSet<(String, TaskState, String)>,
+    /// Queue → (state, id), for listing (the queue name kept once per queue, not per task).
+    by_queue_state: BTreeMap<String, BTreeSet<(TaskState, String)>>,
     /// Claimable order per queue: (not_before_unix_ms, updated_rev, id) of PENDING tasks.
     ready: BTreeMap<String, BTreeSet<(u64, Revision, String)>>,
     last_token: Token,
@@ -111,7 +113,7 @@ impl State {
     // ------------------------------------------------------------------ reads
 
     pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|t| &**t)
     }
     pub fn lease(&self, token: Token) -> Option<&Lease> {
         self.leases.get(&token)
@@ -126,7 +128,7 @@ impl State {
         self.leases.values()
     }
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
     pub fn task_count(&self) -> usize {
         self.tasks.len()
@@ -180,34 +182,42 @@ impl State {
         after: Option<&(String, TaskState, String)>,
         limit: usize,
     ) -> (Vec<&Task>, Option<(String, TaskState, String)>) {
-        use std::ops::Bound::*;
-        let lower = match (after, queue, state) {
-            (Some(k), _, _) => Excluded(k.clone()),
-            (None, Some(q), Some(s)) => Included((q.to_string(), s, String::new())),
-            (None, Some(q), None) => Included((q.to_string(), TaskState::Pending, String::new())),
-            (None, None, _) => Unbounded,
+        use std::ops::Bound::{self, *};
+        // Where to start: a queue, and where within it.
+        let (start, within): (Bound<&str>, Bound<(TaskState, String)>) = match (after, queue, state)
+        {
+            (Some(k), _, _) => (Included(k.0.as_str()), Excluded((k.1, k.2.clone()))),
+            (None, Some(q), Some(s)) => (Included(q), Included((s, String::new()))),
+            (None, Some(q), None) => (Included(q), Unbounded),
+            (None, None, _) => (Unbounded, Unbounded),
         };
         let mut out = Vec::new();
         let mut last = None;
-        for key in self.by_queue_state.range((lower, Unbounded)) {
-            if let Some(q) = queue {
-                if key.0 != q {
-                    break;
-                }
+        let mut within = Some(within);
+        for (q, entries) in self.by_queue_state.range::<str, _>((start, Unbounded)) {
+            if queue.is_some_and(|want| q != want) {
+                break;
             }
-            if let Some(s) = state {
-                if key.1 != s {
-                    if queue.is_some() && key.1 > s {
-                        break;
+            // The bound within a queue applies to the queue the listing starts at only.
+            let lower = match (start, within.take()) {
+                (Included(sq), Some(w)) if sq == q => w,
+                _ => Unbounded,
+            };
+            for (st, id) in entries.range((lower, Unbounded)) {
+                if let Some(s) = state {
+                    if *st != s {
+                        if queue.is_some() && *st > s {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
                 }
+                if out.len() == limit {
+                    return (out, last);
+                }
+                out.push(&*self.tasks[id]);
+                last = Some((q.clone(), *st, id.clone()));
             }
-            if out.len() == limit {
-                return (out, last);
-            }
-            out.push(&self.tasks[&key.2]);
-            last = Some(key.clone());
         }
         (out, None)
     }
@@ -216,7 +226,7 @@ impl State {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let p = PersistedRef {
-            tasks: self.tasks.values().collect(),
+            tasks: self.tasks.values().map(|t| &**t).collect(),
             leases: self.leases.values().collect(),
             last_token: self.last_token,
             last_revision: self.last_revision,
@@ -243,7 +253,7 @@ impl State {
                 s.tokens.insert(r.lease_token, t.spec.id.clone());
             }
             s.index(&t);
-            s.tasks.insert(t.spec.id.clone(), t);
+            s.tasks.insert(t.spec.id.clone(), Box::new(t));
         }
         s.check_invariants();
         Ok(s)
@@ -354,8 +364,14 @@ impl State {
     }
 
     fn index(&mut self, t: &Task) {
-        self.by_queue_state
-            .insert((t.spec.queue.clone(), t.state, t.spec.id.clone()));
+        match self.by_queue_state.get_mut(&t.spec.queue) {
+            Some(entries) => entries.insert((t.state, t.spec.id.clone())),
+            None => self
+                .by_queue_state
+                .entry(t.spec.queue.clone())
+                .or_default()
+                .insert((t.state, t.spec.id.clone())),
+        };
         if t.state.is_terminal() {
             self.finished
                 .insert((t.updated_at_unix_ms, t.spec.id.clone()));
@@ -368,9 +384,18 @@ impl State {
         }
     }
 
+    /// Removes a task from the listing index (and its queue, once empty).
+    fn unlist(&mut self, queue: &str, state: TaskState, id: &str) {
+        if let Some(entries) = self.by_queue_state.get_mut(queue) {
+            entries.remove(&(state, id.to_string()));
+            if entries.is_empty() {
+                self.by_queue_state.remove(queue);
+            }
+        }
+    }
+
     fn unindex(&mut self, t: &Task) {
-        self.by_queue_state
-            .remove(&(t.spec.queue.clone(), t.state, t.spec.id.clone()));
+        self.unlist(&t.spec.queue, t.state, &t.spec.id);
         if t.state.is_terminal() {
             self.finished
                 .remove(&(t.updated_at_unix_ms, t.spec.id.clone()));
@@ -387,7 +412,7 @@ impl State {
 
     /// Takes a task out of the indexes for a change; `put` puts it back.
     fn take(&mut self, id: &str) -> Option<Task> {
-        let t = self.tasks.remove(id)?;
+        let t = *self.tasks.remove(id)?;
         debug_assert!(
             !t.state.is_terminal(),
             "terminal task {id} taken for a change"
@@ -418,7 +443,7 @@ impl State {
                 task: t.clone(),
             });
         }
-        self.tasks.insert(t.spec.id.clone(), t.clone());
+        self.tasks.insert(t.spec.id.clone(), Box::new(t.clone()));
         t
     }
 
@@ -426,7 +451,7 @@ impl State {
         if let Some(existing) = self.tasks.get(&spec.id) {
             return if existing.spec == *spec {
                 Response::Submitted {
-                    task: existing.clone(),
+                    task: (**existing).clone(),
                     created: false,
                 }
             } else {
@@ -476,7 +501,7 @@ impl State {
             let key = (worker_id.to_string(), claim_id.to_string());
             if let Some(lease) = self.claims.get(&key).and_then(|t| self.leases.get(t)) {
                 // A retry of a claim that was applied (its answer was lost): same lease.
-                let task = self.tasks[&lease.task_id].clone();
+                let task = (*self.tasks[&lease.task_id]).clone();
                 return Response::Claimed {
                     task,
                     lease: lease.clone(),
@@ -563,8 +588,7 @@ impl State {
             }
             let (_, id) = self.finished.pop_first().expect("checked");
             let t = self.tasks.remove(&id).expect("finished task exists");
-            self.by_queue_state
-                .remove(&(t.spec.queue.clone(), t.state, id.clone()));
+            self.unlist(&t.spec.queue, t.state, &id);
             for r in &t.history {
                 self.tokens.remove(&r.lease_token);
             }
@@ -703,7 +727,7 @@ impl State {
             // Idempotent: the same report gets the same answer; a different one is refused.
             return if prev == report {
                 Response::Completed {
-                    task: task.clone(),
+                    task: (**task).clone(),
                     late: record.late,
                 }
             } else {
@@ -810,7 +834,11 @@ impl State {
             return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() });
         };
         match task.state {
-            TaskState::Cancelled => return Response::Cancelled { task: task.clone() },
+            TaskState::Cancelled => {
+                return Response::Cancelled {
+                    task: (**task).clone(),
+                }
+            }
             s if s.is_terminal() => {
                 return Response::Rejected(Rejection::Terminal {
                     id: id.to_string(),
@@ -945,7 +973,8 @@ impl State {
             assert_eq!(id, &t.spec.id);
             assert!(self
                 .by_queue_state
-                .contains(&(t.spec.queue.clone(), t.state, id.clone())));
+                .get(&t.spec.queue)
+                .is_some_and(|e| e.contains(&(t.state, id.clone()))));
             match t.state {
                 TaskState::Running => {
                     let tok = t
@@ -979,7 +1008,11 @@ impl State {
                 );
             }
         }
-        assert_eq!(self.by_queue_state.len(), self.tasks.len());
+        assert_eq!(
+            self.by_queue_state.values().map(|e| e.len()).sum::<usize>(),
+            self.tasks.len()
+        );
+        assert!(self.by_queue_state.values().all(|e| !e.is_empty()));
         assert_eq!(self.ready.values().map(|r| r.len()).sum::<usize>(), pending);
     }
 }

@@ -683,6 +683,45 @@ proptest! {
     /// Over random command sequences: invariants hold after every step, terminal states never
     /// change, tokens only grow, and a replay (or a snapshot) reaches the same state.
     #[test]
+    fn listing_pages_through_exactly_the_matching_tasks(
+        cmds in prop::collection::vec(arb_cmd(), 1..80),
+        queue in prop::option::of(prop::sample::select(vec!["q", "r", "s"])),
+        state in prop::option::of(prop::sample::select(vec![
+            TaskState::Pending, TaskState::Running, TaskState::Succeeded,
+            TaskState::Failed, TaskState::Cancelled,
+        ])),
+        limit in 1usize..4,
+    ) {
+        let mut sm = Sm::new();
+        let mut now = NOW;
+        for (dt, cmd) in cmds {
+            now += dt;
+            sm.run_at(now, cmd);
+        }
+        // What a listing must return: every matching task, by (queue, state, id).
+        let mut want: Vec<(String, TaskState, String)> = sm
+            .s
+            .tasks()
+            .filter(|t| queue.map_or(true, |q| t.spec.queue == q))
+            .filter(|t| state.map_or(true, |s| t.state == s))
+            .map(|t| (t.spec.queue.clone(), t.state, t.spec.id.clone()))
+            .collect();
+        want.sort();
+        let mut got = Vec::new();
+        let mut after = None;
+        for _ in 0..100 {
+            let (page, next) = sm.s.list(queue, state, after.as_ref(), limit);
+            prop_assert!(page.len() <= limit);
+            got.extend(page.iter().map(|t| (t.spec.queue.clone(), t.state, t.spec.id.clone())));
+            match next {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
     fn random_sequences_keep_invariants(cmds in prop::collection::vec(arb_cmd(), 1..120)) {
         let mut sm = Sm::new();
         let mut replica = Sm::new();

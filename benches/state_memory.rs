@@ -1,0 +1,57 @@
+//! Memory of the in-memory state: builds a state of N pending tasks shaped like
+//! `leasekeeper bench --shape submit`'s (ids like `bench-17-123456`, queue `bench`, a 64-byte
+//! payload) and reports resident memory per task (Linux, from /proc/self/status).
+//!
+//! ```sh
+//! cargo bench --bench state_memory            # 1 000 000 tasks
+//! cargo bench --bench state_memory -- 200000
+//! ```
+use leasekeeper::state::{Command, Effects, Request, State, TaskSpec};
+use std::collections::BTreeSet;
+
+fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let voters: Vec<BTreeSet<u64>> = vec![[1, 2, 3].into_iter().collect()];
+    let before = rss_bytes();
+    let mut state = State::new();
+    let mut fx = Effects::default();
+    for i in 0..n {
+        fx.clear();
+        let spec = TaskSpec {
+            id: format!("bench-{}-{i}", i % 64),
+            queue: "bench".into(),
+            payload: vec![b'x'; 64],
+            max_attempts: 3,
+            lease_ttl_ms: 30_000,
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+        };
+        let req = Request {
+            now_unix_ms: 1,
+            cmd: Command::Submit(spec),
+        };
+        state.apply(i + 1, &req, &voters, &mut fx);
+    }
+    let used = rss_bytes().saturating_sub(before);
+    println!(
+        "state_memory: {n} pending tasks use {:.0} MiB resident, {:.0} bytes a task \
+         (size_of::<Task>() = {} bytes)",
+        used as f64 / 1048576.0,
+        used as f64 / n as f64,
+        std::mem::size_of::<leasekeeper::state::Task>()
+    );
+    assert_eq!(state.task_count() as u64, n);
+}
