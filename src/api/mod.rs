@@ -4,7 +4,7 @@ mod admin;
 pub mod convert;
 mod error;
 mod raft_service;
-mod scheduler;
+pub(crate) mod scheduler;
 pub mod validate;
 mod worker;
 

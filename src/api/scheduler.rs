@@ -14,7 +14,9 @@ pub struct SchedulerSvc {
     pub node: Arc<Node>,
 }
 
-fn generate_id() -> String {
+/// A task id for a submit that named none (the Rust client chooses one itself, so that its
+/// retries stay idempotent).
+pub(crate) fn generate_id() -> String {
     format!(
         "{:016x}{:016x}",
         rand::random::<u64>(),

@@ -51,7 +51,8 @@ fn uri(addr: &str) -> String {
 /// Besides UNAVAILABLE and UNKNOWN this covers a call cut short by its connection: a node killed
 /// mid-call surfaces as CANCELLED ("operation was canceled") whose *source* is the transport
 /// error ("connection closed"). A CANCELLED without a transport source came from the server or
-/// the caller and is final. Every call of this client is idempotent, so sending it again is safe.
+/// the caller and is final. Every call of this client is idempotent — submits and claims get
+/// their idempotency key here before the first attempt — so sending it again is safe.
 pub fn retryable(s: &Status) -> bool {
     match s.code() {
         Code::Unavailable | Code::Unknown => true,
@@ -193,10 +194,16 @@ impl Client {
 
     // ---------------------------------------------------------------- scheduler
 
+    /// Submits a task. Without an `id` one is chosen here, once, so that the retries of this
+    /// call (an attempt may have been applied although its answer was lost) find the same task
+    /// instead of creating another.
     pub async fn submit(
         &self,
-        req: pb::SubmitTaskRequest,
+        mut req: pb::SubmitTaskRequest,
     ) -> Result<pb::SubmitTaskResponse, Status> {
+        if req.id.is_empty() {
+            req.id = crate::api::scheduler::generate_id();
+        }
         self.call(|c| {
             let req = req.clone();
             async move { SchedulerClient::new(c).submit_task(req).await }
