@@ -1104,38 +1104,37 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
         let rec = world.rec.lock().expect("lock");
         for id in &rec.submitted {
             match a.state.task(id) {
-                None => world_violation(&mut report, format!("acknowledged submit of {id} lost")),
+                None => report
+                    .violations
+                    .push(format!("acknowledged submit of {id} lost")),
                 Some(t) => {
                     let tokens: Vec<u64> = t.history.iter().map(|h| h.lease_token).collect();
                     if tokens.windows(2).any(|p| p[0] >= p[1]) {
-                        world_violation(
-                            &mut report,
-                            format!("task {id}: tokens not increasing {tokens:?}"),
-                        );
+                        report
+                            .violations
+                            .push(format!("task {id}: tokens not increasing {tokens:?}"));
                     }
                     report.late_successes += t.history.iter().filter(|h| h.late).count();
                     match t.state {
                         TaskState::Succeeded => report.tasks_succeeded += 1,
                         TaskState::Cancelled => report.tasks_cancelled += 1,
-                        s => world_violation(&mut report, format!("task {id} ended {s:?}")),
+                        s => report.violations.push(format!("task {id} ended {s:?}")),
                     }
                 }
             }
         }
         for id in &rec.acked_success {
             if a.state.task(id).map(|t| t.state) != Some(TaskState::Succeeded) {
-                world_violation(
-                    &mut report,
-                    format!("acknowledged success of {id} not SUCCEEDED at the end"),
-                );
+                report.violations.push(format!(
+                    "acknowledged success of {id} not SUCCEEDED at the end"
+                ));
             }
         }
         for id in &rec.acked_cancel {
             if a.state.task(id).map(|t| t.state) != Some(TaskState::Cancelled) {
-                world_violation(
-                    &mut report,
-                    format!("acknowledged cancel of {id} not CANCELLED at the end"),
-                );
+                report.violations.push(format!(
+                    "acknowledged cancel of {id} not CANCELLED at the end"
+                ));
             }
         }
         for (token, l) in rec.leases.iter().filter(|(_, l)| l.dead) {
@@ -1144,10 +1143,9 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
             if a.state.lease(*token).is_some()
                 || ended.map_or(true, |h| h.outcome == Outcome::Running)
             {
-                world_violation(
-                    &mut report,
-                    format!("the dead worker's lease {token} never ended"),
-                );
+                report
+                    .violations
+                    .push(format!("the dead worker's lease {token} never ended"));
             }
         }
     }
@@ -1188,8 +1186,4 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
     drop(rec);
     let _ = std::fs::remove_dir_all(&dir);
     report
-}
-
-fn world_violation(r: &mut SimReport, v: String) {
-    r.violations.push(v);
 }
