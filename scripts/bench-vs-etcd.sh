@@ -4,7 +4,7 @@
 #
 #   bash scripts/bench-vs-etcd.sh [seconds-per-run] [clients]
 #
-# Installs Debian's etcd-server if it is missing. Prints one row per shape and system and the
+# Installs Debian's etcd-server and etcd-client if they are missing. Prints one row per shape and system and the
 # ratio; the raw JSON rows go to target/bench/*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,10 +13,14 @@ CLIENTS=${2:-64}
 OUT=target/bench
 mkdir -p "$OUT"
 
-if ! command -v etcd >/dev/null; then
+# etcd itself, and etcdctl (Debian's etcd-client) to find its leader.
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo build --release --locked -q
 LK=target/release/leasekeeper

@@ -83,9 +83,13 @@ class Client:
         initial_backoff_ms: int = 0,
         max_backoff_ms: int = 0,
     ) -> pb.SubmitTaskResponse:
-        """Idempotent on `id`: the same spec again returns the same task (created=False)."""
+        """Idempotent on `id`: the same spec again returns the same task (created=False).
+
+        Without an `id` one is chosen here, once, so that a retry of an attempt whose answer was
+        lost finds the same task instead of creating a second one.
+        """
         req = pb.SubmitTaskRequest(
-            id=id,
+            id=id or uuid.uuid4().hex,
             queue=queue,
             payload=payload,
             max_attempts=max_attempts,
