@@ -161,11 +161,19 @@ async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() 
         &task_command(&marks),
         dir.path().join("b.log"),
     );
-    let t = eventually(Duration::from_secs(15), "a second attempt", || async {
+    let second = within(Duration::from_secs(15), || async {
         let t = c.get("L").await.ok()?;
         (t.attempt == 2 && t.state == pb::TaskState::Running as i32).then_some(t)
     })
     .await;
+    let Some(t) = second else {
+        panic!(
+            "no second attempt within 15 s\ntask: {:#?}\n--- a.log\n{}\n--- b.log\n{}",
+            c.get("L").await,
+            a.log_text(),
+            b.log_text()
+        );
+    };
     assert_eq!(
         t.history[0].outcome,
         pb::AttemptOutcome::Expired as i32,
