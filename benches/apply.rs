@@ -7,7 +7,7 @@ const NOW: u64 = 1_800_000_000_000;
 
 fn spec(id: String) -> TaskSpec {
     TaskSpec {
-        id,
+        id: id.into(),
         queue: "q".into(),
         payload: vec![b'x'; 64],
         max_attempts: 3,

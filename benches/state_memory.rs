@@ -31,7 +31,7 @@ fn main() {
     for i in 0..n {
         fx.clear();
         let spec = TaskSpec {
-            id: format!("bench-{}-{i}", i % 64),
+            id: format!("bench-{}-{i}", i % 64).into(),
             queue: "bench".into(),
             payload: vec![b'x'; 64],
             max_attempts: 3,

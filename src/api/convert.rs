@@ -54,7 +54,7 @@ fn record_to_pb(r: &AttemptRecord) -> pb::AttemptRecord {
 pub fn lease_to_pb(l: &Lease) -> pb::Lease {
     pb::Lease {
         token: l.token,
-        task_id: l.task_id.clone(),
+        task_id: l.task_id.to_string(),
         attempt: l.attempt,
         worker_id: l.worker_id.clone(),
         ttl_ms: l.ttl_ms,
@@ -65,8 +65,8 @@ pub fn lease_to_pb(l: &Lease) -> pb::Lease {
 /// `lease` is the task's live lease, when the caller has it at hand.
 pub fn task_to_pb(t: &Task, lease: Option<&Lease>) -> pb::Task {
     pb::Task {
-        id: t.spec.id.clone(),
-        queue: t.spec.queue.clone(),
+        id: t.spec.id.to_string(),
+        queue: t.spec.queue.to_string(),
         payload: t.spec.payload.clone(),
         state: state_to_pb(t.state) as i32,
         attempt: t.attempt,

@@ -87,8 +87,8 @@ impl Scheduler for SchedulerSvc {
             return Err(Status::invalid_argument(format!("retry.initial_backoff_ms {initial} exceeds retry.max_backoff_ms {max}: lower it or raise the maximum")));
         }
         let spec = TaskSpec {
-            id,
-            queue: r.queue,
+            id: id.into(),
+            queue: r.queue.into(),
             payload: r.payload,
             max_attempts,
             lease_ttl_ms: ttl,
@@ -226,8 +226,8 @@ impl Scheduler for SchedulerSvc {
         let mut stop = node.shutdown_signal();
         tokio::spawn(async move {
             let wanted = |e: &crate::state::Event| {
-                (r.queue.is_empty() || e.task.spec.queue == r.queue)
-                    && (r.task_id.is_empty() || e.task.spec.id == r.task_id)
+                (r.queue.is_empty() || *e.task.spec.queue == *r.queue)
+                    && (r.task_id.is_empty() || *e.task.spec.id == *r.task_id)
             };
             // The last revision passed on, and how many of its events: a resume after falling
             // behind re-reads that revision and skips what was passed on already.

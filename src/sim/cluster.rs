@@ -265,7 +265,7 @@ fn queue_of(id: &str) -> &'static str {
 
 fn spec(id: &str, ttl_ms: u64) -> TaskSpec {
     TaskSpec {
-        id: id.to_string(),
+        id: id.into(),
         queue: queue_of(id).into(),
         payload: id.as_bytes().to_vec(),
         // Unlimited in practice: every task must end SUCCEEDED, however often leases expire.
@@ -532,7 +532,7 @@ async fn queue_worker(w: Arc<World>, client: u64, mut rng: StdRng, dies: bool) {
                     cmd.clone(),
                     |r| match r {
                         Response::Claimed { lease, .. } => {
-                            *taken.lock().expect("lock") = Some(lease.task_id.clone());
+                            *taken.lock().expect("lock") = Some(lease.task_id.to_string());
                             TaskRet::Claimed { token: lease.token }
                         }
                         _ => TaskRet::NotClaimable,

@@ -70,23 +70,23 @@ struct PersistedRef<'a> {
 pub struct State {
     /// Boxed: a B-tree node keeps its entries inline and is on average a third empty, so a
     /// 300-byte task inline would waste about 100 bytes a task (measured: docs/PERFORMANCE.md).
-    tasks: BTreeMap<String, Box<Task>>,
+    tasks: BTreeMap<Name, Box<Task>>,
     leases: BTreeMap<Token, Lease>,
     /// Every token still in some task's history → that task.
-    tokens: BTreeMap<Token, String>,
+    tokens: BTreeMap<Token, Name>,
     /// (finished_at_unix_ms, id) of terminal tasks, oldest first, for retention.
-    finished: BTreeSet<(u64, String)>,
+    finished: BTreeSet<(u64, Name)>,
     /// (worker_id, claim_id) → token of the live lease that claim created.
     claims: BTreeMap<(String, String), Token>,
     /// Queue → (state, id), for listing (the queue name kept once per queue, not per task).
-    by_queue_state: BTreeMap<String, BTreeSet<(TaskState, String)>>,
+    by_queue_state: BTreeMap<Name, BTreeSet<(TaskState, Name)>>,
     /// Claimable order per queue: (not_before_unix_ms, updated_rev, id) of PENDING tasks.
-    ready: BTreeMap<String, BTreeSet<(u64, Revision, String)>>,
+    ready: BTreeMap<Name, BTreeSet<(u64, Revision, Name)>>,
     last_token: Token,
     last_revision: Revision,
 }
 
-fn ready_key(t: &Task) -> (u64, Revision, String) {
+fn ready_key(t: &Task) -> (u64, Revision, Name) {
     (t.not_before_unix_ms, t.updated_rev, t.spec.id.clone())
 }
 
@@ -151,7 +151,7 @@ impl State {
     /// further ahead than that task's longest back-off. Only a proposer whose wall clock runs
     /// ahead of this claim's stamps such a not-before (a node an hour ahead deciding an expiry),
     /// and a retry must not wait for one node's clock.
-    fn first_claimable(&self, queue: &str, now_unix_ms: u64) -> Option<&str> {
+    fn first_claimable(&self, queue: &str, now_unix_ms: u64) -> Option<&Name> {
         let ready = self.ready.get(queue)?;
         let (nb, _, id) = ready.first()?;
         if *nb <= now_unix_ms {
@@ -162,7 +162,7 @@ impl State {
             .tasks
             .get(id)
             .map_or(0, |t| t.spec.max_backoff_ms.max(t.spec.initial_backoff_ms));
-        (nb.saturating_sub(now_unix_ms) > longest_backoff_ms).then_some(id.as_str())
+        (nb.saturating_sub(now_unix_ms) > longest_backoff_ms).then_some(id)
     }
 
     /// Earliest not-before instant of a pending task in `queue`.
@@ -184,10 +184,9 @@ impl State {
     ) -> (Vec<&Task>, Option<(String, TaskState, String)>) {
         use std::ops::Bound::{self, *};
         // Where to start: a queue, and where within it.
-        let (start, within): (Bound<&str>, Bound<(TaskState, String)>) = match (after, queue, state)
-        {
-            (Some(k), _, _) => (Included(k.0.as_str()), Excluded((k.1, k.2.clone()))),
-            (None, Some(q), Some(s)) => (Included(q), Included((s, String::new()))),
+        let (start, within): (Bound<&str>, Bound<(TaskState, Name)>) = match (after, queue, state) {
+            (Some(k), _, _) => (Included(k.0.as_str()), Excluded((k.1, k.2.as_str().into()))),
+            (None, Some(q), Some(s)) => (Included(q), Included((s, "".into()))),
             (None, Some(q), None) => (Included(q), Unbounded),
             (None, None, _) => (Unbounded, Unbounded),
         };
@@ -195,12 +194,12 @@ impl State {
         let mut last = None;
         let mut within = Some(within);
         for (q, entries) in self.by_queue_state.range::<str, _>((start, Unbounded)) {
-            if queue.is_some_and(|want| q != want) {
+            if queue.is_some_and(|want| **q != *want) {
                 break;
             }
             // The bound within a queue applies to the queue the listing starts at only.
             let lower = match (start, within.take()) {
-                (Included(sq), Some(w)) if sq == q => w,
+                (Included(sq), Some(w)) if sq == &**q => w,
                 _ => Unbounded,
             };
             for (st, id) in entries.range((lower, Unbounded)) {
@@ -216,7 +215,7 @@ impl State {
                     return (out, last);
                 }
                 out.push(&*self.tasks[id]);
-                last = Some((q.clone(), *st, id.clone()));
+                last = Some((q.to_string(), *st, id.to_string()));
             }
         }
         (out, None)
@@ -248,12 +247,21 @@ impl State {
             }
             s.leases.insert(l.token, l);
         }
-        for t in p.tasks {
+        for mut t in p.tasks {
+            // Names shared as `submit` shares them: one allocation per queue.
+            if let Some((queue, _)) = s.by_queue_state.get_key_value(&*t.spec.queue) {
+                t.spec.queue = queue.clone();
+            }
             for r in &t.history {
                 s.tokens.insert(r.lease_token, t.spec.id.clone());
             }
             s.index(&t);
             s.tasks.insert(t.spec.id.clone(), Box::new(t));
+        }
+        for l in s.leases.values_mut() {
+            if let Some((id, _)) = s.tasks.get_key_value(&*l.task_id) {
+                l.task_id = id.clone();
+            }
         }
         s.check_invariants();
         Ok(s)
@@ -385,9 +393,9 @@ impl State {
     }
 
     /// Removes a task from the listing index (and its queue, once empty).
-    fn unlist(&mut self, queue: &str, state: TaskState, id: &str) {
+    fn unlist(&mut self, queue: &str, state: TaskState, id: &Name) {
         if let Some(entries) = self.by_queue_state.get_mut(queue) {
-            entries.remove(&(state, id.to_string()));
+            entries.remove(&(state, id.clone()));
             if entries.is_empty() {
                 self.by_queue_state.remove(queue);
             }
@@ -456,13 +464,18 @@ impl State {
                 }
             } else {
                 Response::Rejected(Rejection::AlreadyExists {
-                    id: spec.id.clone(),
+                    id: spec.id.to_string(),
                 })
             };
         }
         debug_assert!(spec.max_attempts >= 1);
+        let mut spec = spec.clone();
+        if let Some((queue, _)) = self.by_queue_state.get_key_value(&*spec.queue) {
+            // One allocation for a queue's name, whatever the number of its tasks.
+            spec.queue = queue.clone();
+        }
         let t = Task {
-            spec: spec.clone(),
+            spec,
             state: TaskState::Pending,
             attempt: 0,
             failures: 0,
@@ -511,7 +524,7 @@ impl State {
         let id = match task_id {
             Some(id) => match self.tasks.get(id) {
                 None => return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() }),
-                Some(t) if t.spec.queue != queue => {
+                Some(t) if *t.spec.queue != *queue => {
                     return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() })
                 }
                 Some(t) if t.state.is_terminal() => {
@@ -526,10 +539,10 @@ impl State {
                         state: t.state,
                     })
                 }
-                Some(_) => id.to_string(),
+                Some(t) => t.spec.id.clone(),
             },
             None => match self.first_claimable(queue, now) {
-                Some(id) => id.to_string(),
+                Some(id) => id.clone(),
                 None => return Response::NoTask,
             },
         };

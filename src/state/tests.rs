@@ -490,7 +490,7 @@ fn claim_by_id_and_listing() {
         task_id: Some("b".into()),
         claim_id: String::new(),
     });
-    assert!(matches!(r, Response::Claimed { ref task, .. } if task.spec.id == "b"));
+    assert!(matches!(r, Response::Claimed { ref task, .. } if &*task.spec.id == "b"));
     let r = sm.run(Command::Claim {
         queue: "q".into(),
         worker_id: "w".into(),
@@ -529,7 +529,7 @@ fn purge_forgets_old_terminal_tasks_only() {
     sm.run_at(
         NOW + 10,
         Command::Complete {
-            task_id: t.spec.id.clone(),
+            task_id: t.spec.id.to_string(),
             token: l.token,
             report: Report {
                 success: true,
@@ -570,6 +570,34 @@ fn purge_forgets_old_terminal_tasks_only() {
     assert_eq!(back, sm.s);
 }
 
+/// A queue's name is one allocation for all its tasks, and a lease names its task with the
+/// task's own id — after submits and after a snapshot is loaded (where every name arrives as a
+/// separate string).
+#[test]
+fn names_are_shared_not_copied() {
+    use std::sync::Arc;
+    fn check(s: &State) {
+        let (a, b) = (s.task("a").unwrap(), s.task("b").unwrap());
+        assert!(Arc::ptr_eq(&a.spec.queue, &b.spec.queue));
+        let token = a.lease.or(b.lease).expect("one of them is claimed");
+        let lease = s.lease(token).unwrap();
+        let holder = s.task(&lease.task_id).unwrap();
+        assert!(Arc::ptr_eq(&lease.task_id, &holder.spec.id));
+    }
+    let mut sm = Sm::new();
+    for id in ["a", "b"] {
+        // A fresh allocation for each submit's queue name, as decoding a log entry makes one.
+        let queue: Name = String::from("q").into();
+        sm.run(Command::Submit(TaskSpec {
+            queue,
+            ..spec(id, 3)
+        }));
+    }
+    sm.claim();
+    check(&sm.s);
+    check(&State::from_bytes(&sm.s.to_bytes()).unwrap());
+}
+
 #[test]
 fn snapshot_round_trip_keeps_indexes() {
     let mut sm = Sm::new();
@@ -589,7 +617,7 @@ fn arb_cmd() -> impl Strategy<Value = (u64, Command)> {
     let token = 0u64..40;
     let cmd = prop_oneof![
         (id.clone(), queue.clone(), 1u32..4).prop_map(|(id, queue, m)| Command::Submit(TaskSpec {
-            queue,
+            queue: queue.into(),
             ..spec(&id, m)
         })),
         (
@@ -702,9 +730,9 @@ proptest! {
         let mut want: Vec<(String, TaskState, String)> = sm
             .s
             .tasks()
-            .filter(|t| queue.map_or(true, |q| t.spec.queue == q))
+            .filter(|t| queue.map_or(true, |q| &*t.spec.queue == q))
             .filter(|t| state.map_or(true, |s| t.state == s))
-            .map(|t| (t.spec.queue.clone(), t.state, t.spec.id.clone()))
+            .map(|t| (t.spec.queue.to_string(), t.state, t.spec.id.to_string()))
             .collect();
         want.sort();
         let mut got = Vec::new();
@@ -712,7 +740,10 @@ proptest! {
         for _ in 0..100 {
             let (page, next) = sm.s.list(queue, state, after.as_ref(), limit);
             prop_assert!(page.len() <= limit);
-            got.extend(page.iter().map(|t| (t.spec.queue.clone(), t.state, t.spec.id.clone())));
+            got.extend(
+                page.iter()
+                    .map(|t| (t.spec.queue.to_string(), t.state, t.spec.id.to_string())),
+            );
             match next {
                 Some(k) => after = Some(k),
                 None => break,

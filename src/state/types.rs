@@ -2,6 +2,7 @@
 //! change them. Everything here is serialized into the Raft log or into snapshots.
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// Raft node id.
 pub type NodeId = u64;
@@ -9,6 +10,10 @@ pub type NodeId = u64;
 pub type Revision = u64;
 /// A lease's fencing token: the log index of the claim that created it.
 pub type Token = u64;
+/// A task id or queue name. Immutable and shared: the state keeps a task's id in its map key,
+/// its spec, its lease and two indexes, and a queue's name in every task of the queue — one
+/// allocation each instead of one per copy (serialized as a plain string).
+pub type Name = Arc<str>;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TaskState {
@@ -86,8 +91,8 @@ pub struct Report {
 /// What a scheduler asked for; identical specs make a submit idempotent.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct TaskSpec {
-    pub id: String,
-    pub queue: String,
+    pub id: Name,
+    pub queue: Name,
     pub payload: Vec<u8>,
     pub max_attempts: u32,
     pub lease_ttl_ms: u64,
@@ -138,7 +143,7 @@ impl Task {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub token: Token,
-    pub task_id: String,
+    pub task_id: Name,
     pub attempt: u32,
     pub worker_id: String,
     /// The worker's idempotency key for the claim that created this lease ("" = none).
