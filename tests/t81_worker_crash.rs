@@ -208,3 +208,54 @@ async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() 
     drop((a, b));
     cluster.shutdown().await;
 }
+
+/// The node a worker renews through is cut off from it (the cluster itself is healthy): the
+/// worker must notice within a renew interval and renew through another node before the
+/// lease's TTL runs out on the nodes' clocks — the task runs once, and no attempt expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_node_a_worker_renews_through_cut_off_costs_no_lease() {
+    let cluster = Cluster::start(3).await;
+    let c = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let marks = marks_dir(dir.path());
+    c.submit(pb::SubmitTaskRequest {
+        id: "N".into(),
+        queue: "cut".into(),
+        payload: b"5\n".to_vec(),
+        lease_ttl_ms: 1500,
+        max_attempts: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let px: Vec<Proxy> = proxies(&cluster.addrs).await;
+    let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
+    let w = WorkerProc::spawn(
+        &endpoints,
+        "cut",
+        &dir.path().join("journal"),
+        &[],
+        &task_command(&marks),
+        dir.path().join("w.log"),
+    );
+    w.wait_log("started task=N").await;
+    // Let a renewal or two go through, then cut the node the worker is connected to.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let used: Vec<usize> = (0..px.len())
+        .filter(|&i| px[i].open_connections() > 0)
+        .collect();
+    assert_eq!(used.len(), 1, "the worker talks to one node: {used:?}");
+    px[used[0]].cut();
+    let t = eventually(Duration::from_secs(20), "N finished", || async {
+        let t = c.get("N").await.ok()?;
+        (t.state != pb::TaskState::Running as i32 && t.state != pb::TaskState::Pending as i32)
+            .then_some(t)
+    })
+    .await;
+    assert_eq!(t.state, pb::TaskState::Succeeded as i32, "{t:#?}");
+    assert_eq!(t.attempt, 1, "no attempt expired: {t:#?}\n{}", w.log_text());
+    assert_eq!(runs(&marks, "N"), 1);
+    px[used[0]].heal();
+    drop(w);
+    cluster.shutdown().await;
+}

@@ -334,7 +334,11 @@ class Worker:
                 stream = _HeartbeatStream(self.client.channel())
             seq += 1
             sent_at = time.monotonic()
-            answer = stream.exchange(pb.HeartbeatRequest(seq=seq, lease_tokens=tokens), timeout=max(interval, 1.5))
+            # Silence for one renew interval (a third of the TTL; 0.2-1.5 s) means this node is
+            # cut off: the renewal must still have the time to go through another node.
+            answer = stream.exchange(
+                pb.HeartbeatRequest(seq=seq, lease_tokens=tokens), timeout=min(max(interval, 0.2), 1.5)
+            )
             if answer is None:
                 stream.close()
                 stream = None

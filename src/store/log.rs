@@ -24,28 +24,21 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
-    /// Started on first use (inside the runtime).
-    flusher: std::sync::Arc<
-        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>>,
-    >,
+    /// The flusher thread, started on first append; it ends when the last clone is dropped.
+    flusher: std::sync::Arc<std::sync::OnceLock<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
 }
 
-/// One fsync for every callback waiting, then their completion in order.
-async fn flusher(
-    db: sled::Db,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>,
-) {
+/// One fsync for every callback waiting, then their completion in order. Runs on its own
+/// thread: an append wakes it directly, with no runtime task or blocking-pool hand-off between
+/// the write and the fsync.
+fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
     let mut waiting = Vec::new();
-    while let Some(first) = rx.recv().await {
+    while let Ok(first) = rx.recv() {
         waiting.push(first);
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let d = db.clone();
-        let res = match tokio::task::spawn_blocking(move || d.flush()).await {
-            Ok(r) => r,
-            Err(e) => Err(sled::Error::Io(std::io::Error::other(e.to_string()))),
-        };
+        let res = db.flush();
         for cb in waiting.drain(..) {
             match &res {
                 Ok(_) => cb.log_io_completed(Ok(())),
@@ -204,8 +197,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Durable before openraft hears of it: the flusher completes the callback after an
         // fsync that started after this write.
         let tx = self.flusher.get_or_init(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(flusher(self.db.clone(), rx));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let db = self.db.clone();
+            std::thread::Builder::new()
+                .name("log-flush".into())
+                .spawn(move || flusher(db, rx))
+                .expect("spawn the log flusher thread");
             tx
         });
         if let Err(e) = tx.send(callback) {

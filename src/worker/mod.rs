@@ -713,6 +713,10 @@ async fn deliver(
     acked.notify_waiters();
 }
 
+/// Bounds on how long a heartbeat waits for its answer before trying another node.
+const SILENCE_MIN: Duration = Duration::from_millis(200);
+const SILENCE_MAX: Duration = Duration::from_millis(1500);
+
 /// One Heartbeat stream per worker: renews every tracked lease at the advised interval, moves to
 /// another node when the stream breaks, and reports lost leases to their handlers.
 async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken) {
@@ -765,8 +769,11 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                 .await
                 .is_ok();
             // Nodes answer within about a second (RETRY when they cannot commit in time), so
-            // silence beyond that means this node is unreachable.
-            let wait = interval.max(Duration::from_millis(1500));
+            // silence beyond that means this node is unreachable. With a short TTL the wait is
+            // shorter still — one renew interval (a third of the TTL): a renewal that finds its
+            // node cut off must still have the time to go through another node before the
+            // lease's TTL runs out on the nodes' clocks.
+            let wait = interval.clamp(SILENCE_MIN, SILENCE_MAX);
             let answer = if ok {
                 loop {
                     match tokio::time::timeout(wait, rx.message()).await {

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 pub struct Proxy {
     pub addr: String,
     cut: Arc<watch::Sender<bool>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -51,6 +52,8 @@ impl Proxy {
         let (tx, _) = watch::channel(false);
         let cut = Arc::new(tx);
         let c = cut.clone();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let o = open.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -58,6 +61,7 @@ impl Proxy {
                 };
                 let mut rx = c.subscribe();
                 let target = target.clone();
+                let open = o.clone();
                 tokio::spawn(async move {
                     if *rx.borrow_and_update() {
                         // Accepted into the void; closed when the cut heals.
@@ -72,17 +76,29 @@ impl Proxy {
                     let _ = outbound.set_nodelay(true);
                     let (ir, iw) = inbound.into_split();
                     let (or, ow) = outbound.into_split();
+                    open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let a = tokio::spawn(pipe(ir, ow, rx.clone()));
                     let b = tokio::spawn(pipe(or, iw, rx));
                     let _ = tokio::join!(a, b);
+                    open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
-        Proxy { addr, cut, task }
+        Proxy {
+            addr,
+            cut,
+            open,
+            task,
+        }
     }
 
     pub fn cut(&self) {
         self.cut.send_replace(true);
+    }
+
+    /// Connections relayed to the node right now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn heal(&self) {
