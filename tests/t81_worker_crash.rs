@@ -2,7 +2,9 @@
 //! - SIGKILLed after its command exited 0 (report journaled, not delivered) and restarted within
 //!   the TTL: the success is committed from the journal and the task is not run again;
 //! - cut off for longer than the TTL: it stops its command; the command exits 0 anyway, and that
-//!   late success, delivered after the heal while a second attempt runs, ends the task SUCCEEDED.
+//!   late success, delivered after the heal while a second attempt runs, ends the task SUCCEEDED;
+//! - cut off from the one node it renews through: it renews through another before the TTL ends;
+//! - idle in a long poll for more than two TTLs before a task comes: it keeps the lease it gets.
 mod common;
 use common::proxy::{proxies, Proxy};
 use common::workers::*;
@@ -256,6 +258,46 @@ async fn the_node_a_worker_renews_through_cut_off_costs_no_lease() {
     assert_eq!(t.attempt, 1, "no attempt expired: {t:#?}\n{}", w.log_text());
     assert_eq!(runs(&marks, "N"), 1);
     px[used[0]].heal();
+    drop(w);
+    cluster.shutdown().await;
+}
+
+/// A worker that waited in a long poll for longer than two TTLs before a task came: the lease it
+/// gets is fresh, and it keeps it (the time spent waiting does not count against the lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_claimed_after_a_long_wait_keeps_its_lease() {
+    let cluster = Cluster::start(3).await;
+    let c = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let marks = marks_dir(dir.path());
+    let w = WorkerProc::spawn(
+        &cluster.addrs,
+        "idle",
+        &dir.path().join("journal"),
+        &[],
+        &task_command(&marks),
+        dir.path().join("w.log"),
+    );
+    w.wait_log("worker started").await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    c.submit(pb::SubmitTaskRequest {
+        id: "I".into(),
+        queue: "idle".into(),
+        payload: b"2\n".to_vec(),
+        lease_ttl_ms: 1500,
+        max_attempts: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t = eventually(Duration::from_secs(20), "I finished", || async {
+        let t = c.get("I").await.ok()?;
+        (t.state == pb::TaskState::Succeeded as i32 || t.attempt > 1).then_some(t)
+    })
+    .await;
+    assert_eq!(t.attempt, 1, "{t:#?}\n{}", w.log_text());
+    assert_eq!(t.state, pb::TaskState::Succeeded as i32, "{t:#?}");
+    assert_eq!(runs(&marks, "I"), 1);
     drop(w);
     cluster.shutdown().await;
 }

@@ -161,11 +161,13 @@ class Worker:
         self._stop = threading.Event()
         self._stopping = threading.Event()
         self._hb_stop = threading.Event()
+        # Set to cut the heartbeat loop's pause short: on stop, or for a lease to renew at once.
+        self._hb_wake = threading.Event()
         self._hb = threading.Thread(target=self._heartbeats, name="leasekeeper-heartbeat", daemon=True)
         self._hb.start()
         for r in self.journal.pending():
             log.info("replaying an unacknowledged report task=%s token=%d", r.task_id, r.lease_token)
-            self._track(r.lease_token, ttl=1e9, interval=0.3, sent_at=time.monotonic())
+            self._track(r.lease_token, ttl=1e9, interval=0.3, started_at=time.monotonic())
             self._leases[r.lease_token].reported = True
             self._deliver_async(r)
 
@@ -209,7 +211,12 @@ class Worker:
         )
         if not r.HasField("lease"):
             return None
-        lost = self._track(r.lease.token, r.lease.ttl_ms / 1000.0, r.renew_interval_ms / 1000.0, sent_at)
+        # The lease began after the node proposed the claim, which it did `waited_ms` after it
+        # received the call: a long poll may have waited far longer than the TTL.
+        started_at = min(sent_at + r.waited_ms / 1000.0, time.monotonic())
+        with self._lock:
+            self._contact_at = max(self._contact_at, started_at)
+        lost = self._track(r.lease.token, r.lease.ttl_ms / 1000.0, r.renew_interval_ms / 1000.0, started_at)
         log.info("claimed task=%s token=%d attempt=%d", r.task.id, r.lease.token, r.lease.attempt)
         return TaskContext(self, r.task, r.lease, lost)
 
@@ -262,6 +269,7 @@ class Worker:
 
     def close(self) -> None:
         self._hb_stop.set()
+        self._hb_wake.set()
         self._hb.join(timeout=5)
         self.journal.close()
         self.client.close()
@@ -280,11 +288,20 @@ class Worker:
         finally:
             slots.release()
 
-    def _track(self, token: int, ttl: float, interval: float, sent_at: float) -> threading.Event:
+    def _track(self, token: int, ttl: float, interval: float, started_at: float) -> threading.Event:
+        """Starts renewing a lease whose TTL started no earlier than `started_at`; one whose
+        answer was slow in coming is renewed at once."""
         lost = threading.Event()
+        interval = max(interval, 0.01)
         with self._lock:
-            self._leases[token] = _Tracked(ttl=ttl, interval=max(interval, 0.01), confirmed_at=sent_at, lost=lost)
+            self._leases[token] = _Tracked(ttl=ttl, interval=interval, confirmed_at=started_at, lost=lost)
+        if time.monotonic() - started_at > interval / 2:
+            self._hb_wake.set()
         return lost
+
+    def _pause(self, seconds: float) -> None:
+        self._hb_wake.wait(seconds)
+        self._hb_wake.clear()
 
     def _reason(self, token: int) -> Optional[str]:
         with self._lock:
@@ -367,7 +384,7 @@ class Worker:
                 stream = None
                 self.client.rotate()
             jitter = interval * 0.1
-            self._hb_stop.wait(interval + random.uniform(-jitter, jitter))
+            self._pause(interval + random.uniform(-jitter, jitter))
         if stream is not None:
             stream.close()
 

@@ -141,3 +141,19 @@ def test_sigterm_right_after_the_work_still_reports_success(cluster, tmp_path):
     # The first task finished and was reported; the worker stopped claiming after SIGTERM.
     assert list(states.values()).count(pb.TASK_STATE_SUCCEEDED) == 1, states
     assert list(states.values()).count(pb.TASK_STATE_PENDING) == 2, states
+
+
+def test_a_claim_after_a_long_wait_keeps_its_lease(cluster, tmp_path):
+    """The long poll waited more than two TTLs before the task came: the time spent waiting does
+    not count against the lease (the node says how long it held the call)."""
+    c = cluster.client()
+    w = Worker(cluster.addrs, "idle", worker_id="py-idle", journal_dir=str(tmp_path / "j"))
+    threading.Timer(3.5, lambda: c.submit("idle", id="late-1", lease_ttl_ms=1500)).start()
+    ctx = w.claim(wait_ms=10000)
+    assert ctx is not None and ctx.task.id == "late-1"
+    time.sleep(2.0)  # more than the TTL: heartbeats must have kept it
+    assert not ctx.lost.is_set(), ctx.lost_reason
+    w.report("late-1", ctx.token, Outcome.success(b"ok"))
+    assert w.drain(10) == 0
+    t = c.get("late-1")
+    assert t.state == pb.TASK_STATE_SUCCEEDED and t.attempt == 1, t

@@ -158,6 +158,8 @@ pub struct Leases {
     map: Mutex<HashMap<u64, Tracked>>,
     /// When a node last answered a heartbeat at all (ALIVE or RETRY).
     contact_at: Mutex<Instant>,
+    /// Wakes the heartbeat loop for a lease that must be renewed without waiting its turn.
+    renew_now: tokio::sync::Notify,
 }
 
 impl Default for Leases {
@@ -165,30 +167,38 @@ impl Default for Leases {
         Self {
             map: Mutex::default(),
             contact_at: Mutex::new(Instant::now()),
+            renew_now: tokio::sync::Notify::new(),
         }
     }
 }
 
 impl Leases {
+    /// Starts renewing a lease whose TTL started no earlier than `started_at` (on this
+    /// worker's clock: when its claim was sent, plus how long the node held the claim before
+    /// proposing it). A lease whose answer was slow in coming is renewed at once.
     fn track(
         &self,
         token: u64,
         ttl_ms: u64,
         interval_ms: u64,
-        sent_at: Instant,
+        started_at: Instant,
     ) -> CancellationToken {
         let lost = CancellationToken::new();
+        let interval_ms = interval_ms.max(1);
         self.map.lock().expect("lock").insert(
             token,
             Tracked {
                 ttl_ms,
-                interval_ms: interval_ms.max(1),
-                confirmed_at: sent_at,
+                interval_ms,
+                confirmed_at: started_at,
                 lost: lost.clone(),
                 reason: None,
                 reported: false,
             },
         );
+        if started_at.elapsed() > Duration::from_millis(interval_ms / 2) {
+            self.renew_now.notify_one();
+        }
         lost
     }
     fn untrack(&self, token: u64) {
@@ -440,9 +450,13 @@ impl Worker {
         let (Some(task), Some(lease)) = (r.task, r.lease) else {
             return Ok(None);
         };
+        // The lease began after the node proposed the claim, which it did `waited_ms` after it
+        // received the call — a long poll may have waited far longer than the TTL.
+        let started_at = (sent_at + Duration::from_millis(r.waited_ms)).min(Instant::now());
+        self.leases.contact(started_at);
         let lost = self
             .leases
-            .track(lease.token, lease.ttl_ms, r.renew_interval_ms, sent_at);
+            .track(lease.token, lease.ttl_ms, r.renew_interval_ms, started_at);
         tracing::info!(task = %task.id, token = lease.token, attempt = lease.attempt, "claimed");
         Ok(Some(TaskContext {
             task,
@@ -825,6 +839,7 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
         let wait = if stream.is_some() { pause } else { backoff };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = leases.renew_now.notified() => {}
             _ = stop.cancelled() => return,
         }
     }
