@@ -4,7 +4,8 @@
 //! - cut off for longer than the TTL: it stops its command; the command exits 0 anyway, and that
 //!   late success, delivered after the heal while a second attempt runs, ends the task SUCCEEDED;
 //! - cut off from the one node it renews through: it renews through another before the TTL ends;
-//! - idle in a long poll for more than two TTLs before a task comes: it keeps the lease it gets.
+//! - idle in a long poll for more than two TTLs before a task comes: it keeps the lease it gets;
+//! - its long poll cut off while the node claims a task for it: it finds that lease elsewhere.
 mod common;
 use common::proxy::{proxies, Proxy};
 use common::workers::*;
@@ -298,6 +299,59 @@ async fn a_task_claimed_after_a_long_wait_keeps_its_lease() {
     assert_eq!(t.attempt, 1, "{t:#?}\n{}", w.log_text());
     assert_eq!(t.state, pb::TaskState::Succeeded as i32, "{t:#?}");
     assert_eq!(runs(&marks, "I"), 1);
+    drop(w);
+    cluster.shutdown().await;
+}
+
+/// A worker's long poll sits on a node that gets cut off from it; a task comes, and that node
+/// claims it for the worker — the answer is lost in the cut. The worker notices the silent
+/// connection, asks another node under the same claim id, gets the lease it already holds, and
+/// renews it before its TTL ends: the task runs once, and no attempt expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_answered_into_a_cut_is_found_and_kept() {
+    let cluster = Cluster::start(3).await;
+    let c = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let marks = marks_dir(dir.path());
+    let px: Vec<Proxy> = proxies(&cluster.addrs).await;
+    let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
+    let w = WorkerProc::spawn(
+        &endpoints,
+        "orphan",
+        &dir.path().join("journal"),
+        &[],
+        &task_command(&marks),
+        dir.path().join("w.log"),
+    );
+    w.wait_log("worker started").await;
+    let used = within(Duration::from_secs(10), || async {
+        let open: Vec<usize> = (0..px.len())
+            .filter(|&i| px[i].open_connections() > 0)
+            .collect();
+        (open.len() == 1).then(|| open[0])
+    })
+    .await
+    .expect("the worker's long poll is on one node");
+    px[used].cut();
+    c.submit(pb::SubmitTaskRequest {
+        id: "O".into(),
+        queue: "orphan".into(),
+        payload: b"3\n".to_vec(),
+        lease_ttl_ms: 2000,
+        max_attempts: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t = eventually(Duration::from_secs(30), "O finished", || async {
+        let t = c.get("O").await.ok()?;
+        (t.state == pb::TaskState::Succeeded as i32 || t.attempt > 1).then_some(t)
+    })
+    .await;
+    assert_eq!(t.attempt, 1, "no attempt expired: {t:#?}\n{}", w.log_text());
+    assert_eq!(t.state, pb::TaskState::Succeeded as i32, "{t:#?}");
+    assert_eq!(runs(&marks, "O"), 1);
+    px[used].heal();
     drop(w);
     cluster.shutdown().await;
 }

@@ -41,8 +41,21 @@ class Client:
         self.retry_for = retry_for
         self.attempt_timeout = attempt_timeout
         self._channels = [grpc.insecure_channel(e) for e in self.endpoints]
-        self._current = random.randrange(len(self._channels))
+        # [index of the node in use], shared with the clients `derive` makes.
+        self._current = [random.randrange(len(self._channels))]
         self._lock = threading.Lock()
+
+    def derive(self, retry_for: Optional[float] = None, attempt_timeout: Optional[float] = None) -> "Client":
+        """A client with other timeouts over the same connections, moving between nodes
+        together with this one: leaving an unreachable node leaves it for every call."""
+        c = Client.__new__(Client)
+        c.endpoints = self.endpoints
+        c.retry_for = self.retry_for if retry_for is None else retry_for
+        c.attempt_timeout = self.attempt_timeout if attempt_timeout is None else attempt_timeout
+        c._channels = self._channels
+        c._current = self._current
+        c._lock = self._lock
+        return c
 
     def close(self) -> None:
         for c in self._channels:
@@ -50,11 +63,11 @@ class Client:
 
     def channel(self) -> grpc.Channel:
         with self._lock:
-            return self._channels[self._current % len(self._channels)]
+            return self._channels[self._current[0] % len(self._channels)]
 
     def rotate(self) -> None:
         with self._lock:
-            self._current += 1
+            self._current[0] += 1
 
     def _call(self, service: str, method: str, request, wait: float = 0.0):
         deadline = time.monotonic() + self.retry_for + wait

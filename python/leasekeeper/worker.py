@@ -144,8 +144,10 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         self.client = Client(endpoints)
         # Claims give up sooner: the claim loop retries anyway, and a stop must not wait long
-        # on an unreachable cluster.
-        self._claims = Client(endpoints, retry_for=3.0)
+        # on an unreachable cluster. An attempt unanswered half a second past its long-poll wait
+        # moves on to another node (same claim id), so that a claim committed while its answer
+        # was cut off is found, and renewed, well within its TTL; the heartbeats move with it.
+        self._claims = self.client.derive(retry_for=3.0, attempt_timeout=0.5)
         self.queue = queue
         self.worker_id = worker_id or f"{socket.gethostname()}-{queue}"
         self.concurrency = concurrency
@@ -211,11 +213,13 @@ class Worker:
         )
         if not r.HasField("lease"):
             return None
-        # The lease began after the node proposed the claim, which it did `waited_ms` after it
-        # received the call: a long poll may have waited far longer than the TTL.
-        started_at = min(sent_at + r.waited_ms / 1000.0, time.monotonic())
+        # The lease's TTL runs from when the nodes heard it, `lease_age_ms` before this answer (a
+        # long poll may have waited far longer than the TTL; a retry's answer may name a lease an
+        # earlier attempt created).
+        now = time.monotonic()
+        started_at = max(sent_at, now - r.lease_age_ms / 1000.0)
         with self._lock:
-            self._contact_at = max(self._contact_at, started_at)
+            self._contact_at = max(self._contact_at, now)
         lost = self._track(r.lease.token, r.lease.ttl_ms / 1000.0, r.renew_interval_ms / 1000.0, started_at)
         log.info("claimed task=%s token=%d attempt=%d", r.task.id, r.lease.token, r.lease.attempt)
         return TaskContext(self, r.task, r.lease, lost)

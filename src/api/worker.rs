@@ -70,15 +70,23 @@ impl Worker for WorkerSvc {
                 r.wait_ms, l.max_wait_ms
             )));
         }
-        let received = tokio::time::Instant::now();
-        let deadline = received + Duration::from_millis(r.wait_ms);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms);
         let mut applied = self.node.shared.applied_index.subscribe();
-        let answer = |task: &crate::state::Task, lease: &crate::state::Lease, waited: Duration| {
+        let answer = |task: &crate::state::Task, lease: &crate::state::Lease| {
+            // Not applied here yet (a follower relays the leader's answer): just heard.
+            let age = self
+                .node
+                .shared
+                .timers
+                .lock()
+                .expect("lock")
+                .silence_ms(lease.token, self.node.clock.monotonic_ms())
+                .unwrap_or(0);
             Response::new(pb::ClaimTaskResponse {
                 task: Some(convert::task_to_pb(task, Some(lease))),
                 lease: Some(convert::lease_to_pb(lease)),
                 renew_interval_ms: advised_interval_ms(lease.ttl_ms),
-                waited_ms: waited.as_millis() as u64,
+                lease_age_ms: age,
             })
         };
         let mut first = true;
@@ -106,8 +114,7 @@ impl Worker for WorkerSvc {
                             .state
                             .task(&l.task_id)
                             .expect("a live lease's task exists");
-                        // Created by an earlier attempt, at a time this one cannot tell.
-                        return Ok(answer(t, l, Duration::ZERO));
+                        return Ok(answer(t, l));
                     }
                 }
                 (claimable, next_ready) = look();
@@ -121,16 +128,8 @@ impl Worker for WorkerSvc {
                     task_id: (!r.task_id.is_empty()).then(|| r.task_id.clone()),
                     claim_id: r.claim_id.clone(),
                 };
-                let waited = received.elapsed();
                 match self.node.propose(cmd).await.map_err(error::node)? {
-                    // `waited` ends when the claim is proposed, before it can commit. (A retry
-                    // whose earlier attempt's claim applied meanwhile is answered that lease;
-                    // the worker counts from its first attempt's sending, so only this attempt's
-                    // own wait — a first look, no long poll, as something was claimable — is
-                    // then unaccounted for.)
-                    SmResponse::Claimed { task, lease } => {
-                        return Ok(answer(&task, &lease, waited))
-                    }
+                    SmResponse::Claimed { task, lease } => return Ok(answer(&task, &lease)),
                     SmResponse::NoTask => {}
                     SmResponse::Rejected(rej) => return Err(error::rejection(&rej)),
                     other => return Err(error::unexpected("claim", &other)),

@@ -22,7 +22,9 @@ pub struct Client {
 struct Inner {
     endpoints: Vec<String>,
     channels: Vec<Channel>,
-    current: AtomicUsize,
+    /// Which node is in use; shared by the clients derived with `with_*`, so that moving away
+    /// from an unreachable node moves every call of the family.
+    current: Arc<AtomicUsize>,
     /// How long one call keeps trying other nodes before it gives up.
     retry_for: Duration,
     /// How long one attempt may go unanswered before the next node is tried (a partition shows
@@ -95,8 +97,11 @@ impl Client {
             channels.push(
                 ep.connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(3))
+                    // A connection that went silent (a node cut off, not closed) fails its calls
+                    // within about 1.5 s, so they move on to another node while the leases they
+                    // carry (a claim's answer, a long poll's) still have time to be renewed.
+                    .http2_keep_alive_interval(Duration::from_millis(500))
+                    .keep_alive_timeout(Duration::from_secs(1))
                     .connect_lazy(),
             );
         }
@@ -105,7 +110,7 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoints,
                 channels,
-                current: AtomicUsize::new(start),
+                current: Arc::new(AtomicUsize::new(start)),
                 retry_for: Duration::from_secs(15),
                 attempt_timeout: Duration::from_secs(5),
             }),
@@ -128,7 +133,7 @@ impl Client {
         let mut inner = Inner {
             endpoints: i.endpoints.clone(),
             channels: i.channels.clone(),
-            current: AtomicUsize::new(i.current.load(Ordering::Relaxed)),
+            current: i.current.clone(),
             retry_for: i.retry_for,
             attempt_timeout: i.attempt_timeout,
         };

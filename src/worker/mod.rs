@@ -307,6 +307,10 @@ pub struct Drained {
 pub struct Worker {
     config: WorkerConfig,
     client: Client,
+    /// For claims: an attempt unanswered a second past its long-poll wait moves on to another
+    /// node (with the same claim id), so that a claim committed while its answer was cut off is
+    /// found, and renewed, well within its TTL.
+    claims: Client,
     leases: Arc<Leases>,
     journal: Arc<Mutex<Journal>>,
     /// Wakes whoever waits for the journal to drain.
@@ -336,6 +340,7 @@ impl Worker {
         let pending = journal.pending();
         let w = Worker {
             config,
+            claims: client.clone().with_attempt_timeout(CLAIM_ATTEMPT_TIMEOUT),
             client,
             leases: Arc::new(Leases::default()),
             journal: Arc::new(Mutex::new(journal)),
@@ -437,7 +442,7 @@ impl Worker {
     ) -> Result<Option<TaskContext>, Status> {
         let sent_at = Instant::now();
         let r = self
-            .client
+            .claims
             .claim(pb::ClaimTaskRequest {
                 queue: self.config.queue.clone(),
                 worker_id: self.config.worker_id.clone(),
@@ -450,10 +455,15 @@ impl Worker {
         let (Some(task), Some(lease)) = (r.task, r.lease) else {
             return Ok(None);
         };
-        // The lease began after the node proposed the claim, which it did `waited_ms` after it
-        // received the call — a long poll may have waited far longer than the TTL.
-        let started_at = (sent_at + Duration::from_millis(r.waited_ms)).min(Instant::now());
-        self.leases.contact(started_at);
+        // The lease's TTL runs from when the nodes heard it, `lease_age_ms` before this answer
+        // (a long poll may have waited far longer than the TTL; a retry's answer may name a
+        // lease an earlier attempt created).
+        let now = Instant::now();
+        let started_at = now
+            .checked_sub(Duration::from_millis(r.lease_age_ms))
+            .unwrap_or(sent_at)
+            .max(sent_at);
+        self.leases.contact(now);
         let lost = self
             .leases
             .track(lease.token, lease.ttl_ms, r.renew_interval_ms, started_at);
@@ -727,6 +737,9 @@ async fn deliver(
     acked.notify_waiters();
 }
 
+/// How long a claim attempt may go unanswered beyond its long-poll wait.
+const CLAIM_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Bounds on how long a heartbeat waits for its answer before trying another node.
 const SILENCE_MIN: Duration = Duration::from_millis(200);
 const SILENCE_MAX: Duration = Duration::from_millis(1500);
@@ -752,11 +765,17 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                 _ = stop.cancelled() => return,
             }
         }
+        // Nodes answer within about a second (RETRY when they cannot commit in time), so
+        // silence beyond that means this node is unreachable. With a short TTL the wait is
+        // shorter still — one renew interval (a third of the TTL): a renewal that finds its node
+        // cut off must still have the time to go through another node before the lease's TTL
+        // runs out on the nodes' clocks.
+        let wait = interval.clamp(SILENCE_MIN, SILENCE_MAX);
         if stream.is_none() {
             let (tx, rx) = mpsc::channel(4);
             let mut w = client.worker();
             match tokio::time::timeout(
-                Duration::from_secs(2),
+                wait,
                 w.heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx)),
             )
             .await
@@ -782,12 +801,6 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                 })
                 .await
                 .is_ok();
-            // Nodes answer within about a second (RETRY when they cannot commit in time), so
-            // silence beyond that means this node is unreachable. With a short TTL the wait is
-            // shorter still — one renew interval (a third of the TTL): a renewal that finds its
-            // node cut off must still have the time to go through another node before the
-            // lease's TTL runs out on the nodes' clocks.
-            let wait = interval.clamp(SILENCE_MIN, SILENCE_MAX);
             let answer = if ok {
                 loop {
                     match tokio::time::timeout(wait, rx.message()).await {
