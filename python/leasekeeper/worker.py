@@ -201,7 +201,11 @@ class Worker:
                 t.reported = True
         self._deliver_async(r)
 
-    def claim(self, task_id: str = "", wait_ms: Optional[int] = None) -> Optional[TaskContext]:
+    def claim(
+        self, task_id: str = "", wait_ms: Optional[int] = None, claim_id: Optional[str] = None
+    ) -> Optional[TaskContext]:
+        """Claims a task. Pass the `claim_id` of a claim that failed to ask for it again: if it
+        made a lease all the same, the answer is that lease."""
         sent_at = time.monotonic()
         r = self._claims.claim(
             self.queue,
@@ -209,7 +213,7 @@ class Worker:
             lease_ttl_ms=self.lease_ttl_ms,
             wait_ms=self.claim_wait_ms if wait_ms is None else wait_ms,
             task_id=task_id,
-            claim_id=uuid.uuid4().hex,
+            claim_id=claim_id or uuid.uuid4().hex,
         )
         if not r.HasField("lease"):
             return None
@@ -238,15 +242,24 @@ class Worker:
         while self.undelivered() and not self._stop.is_set() and time.monotonic() < deadline:
             self.drain(0.2)
         backoff = 0.05
+        # A claim key is kept until a claim under it returns a lease (or is refused for good): a
+        # claim that failed in transit (or answered "none" while an earlier attempt of it was
+        # still committing) may have made a lease all the same, and asking again under the same
+        # key is answered that lease.
+        claim_id = uuid.uuid4().hex
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="leasekeeper-task") as pool:
             while not self._stop.is_set():
                 if not slots.acquire(timeout=0.1):
                     continue
                 try:
-                    ctx = self.claim()
+                    ctx = self.claim(claim_id=claim_id)
                     backoff = 0.05
+                    if ctx is not None:
+                        claim_id = uuid.uuid4().hex
                 except grpc.RpcError as e:
                     slots.release()
+                    if e.code() not in RETRYABLE:
+                        claim_id = uuid.uuid4().hex
                     log.warning("claim failed (%s); retrying", e.code())
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 2.0)

@@ -20,9 +20,9 @@ pub fn rejection(r: &Rejection) -> Status {
         Rejection::TokenNotOfTask { .. } => {
             Status::failed_precondition(format!("{msg}: report with the token your claim returned"))
         }
-        Rejection::Terminal { .. } | Rejection::NotClaimable { .. } => {
-            Status::failed_precondition(msg)
-        }
+        Rejection::Terminal { .. }
+        | Rejection::NotClaimable { .. }
+        | Rejection::ClaimKeyUsed { .. } => Status::failed_precondition(msg),
     }
 }
 

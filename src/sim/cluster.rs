@@ -329,7 +329,9 @@ async fn claim(w: &World, client: u64, first: usize, id: &str, key: u64) -> Opti
                 Response::Claimed { lease, .. } => TaskRet::Claimed { token: lease.token },
                 Response::NoTask
                 | Response::Rejected(Rejection::NotClaimable { .. })
-                | Response::Rejected(Rejection::Terminal { .. }) => TaskRet::NotClaimable,
+                | Response::Rejected(Rejection::Terminal { .. })
+                // A repeat whose lease ended meanwhile (expired: its answer was lost).
+                | Response::Rejected(Rejection::ClaimKeyUsed { .. }) => TaskRet::NotClaimable,
                 Response::Rejected(Rejection::TaskNotFound { .. }) => TaskRet::Refused,
                 other => TaskRet::Seen(phase_of_unexpected(w, id, other)),
             },

@@ -47,9 +47,23 @@ impl Effects {
 /// Expiry needs a majority in each.
 pub type VoterConfigs = [BTreeSet<NodeId>];
 
+/// Claim keys remembered after their lease ended (the most recent ones).
+pub const USED_CLAIMS_KEPT: usize = 65_536;
+
 /// The persisted part of the state; indexes are rebuilt on load.
 #[derive(Deserialize)]
 struct Persisted {
+    tasks: Vec<Task>,
+    leases: Vec<Lease>,
+    last_token: Token,
+    last_revision: Revision,
+    /// (worker_id, claim_id, token), oldest first.
+    used_claims: Vec<(String, String, Token)>,
+}
+
+/// Snapshots written before claim keys were remembered past their lease.
+#[derive(Deserialize)]
+struct PersistedV0 {
     tasks: Vec<Task>,
     leases: Vec<Lease>,
     last_token: Token,
@@ -64,6 +78,7 @@ struct PersistedRef<'a> {
     leases: Vec<&'a Lease>,
     last_token: Token,
     last_revision: Revision,
+    used_claims: Vec<(&'a str, &'a str, Token)>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -78,6 +93,12 @@ pub struct State {
     finished: BTreeSet<(u64, Name)>,
     /// (worker_id, claim_id) → token of the live lease that claim created.
     claims: BTreeMap<(String, String), Token>,
+    /// The same for the last `USED_CLAIMS_KEPT` claims whose lease ended, oldest first in
+    /// `used_order`: a claim key makes one lease, ever. A duplicate of a claim that arrives late
+    /// (a forwarded proposal re-sent, an attempt the worker gave up on) must not make a second
+    /// lease, on another task, that nobody knows of and that expires as a failed attempt.
+    used_claims: BTreeMap<(String, String), Token>,
+    used_order: std::collections::VecDeque<(String, String)>,
     /// Queue → (state, id), for listing (the queue name kept once per queue, not per task).
     by_queue_state: BTreeMap<Name, BTreeSet<(TaskState, Name)>>,
     /// Claimable order per queue: (not_before_unix_ms, updated_rev, id) of PENDING tasks.
@@ -135,6 +156,10 @@ impl State {
     }
     pub fn lease_count(&self) -> usize {
         self.leases.len()
+    }
+    /// The highest fencing token handed out.
+    pub fn last_token(&self) -> Token {
+        self.last_token
     }
     pub fn last_revision(&self) -> Revision {
         self.last_revision
@@ -229,17 +254,38 @@ impl State {
             leases: self.leases.values().collect(),
             last_token: self.last_token,
             last_revision: self.last_revision,
+            used_claims: self
+                .used_order
+                .iter()
+                .map(|k| (k.0.as_str(), k.1.as_str(), self.used_claims[k]))
+                .collect(),
         };
         postcard::to_stdvec(&p).expect("state serializes")
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        let p: Persisted = postcard::from_bytes(bytes)?;
+        // postcard ignores trailing bytes, so the newer layout is tried first.
+        let p: Persisted = match postcard::from_bytes(bytes) {
+            Ok(p) => p,
+            Err(e) => match postcard::from_bytes::<PersistedV0>(bytes) {
+                Ok(v0) => Persisted {
+                    tasks: v0.tasks,
+                    leases: v0.leases,
+                    last_token: v0.last_token,
+                    last_revision: v0.last_revision,
+                    used_claims: Vec::new(),
+                },
+                Err(_) => return Err(e),
+            },
+        };
         let mut s = State {
             last_token: p.last_token,
             last_revision: p.last_revision,
             ..Default::default()
         };
+        for (worker, claim, token) in p.used_claims {
+            s.remember_used_claim((worker, claim), token);
+        }
         for l in p.leases {
             if !l.claim_id.is_empty() {
                 s.claims
@@ -520,6 +566,12 @@ impl State {
                     lease: lease.clone(),
                 };
             }
+            if let Some(&token) = self.used_claims.get(&key) {
+                return Response::Rejected(Rejection::ClaimKeyUsed {
+                    claim_id: claim_id.to_string(),
+                    token,
+                });
+            }
         }
         let id = match task_id {
             Some(id) => match self.tasks.get(id) {
@@ -585,6 +637,16 @@ impl State {
         fx.heard.push((token, 0, lease.ttl_ms));
         let task = self.put(rev, now, t, Some(EventKind::Claimed), fx);
         Response::Claimed { task, lease }
+    }
+
+    fn remember_used_claim(&mut self, key: (String, String), token: Token) {
+        if self.used_claims.insert(key.clone(), token).is_none() {
+            self.used_order.push_back(key);
+        }
+        while self.used_order.len() > USED_CLAIMS_KEPT {
+            let old = self.used_order.pop_front().expect("not empty");
+            self.used_claims.remove(&old);
+        }
     }
 
     /// The oldest terminal task's finish time, for the retention sweeper.
@@ -681,8 +743,9 @@ impl State {
     ) -> Lease {
         let lease = self.leases.remove(&token).expect("live lease");
         if !lease.claim_id.is_empty() {
-            self.claims
-                .remove(&(lease.worker_id.clone(), lease.claim_id.clone()));
+            let key = (lease.worker_id.clone(), lease.claim_id.clone());
+            self.claims.remove(&key);
+            self.remember_used_claim(key, token);
         }
         debug_assert_eq!(t.lease, Some(token));
         t.lease = None;
@@ -926,6 +989,15 @@ impl State {
 
     /// Panics if an invariant does not hold. Cheap enough for debug builds and tests only.
     pub fn check_invariants(&self) {
+        assert_eq!(self.used_claims.len(), self.used_order.len());
+        assert!(self.used_order.len() <= USED_CLAIMS_KEPT);
+        for k in &self.used_order {
+            assert!(self.used_claims.contains_key(k), "used claim {k:?} indexed");
+            assert!(
+                !self.claims.contains_key(k),
+                "claim {k:?} both live and used"
+            );
+        }
         for ((worker, claim), token) in &self.claims {
             let l = self
                 .leases

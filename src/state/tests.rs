@@ -468,10 +468,13 @@ fn retried_claim_gets_the_same_lease() {
         panic!("other worker")
     };
     assert_ne!(l3.task_id, l1.task_id);
-    // Once the lease has ended the key is free again (nothing left to claim here).
+    // Once the lease has ended the key stays spent: a late duplicate makes no second lease.
     sm.complete(&l1.task_id, l1.token, true);
     assert!(sm.s.lease_of_claim("w", "k1").is_none());
-    assert_eq!(sm.run(claim_with_key("w", "k1")), Response::NoTask);
+    assert!(matches!(
+        sm.run(claim_with_key("w", "k1")),
+        Response::Rejected(Rejection::ClaimKeyUsed { .. })
+    ));
     // Snapshots keep the key index.
     let restored = State::from_bytes(&sm.s.to_bytes()).unwrap();
     assert_eq!(restored.lease_of_claim("w2", "k1"), Some(&l3));
@@ -567,6 +570,84 @@ fn purge_forgets_old_terminal_tasks_only() {
     // Its lease token is forgotten too; a report for it now names an unknown task.
     assert_eq!(sm.s.lost_reason(l.token), LostReason::Unknown);
     let back = State::from_bytes(&sm.s.to_bytes()).unwrap();
+    assert_eq!(back, sm.s);
+}
+
+/// A claim key makes one lease, ever: a duplicate of the claim that arrives after its lease ended
+/// (a re-sent forward, an attempt the worker gave up on) is refused instead of taking another
+/// task under a lease nobody knows of — also after a snapshot is loaded.
+#[test]
+fn a_claim_key_makes_one_lease_ever() {
+    let mut sm = Sm::new();
+    for id in ["a", "b"] {
+        sm.run(Command::Submit(spec(id, 3)));
+    }
+    let (task, lease) = match sm.run(claim_with_key("w", "k1")) {
+        Response::Claimed { task, lease } => (task, lease),
+        other => panic!("{other:?}"),
+    };
+    let done = sm.run(Command::Complete {
+        task_id: task.spec.id.to_string(),
+        token: lease.token,
+        report: Report {
+            success: true,
+            exit_code: 0,
+            result: Vec::new(),
+            error: String::new(),
+        },
+    });
+    assert!(matches!(done, Response::Completed { .. }), "{done:?}");
+    let again = sm.run(claim_with_key("w", "k1"));
+    assert!(
+        matches!(again, Response::Rejected(Rejection::ClaimKeyUsed { token, .. }) if token == lease.token),
+        "{again:?}"
+    );
+    assert_eq!(sm.s.leases().count(), 0, "no second lease");
+    // The same after a snapshot; another worker's key of the same name is its own.
+    let mut back = State::from_bytes(&sm.s.to_bytes()).unwrap();
+    assert_eq!(back, sm.s);
+    let mut fx = Effects::default();
+    let r = back.apply(
+        sm.rev + 1,
+        &Request {
+            now_unix_ms: NOW,
+            cmd: claim_with_key("w", "k1"),
+        },
+        &voters(3),
+        &mut fx,
+    );
+    assert!(
+        matches!(r, Response::Rejected(Rejection::ClaimKeyUsed { .. })),
+        "{r:?}"
+    );
+    assert!(matches!(
+        sm.run(claim_with_key("v", "k1")),
+        Response::Claimed { .. }
+    ));
+}
+
+/// Snapshots written before claim keys were remembered still load.
+#[test]
+fn snapshots_without_used_claim_keys_load() {
+    #[derive(serde::Serialize)]
+    struct Old<'a> {
+        tasks: Vec<&'a Task>,
+        leases: Vec<&'a Lease>,
+        last_token: Token,
+        last_revision: Revision,
+    }
+    let mut sm = Sm::new();
+    for id in ["a", "b"] {
+        sm.run(Command::Submit(spec(id, 3)));
+    }
+    sm.claim();
+    let old = Old {
+        tasks: sm.s.tasks().collect(),
+        leases: sm.s.leases().collect(),
+        last_token: sm.s.last_token(),
+        last_revision: sm.s.last_revision(),
+    };
+    let back = State::from_bytes(&postcard::to_stdvec(&old).unwrap()).unwrap();
     assert_eq!(back, sm.s);
 }
 

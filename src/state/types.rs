@@ -292,6 +292,8 @@ pub enum Rejection {
     Terminal { id: String, state: TaskState },
     #[error("task {id:?} is {} and not claimable now", state.as_str())]
     NotClaimable { id: String, state: TaskState },
+    #[error("claim_id {claim_id:?} already made lease {token}, which has ended: claim again under a new claim_id")]
+    ClaimKeyUsed { claim_id: String, token: Token },
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

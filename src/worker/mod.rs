@@ -518,6 +518,11 @@ impl Worker {
             }
         }
         let mut backoff = Duration::from_millis(50);
+        // A claim key is kept until a claim under it returns a lease (or is refused for good):
+        // a claim that failed in transit (or answered "none" while an earlier attempt of it was
+        // still committing) may have made a lease all the same, and asking again under the same
+        // key is answered that lease instead of leaving it to expire as a failed attempt.
+        let mut claim_id = new_claim_id();
         while !stop.is_cancelled() {
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.expect("semaphore open"),
@@ -526,7 +531,6 @@ impl Worker {
             // A long-poll claim is cut short by a stop. It may have been committed already: an
             // orphaned lease would expire as a failed attempt. So the same claim key is asked
             // again without waiting, and whatever lease it names is released.
-            let claim_id = new_claim_id();
             let claimed = tokio::select! {
                 r = self.claim_with(None, stopping.clone(), &claim_id, self.config.claim_wait) => r,
                 _ = stop.cancelled() => {
@@ -540,6 +544,13 @@ impl Worker {
                     })
                 }
             };
+            match &claimed {
+                // Kept: the claim may have made a lease (or one may still be committing).
+                Ok(None) => {}
+                Err(e) if crate::client::retryable(e) => {}
+                // Spent, or refused for good (e.g. its lease ended before a retry got there).
+                Ok(Some(_)) | Err(_) => claim_id = new_claim_id(),
+            }
             match claimed {
                 Ok(Some(ctx)) if stop.is_cancelled() => {
                     let (id, token) = (ctx.task.id.clone(), ctx.lease.token);
