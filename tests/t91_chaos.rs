@@ -34,6 +34,9 @@ fn pct(v: &mut [Duration], q: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_under_leader_kills_partitions_and_a_bad_clock() {
+    // The SDK workers run in this process: their warnings (a lease lost, a claim failed) are
+    // part of what a failure shows.
+    common::init_tracing();
     assert!(
         std::path::Path::new(LIBFAKETIME).exists(),
         "{LIBFAKETIME} is missing: apt-get install faketime"

@@ -61,24 +61,36 @@ class Client:
         for c in self._channels:
             c.close()
 
-    def channel(self) -> grpc.Channel:
+    def node(self) -> int:
+        """The node currently in use (an index into `endpoints`)."""
         with self._lock:
-            return self._channels[self._current[0] % len(self._channels)]
+            return self._current[0] % len(self._channels)
+
+    def channel(self, node: Optional[int] = None) -> grpc.Channel:
+        return self._channels[(self.node() if node is None else node) % len(self._channels)]
+
+    def move_from(self, node: int) -> None:
+        """Moves on from `node` to the next one, unless the client already moved away from it:
+        many calls failing on one unreachable node at once move the client one step, not one
+        step each (which could land on the same node again)."""
+        with self._lock:
+            if self._current[0] % len(self._channels) == node % len(self._channels):
+                self._current[0] += 1
 
     def rotate(self) -> None:
-        with self._lock:
-            self._current[0] += 1
+        self.move_from(self.node())
 
     def _call(self, service: str, method: str, request, wait: float = 0.0):
         deadline = time.monotonic() + self.retry_for + wait
         backoff = 0.01
         while True:
-            stub = getattr(rpc, service + "Stub")(self.channel())
+            node = self.node()
+            stub = getattr(rpc, service + "Stub")(self.channel(node))
             try:
                 return getattr(stub, method)(request, timeout=self.attempt_timeout + wait)
             except grpc.RpcError as e:
                 if e.code() in RETRYABLE and time.monotonic() + backoff < deadline:
-                    self.rotate()
+                    self.move_from(node)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 0.5)
                     continue

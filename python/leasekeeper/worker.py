@@ -355,6 +355,7 @@ class Worker:
     def _heartbeats(self) -> None:
         seq = 0
         stream: Optional[_HeartbeatStream] = None
+        hb_node = self.client.node()
         backoff = 0.05
         while not self._hb_stop.is_set():
             self._lose_unconfirmed(time.monotonic())
@@ -365,7 +366,8 @@ class Worker:
                 self._hb_stop.wait(0.05)
                 continue
             if stream is None:
-                stream = _HeartbeatStream(self.client.channel())
+                hb_node = self.client.node()
+                stream = _HeartbeatStream(self.client.channel(hb_node))
             seq += 1
             sent_at = time.monotonic()
             # Silence for one renew interval (a third of the TTL; 0.2-1.5 s) means this node is
@@ -376,7 +378,7 @@ class Worker:
             if answer is None:
                 stream.close()
                 stream = None
-                self.client.rotate()
+                self.client.move_from(hb_node)
                 self._hb_stop.wait(backoff)
                 backoff = min(backoff * 2, 0.5)
                 continue
@@ -399,7 +401,7 @@ class Worker:
             if retry:
                 stream.close()
                 stream = None
-                self.client.rotate()
+                self.client.move_from(hb_node)
             jitter = interval * 0.1
             self._pause(interval + random.uniform(-jitter, jitter))
         if stream is not None:

@@ -147,15 +147,40 @@ impl Client {
         &self.inner.endpoints
     }
 
-    /// The channel to the node currently in use.
-    pub fn channel(&self) -> Channel {
-        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.channels.len();
-        self.inner.channels[i].clone()
+    /// The node currently in use (an index into `endpoints`).
+    pub fn node(&self) -> usize {
+        self.inner.current.load(Ordering::Relaxed) % self.inner.channels.len()
     }
 
-    /// Moves on to the next node (e.g. after a broken stream).
+    /// The channel to node `i`.
+    pub fn channel_of(&self, i: usize) -> Channel {
+        self.inner.channels[i % self.inner.channels.len()].clone()
+    }
+
+    /// The channel to the node currently in use.
+    pub fn channel(&self) -> Channel {
+        self.channel_of(self.node())
+    }
+
+    /// Moves on from node `i` to the next one, unless the client has already moved away from
+    /// it: many calls failing on one unreachable node at once move the client one step, not one
+    /// step each (which could land on the same node again).
+    pub fn move_from(&self, i: usize) {
+        let n = self.inner.channels.len();
+        let cur = self.inner.current.load(Ordering::Relaxed);
+        if cur % n == i % n {
+            let _ = self.inner.current.compare_exchange(
+                cur,
+                cur.wrapping_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Moves on from the node currently in use to the next one.
     pub fn rotate(&self) {
-        self.inner.current.fetch_add(1, Ordering::Relaxed);
+        self.move_from(self.node());
     }
 
     /// Runs `f` against one node after another until it answers something other than
@@ -178,7 +203,8 @@ impl Client {
         let mut backoff = Duration::from_millis(10);
         let attempt = self.inner.attempt_timeout + wait;
         loop {
-            let answer = match tokio::time::timeout(attempt, f(self.channel())).await {
+            let node = self.node();
+            let answer = match tokio::time::timeout(attempt, f(self.channel_of(node))).await {
                 Ok(a) => a,
                 Err(_) => Err(Status::unavailable(format!(
                     "no answer within {attempt:?}: trying another node"
@@ -187,8 +213,8 @@ impl Client {
             match answer {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if retryable(&s) && tokio::time::Instant::now() + backoff < deadline => {
-                    tracing::debug!(code = ?s.code(), message = s.message(), "retrying on another node");
-                    self.rotate();
+                    tracing::debug!(code = ?s.code(), message = s.message(), node, "retrying on another node");
+                    self.move_from(node);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
@@ -350,6 +376,11 @@ impl Client {
         WorkerClient::new(self.channel())
     }
 
+    /// A raw worker client on node `i`.
+    pub fn worker_on(&self, i: usize) -> WorkerClient<Channel> {
+        WorkerClient::new(self.channel_of(i))
+    }
+
     // ---------------------------------------------------------------- admin
 
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
@@ -392,6 +423,22 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn calls_failing_on_one_node_move_the_client_one_step() {
+        let c = Client::new(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]).unwrap();
+        let derived = c.clone().with_attempt_timeout(Duration::from_millis(100));
+        let first = c.node();
+        // Nine calls in flight on the same node all fail at once.
+        for _ in 0..9 {
+            c.move_from(first);
+        }
+        assert_eq!(c.node(), (first + 1) % 3);
+        // A client derived from it moved with it, and leaves that node as one.
+        assert_eq!(derived.node(), c.node());
+        derived.move_from(c.node());
+        assert_eq!(c.node(), (first + 2) % 3);
+    }
 
     #[test]
     fn a_call_cut_by_its_connection_is_retried_elsewhere() {

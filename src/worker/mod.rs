@@ -764,6 +764,8 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
         tonic::Streaming<pb::HeartbeatResponse>,
     )> = None;
     let mut backoff = Duration::from_millis(50);
+    // The node the stream is (or was last) open on.
+    let mut hb_node = client.node();
     loop {
         let (tokens, interval) = leases.due();
         let jitter = interval.as_millis() as u64 / 10;
@@ -784,7 +786,8 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
         let wait = interval.clamp(SILENCE_MIN, SILENCE_MAX);
         if stream.is_none() {
             let (tx, rx) = mpsc::channel(4);
-            let mut w = client.worker();
+            hb_node = client.node();
+            let mut w = client.worker_on(hb_node);
             match tokio::time::timeout(
                 wait,
                 w.heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx)),
@@ -794,11 +797,11 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                 Ok(Ok(resp)) => stream = Some((tx, resp.into_inner())),
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "heartbeat stream refused; trying another node");
-                    client.rotate();
+                    client.move_from(hb_node);
                 }
                 Err(_) => {
                     tracing::debug!("heartbeat stream not opened in time; trying another node");
-                    client.rotate();
+                    client.move_from(hb_node);
                 }
             }
         }
@@ -842,7 +845,7 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                     if retry {
                         // This node has no leader to commit through: ask another one next.
                         stream = None;
-                        client.rotate();
+                        client.move_from(hb_node);
                     }
                 }
                 None => {
@@ -850,7 +853,7 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                         "heartbeat stream broke or went quiet; reconnecting to another node"
                     );
                     stream = None;
-                    client.rotate();
+                    client.move_from(hb_node);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.cancelled() => return,
