@@ -221,16 +221,7 @@ async fn the_node_a_worker_renews_through_cut_off_costs_no_lease() {
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
     let marks = marks_dir(dir.path());
-    c.submit(pb::SubmitTaskRequest {
-        id: "N".into(),
-        queue: "cut".into(),
-        payload: b"5\n".to_vec(),
-        lease_ttl_ms: 1500,
-        max_attempts: 3,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    submit(&c, "N", "cut", b"5\n", 1500).await;
     let px: Vec<Proxy> = proxies(&cluster.addrs).await;
     let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
     let w = WorkerProc::spawn(
@@ -249,15 +240,7 @@ async fn the_node_a_worker_renews_through_cut_off_costs_no_lease() {
         .collect();
     assert_eq!(used.len(), 1, "the worker talks to one node: {used:?}");
     px[used[0]].cut();
-    let t = eventually(Duration::from_secs(20), "N finished", || async {
-        let t = c.get("N").await.ok()?;
-        (t.state != pb::TaskState::Running as i32 && t.state != pb::TaskState::Pending as i32)
-            .then_some(t)
-    })
-    .await;
-    assert_eq!(t.state, pb::TaskState::Succeeded as i32, "{t:#?}");
-    assert_eq!(t.attempt, 1, "no attempt expired: {t:#?}\n{}", w.log_text());
-    assert_eq!(runs(&marks, "N"), 1);
+    assert_one_clean_run(&c, &w, &marks, "N").await;
     px[used[0]].heal();
     drop(w);
     cluster.shutdown().await;
@@ -281,24 +264,8 @@ async fn a_task_claimed_after_a_long_wait_keeps_its_lease() {
     );
     w.wait_log("worker started").await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    c.submit(pb::SubmitTaskRequest {
-        id: "I".into(),
-        queue: "idle".into(),
-        payload: b"2\n".to_vec(),
-        lease_ttl_ms: 1500,
-        max_attempts: 3,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let t = eventually(Duration::from_secs(20), "I finished", || async {
-        let t = c.get("I").await.ok()?;
-        (t.state == pb::TaskState::Succeeded as i32 || t.attempt > 1).then_some(t)
-    })
-    .await;
-    assert_eq!(t.attempt, 1, "{t:#?}\n{}", w.log_text());
-    assert_eq!(t.state, pb::TaskState::Succeeded as i32, "{t:#?}");
-    assert_eq!(runs(&marks, "I"), 1);
+    submit(&c, "I", "idle", b"2\n", 1500).await;
+    assert_one_clean_run(&c, &w, &marks, "I").await;
     drop(w);
     cluster.shutdown().await;
 }
@@ -333,25 +300,47 @@ async fn a_claim_answered_into_a_cut_is_found_and_kept() {
     .await
     .expect("the worker's long poll is on one node");
     px[used].cut();
+    submit(&c, "O", "orphan", b"3\n", 2000).await;
+    assert_one_clean_run(&c, &w, &marks, "O").await;
+    px[used].heal();
+    drop(w);
+    cluster.shutdown().await;
+}
+
+/// Submits task `id` to `queue` with `payload` (the task command's stdin) and `ttl_ms`.
+async fn submit(
+    c: &leasekeeper::client::Client,
+    id: &str,
+    queue: &str,
+    payload: &[u8],
+    ttl_ms: u64,
+) {
     c.submit(pb::SubmitTaskRequest {
-        id: "O".into(),
-        queue: "orphan".into(),
-        payload: b"3\n".to_vec(),
-        lease_ttl_ms: 2000,
+        id: id.into(),
+        queue: queue.into(),
+        payload: payload.to_vec(),
+        lease_ttl_ms: ttl_ms,
         max_attempts: 3,
         ..Default::default()
     })
     .await
     .unwrap();
-    let t = eventually(Duration::from_secs(30), "O finished", || async {
-        let t = c.get("O").await.ok()?;
+}
+
+/// Waits until `id` succeeded or went past its first attempt, then checks that its first attempt
+/// succeeded and that the command ran once.
+async fn assert_one_clean_run(
+    c: &leasekeeper::client::Client,
+    w: &WorkerProc,
+    marks: &std::path::Path,
+    id: &str,
+) {
+    let t = eventually(Duration::from_secs(30), "the task finished", || async {
+        let t = c.get(id).await.ok()?;
         (t.state == pb::TaskState::Succeeded as i32 || t.attempt > 1).then_some(t)
     })
     .await;
     assert_eq!(t.attempt, 1, "no attempt expired: {t:#?}\n{}", w.log_text());
     assert_eq!(t.state, pb::TaskState::Succeeded as i32, "{t:#?}");
-    assert_eq!(runs(&marks, "O"), 1);
-    px[used].heal();
-    drop(w);
-    cluster.shutdown().await;
+    assert_eq!(runs(marks, id), 1);
 }
