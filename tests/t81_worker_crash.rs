@@ -224,14 +224,7 @@ async fn the_node_a_worker_renews_through_cut_off_costs_no_lease() {
     submit(&c, "N", "cut", b"5\n", 1500).await;
     let px: Vec<Proxy> = proxies(&cluster.addrs).await;
     let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
-    let w = WorkerProc::spawn(
-        &endpoints,
-        "cut",
-        &dir.path().join("journal"),
-        &[],
-        &task_command(&marks),
-        dir.path().join("w.log"),
-    );
+    let w = plain_worker(&endpoints, "cut", dir.path());
     w.wait_log("started task=N").await;
     // Let a renewal or two go through, then cut the node the worker is connected to.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -254,14 +247,7 @@ async fn a_task_claimed_after_a_long_wait_keeps_its_lease() {
     let c = cluster.client();
     let dir = tempfile::tempdir().unwrap();
     let marks = marks_dir(dir.path());
-    let w = WorkerProc::spawn(
-        &cluster.addrs,
-        "idle",
-        &dir.path().join("journal"),
-        &[],
-        &task_command(&marks),
-        dir.path().join("w.log"),
-    );
+    let w = plain_worker(&cluster.addrs, "idle", dir.path());
     w.wait_log("worker started").await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     submit(&c, "I", "idle", b"2\n", 1500).await;
@@ -282,14 +268,7 @@ async fn a_claim_answered_into_a_cut_is_found_and_kept() {
     let marks = marks_dir(dir.path());
     let px: Vec<Proxy> = proxies(&cluster.addrs).await;
     let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
-    let w = WorkerProc::spawn(
-        &endpoints,
-        "orphan",
-        &dir.path().join("journal"),
-        &[],
-        &task_command(&marks),
-        dir.path().join("w.log"),
-    );
+    let w = plain_worker(&endpoints, "orphan", dir.path());
     w.wait_log("worker started").await;
     let used = within(Duration::from_secs(10), || async {
         let open: Vec<usize> = (0..px.len())
@@ -316,15 +295,25 @@ async fn submit(
     ttl_ms: u64,
 ) {
     c.submit(pb::SubmitTaskRequest {
-        id: id.into(),
-        queue: queue.into(),
         payload: payload.to_vec(),
-        lease_ttl_ms: ttl_ms,
         max_attempts: 3,
-        ..Default::default()
+        ..submit_req(id, queue, ttl_ms)
     })
     .await
     .unwrap();
+}
+
+/// A `leasekeeper worker` on `queue` running the marking task command, with its journal and log
+/// in `dir`.
+fn plain_worker(endpoints: &[String], queue: &str, dir: &std::path::Path) -> WorkerProc {
+    WorkerProc::spawn(
+        endpoints,
+        queue,
+        &dir.join("journal"),
+        &[],
+        &task_command(&marks_dir(dir)),
+        dir.join("w.log"),
+    )
 }
 
 /// Waits until `id` succeeded or went past its first attempt, then checks that its first attempt

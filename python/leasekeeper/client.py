@@ -1,6 +1,7 @@
 """A client for schedulers and workers: talks to any node, moves on when one is unreachable."""
 from __future__ import annotations
 
+import copy
 import random
 import threading
 import time
@@ -48,13 +49,11 @@ class Client:
     def derive(self, retry_for: Optional[float] = None, attempt_timeout: Optional[float] = None) -> "Client":
         """A client with other timeouts over the same connections, moving between nodes
         together with this one: leaving an unreachable node leaves it for every call."""
-        c = Client.__new__(Client)
-        c.endpoints = self.endpoints
-        c.retry_for = self.retry_for if retry_for is None else retry_for
-        c.attempt_timeout = self.attempt_timeout if attempt_timeout is None else attempt_timeout
-        c._channels = self._channels
-        c._current = self._current
-        c._lock = self._lock
+        c = copy.copy(self)  # shares the channels, the node index and its lock
+        if retry_for is not None:
+            c.retry_for = retry_for
+        if attempt_timeout is not None:
+            c.attempt_timeout = attempt_timeout
         return c
 
     def close(self) -> None:

@@ -373,7 +373,7 @@ impl Client {
 
     /// A raw worker client on the current node, e.g. for the Heartbeat stream.
     pub fn worker(&self) -> WorkerClient<Channel> {
-        WorkerClient::new(self.channel())
+        self.worker_on(self.node())
     }
 
     /// A raw worker client on node `i`.

@@ -173,9 +173,9 @@ impl Default for Leases {
 }
 
 impl Leases {
-    /// Starts renewing a lease whose TTL started no earlier than `started_at` (on this
-    /// worker's clock: when its claim was sent, plus how long the node held the claim before
-    /// proposing it). A lease whose answer was slow in coming is renewed at once.
+    /// Starts renewing a lease whose TTL started at `started_at` (on this worker's clock: the
+    /// claim's answer, less the lease's age on the answering node). A lease already half an
+    /// interval old is renewed at once.
     fn track(
         &self,
         token: u64,
