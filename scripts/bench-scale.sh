@@ -43,7 +43,9 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-echo "loading $TASKS tasks ..."
+term() { "$LK" status --endpoints "$EPS" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["term"])'; }
+term0=$(term)
+echo "loading $TASKS tasks (term $term0) ..."
 loaded=0
 t0=$(date +%s)
 while [ "$loaded" -lt "$TASKS" ]; do
@@ -55,6 +57,7 @@ done
 echo "loaded in $(( $(date +%s) - t0 )) s; claiming $LEASES leases ..."
 "$LK" bench --endpoints "$EPS" --shape renew --leases "$LEASES" --clients 64 --duration-s 5 --json >/dev/null
 "$LK" status --endpoints "$EPS"
+echo "elections while loading: $(( $(term) - term0 )) (term $term0 -> $(term))"
 
 report() {
   for i in "${!pid[@]}"; do

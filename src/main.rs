@@ -1,9 +1,15 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = leasekeeper::cli::Cli::parse();
-    if let Err(e) = leasekeeper::cli::run(cli).await {
+    let rt = match cli.runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(leasekeeper::cli::run(cli)) {
         match e.downcast_ref::<tonic::Status>() {
             Some(s) => eprintln!("error: {:?}: {}", s.code(), s.message()),
             None => eprintln!("error: {e}"),

@@ -31,7 +31,7 @@ pub fn node_status(node: &Node) -> pb::NodeStatusResponse {
         ServerState::Follower => "learner",
     };
     let (live_leases, tasks) = {
-        let a = node.shared.applied.read().expect("lock");
+        let a = node.shared.read();
         (a.state.lease_count() as u64, a.state.task_count() as u64)
     };
     pb::NodeStatusResponse {

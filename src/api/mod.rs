@@ -29,7 +29,7 @@ pub(crate) async fn read<T>(
     if consistency != v1::ReadConsistency::Stale as i32 {
         node.read_barrier().await.map_err(error::node)?;
     }
-    let a = node.shared.applied.read().expect("lock");
+    let a = node.shared.read();
     Ok((f(&a.state), a.state.last_revision()))
 }
 

@@ -26,7 +26,7 @@ pub fn advised_interval_ms(ttl_ms: u64) -> u64 {
 }
 
 fn lease_of(node: &Node, token: Token, renewals: u64) -> Option<pb::Lease> {
-    let a = node.shared.applied.read().expect("lock");
+    let a = node.shared.read();
     a.state.lease(token).map(|l| pb::Lease {
         renewals: renewals.max(l.renewals),
         ..convert::lease_to_pb(l)
@@ -93,7 +93,7 @@ impl Worker for WorkerSvc {
         loop {
             let now = self.node.clock.unix_ms();
             let look = || {
-                let a = self.node.shared.applied.read().expect("lock");
+                let a = self.node.shared.read();
                 (
                     a.state.has_claimable(&r.queue, now),
                     a.state.next_ready_at(&r.queue),
@@ -108,7 +108,7 @@ impl Worker for WorkerSvc {
                 self.node.read_barrier().await.map_err(error::node)?;
                 if !r.claim_id.is_empty() {
                     // A retry of a claim that was applied: its lease is the answer.
-                    let a = self.node.shared.applied.read().expect("lock");
+                    let a = self.node.shared.read();
                     if let Some(l) = a.state.lease_of_claim(&r.worker_id, &r.claim_id) {
                         let t = a
                             .state
@@ -216,7 +216,7 @@ impl Worker for WorkerSvc {
                 };
                 let resp = match renewed {
                     Ok(out) => {
-                        let a = node.shared.applied.read().expect("lock");
+                        let a = node.shared.read();
                         let mut min_ttl = u64::MAX;
                         let leases = out
                             .into_iter()

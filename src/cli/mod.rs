@@ -157,6 +157,11 @@ struct ServerArgs {
     /// Forget finished tasks this long after they finished (0 = keep forever; default 7 days).
     #[arg(long)]
     terminal_retention_ms: Option<u64>,
+    /// Threads running the node's event loop (gRPC, Raft, the state machine). 1, the default,
+    /// runs it on one thread; fsyncs, sled and snapshot builds have threads of their own.
+    /// 0 = one per core. See docs/PERFORMANCE.md ("One thread per node").
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +234,27 @@ pub fn init_logging(default: &str) {
         .try_init();
 }
 
+impl Cli {
+    /// Builds the runtime this command runs on: `server --threads N` as asked, every other
+    /// command on one thread (`dev` starts a runtime thread per node of its own).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let threads = match &self.command {
+            Cmd::Server(a) => a.threads,
+            _ => 1,
+        };
+        let mut b = if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if threads > 1 {
+                b.worker_threads(threads);
+            }
+            b
+        };
+        b.enable_all().build()
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Cmd::Dev(a) => dev(a).await,
@@ -295,13 +321,12 @@ async fn dev(a: DevArgs) -> Result<(), BoxError> {
     // Bind every port first, so that no node campaigns towards a peer that is not listening yet.
     let mut listeners = Vec::new();
     for addr in members.values() {
-        listeners.push(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
-        );
+        let l = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        l.set_nonblocking(true)?;
+        listeners.push(l);
     }
-    let mut servers = Vec::new();
+    let mut nodes = Vec::new();
     for ((id, addr), listener) in members.iter().zip(listeners) {
         let config = NodeConfig {
             id: *id,
@@ -310,7 +335,7 @@ async fn dev(a: DevArgs) -> Result<(), BoxError> {
             initial_cluster: members.clone(),
             ..NodeConfig::default()
         };
-        servers.push(Server::start_on(config, listener).await?);
+        nodes.push(NodeThread::start(config, listener).await?);
     }
     let endpoints: Vec<&str> = members.values().map(String::as_str).collect();
     println!(
@@ -324,10 +349,69 @@ async fn dev(a: DevArgs) -> Result<(), BoxError> {
     println!("endpoints: {}", endpoints.join(","));
     println!("try: leasekeeper task submit --queue demo --payload hello; leasekeeper status");
     wait_for_signal().await;
-    for s in servers {
-        s.shutdown().await;
+    for n in nodes {
+        n.stop().await;
     }
     Ok(())
+}
+
+/// A `dev` node on a thread and runtime of its own, as if it were its own `server` process
+/// (one event-loop thread each; see `ServerArgs::threads`).
+struct NodeThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl NodeThread {
+    async fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Self, BoxError> {
+        use tokio::sync::oneshot;
+        let (started_tx, started) = oneshot::channel::<Result<(), String>>();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (stopped_tx, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("node-{}", config.id))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(format!("cannot start a runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    match Server::start_on(config, listener).await {
+                        Ok(s) => {
+                            let _ = started_tx.send(Ok(()));
+                            let _ = stop_rx.await;
+                            s.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e.to_string()));
+                        }
+                    }
+                });
+                let _ = stopped_tx.send(());
+            })?;
+        started
+            .await
+            .map_err(|_| "the node's thread ended before it started")??;
+        Ok(Self { stop, stopped })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.stopped.await;
+    }
 }
 
 fn parse_members(v: &[String]) -> Result<BTreeMap<u64, String>, BoxError> {

@@ -447,7 +447,7 @@ async fn retention_sweeper(node: Arc<Node>) {
         }
         let before = node.clock.unix_ms().saturating_sub(retention);
         let due = {
-            let a = node.shared.applied.read().expect("lock");
+            let a = node.shared.read();
             a.state
                 .oldest_finished_unix_ms()
                 .is_some_and(|at| at < before)

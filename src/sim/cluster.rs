@@ -466,7 +466,7 @@ async fn get(w: &World, client: u64, first: usize, id: &str) {
             let key = key.clone();
             async move {
                 n.read_barrier().await?;
-                let a = n.shared.applied.read().expect("lock");
+                let a = n.shared.read();
                 Ok(match a.state.task(&key) {
                     Some(t) => Response::Submitted {
                         task: t.clone(),
@@ -739,7 +739,7 @@ async fn observer(w: Arc<World>, nodes: Arc<Mutex<Vec<Arc<Node>>>>) {
             ..
         } = &mut *rec;
         for n in &nodes {
-            let a = n.shared.applied.read().expect("lock");
+            let a = n.shared.read();
             a.state.check_invariants();
             for (token, l) in leases.iter_mut().filter(|(_, l)| !l.closed) {
                 if a.state.lease(*token).is_some() {
@@ -1026,7 +1026,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
     *live.lock().expect("lock") = c.nodes.values().cloned().collect();
     let drain_deadline = Instant::now() + Duration::from_secs(60);
     let finished = |n: &Node| {
-        let a = n.shared.applied.read().expect("lock");
+        let a = n.shared.read();
         tasks.iter().chain(queue_tasks.iter()).all(|t| {
             a.state
                 .task(t)
@@ -1041,7 +1041,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
         if Instant::now() > drain_deadline {
             let a = match &leader {
                 Some(l) => {
-                    let a = l.shared.applied.read().expect("lock");
+                    let a = l.shared.read();
                     tasks
                         .iter()
                         .chain(queue_tasks.iter())
@@ -1075,7 +1075,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
             .nodes
             .values()
             .map(|n| {
-                let a = n.shared.applied.read().expect("lock");
+                let a = n.shared.read();
                 a.state.check_invariants();
                 (
                     n.id,
@@ -1102,7 +1102,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
     // The final state against what clients were told.
     let final_state = c.nodes.values().next().cloned().expect("a node");
     {
-        let a = final_state.shared.applied.read().expect("lock");
+        let a = final_state.shared.read();
         let rec = world.rec.lock().expect("lock");
         for id in &rec.submitted {
             match a.state.task(id) {

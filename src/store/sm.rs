@@ -5,15 +5,21 @@
 //! - a snapshot file is complete on disk (written, fsynced, renamed, directory fsynced) before
 //!   `build_snapshot` returns, because openraft purges the log up to it afterwards;
 //! - installing a snapshot replaces the whole state in one step.
+//!
+//! A node may run its whole event loop on one thread, so nothing here waits on that thread for
+//! a snapshot build (which reads the state for up to a few hundred milliseconds at a million
+//! tasks): an apply that finds the state busy waits on a blocking thread instead, and readers
+//! share the state with the build even while that apply waits.
 use super::EventLog;
 use crate::clock::{Clock, LeaseTimers};
 use crate::raft::{codec, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{Effects, Response, State};
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use parking_lot::{RwLock, RwLockReadGuard};
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// The applied state with its position in the log.
@@ -26,7 +32,7 @@ pub struct Applied {
 
 /// What the state machine shares with the rest of the node (the API reads it).
 pub struct Shared {
-    pub applied: RwLock<Applied>,
+    applied: RwLock<Applied>,
     pub events: Mutex<EventLog>,
     pub timers: Mutex<LeaseTimers>,
     pub clock: Arc<dyn Clock>,
@@ -45,10 +51,17 @@ impl Shared {
         }
     }
 
+    /// The applied state, to read. Never waits behind a waiting apply: a read lock held by a
+    /// snapshot build must not stop readers (on a one-thread node, the whole node) for as long
+    /// as the build runs.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.applied.read_recursive()
+    }
+
     /// Replaces the whole state (start-up from a snapshot, or a snapshot install).
     fn replace(&self, state: State, meta: &SnapshotMeta) {
         let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        let mut a = self.applied.write().expect("lock");
+        let mut a = self.applied.write();
         self.timers
             .lock()
             .expect("lock")
@@ -165,13 +178,62 @@ fn write_atomically(path: &Path, parts: &[std::borrow::Cow<'_, [u8]>]) -> std::i
     Ok(())
 }
 
+/// Applies `entries` to the state behind `guard` and publishes their effects (lease timers,
+/// events, the applied index) before the state is unlocked: a reader never sees the state ahead
+/// of its events.
+fn apply_entries(
+    shared: &Shared,
+    guard: &mut Applied,
+    entries: impl IntoIterator<Item = Entry>,
+) -> Vec<Response> {
+    let mut fx = Effects::default();
+    let mut out = Vec::new();
+    let a = guard;
+    for e in entries {
+        let index = e.log_id.index;
+        a.last_applied = Some(e.log_id);
+        let resp = match &e.payload {
+            EntryPayload::Blank => {
+                a.state.note_entry(index);
+                Response::Ok
+            }
+            EntryPayload::Normal(req) => {
+                let configs = a.membership.membership().get_joint_config();
+                a.state.apply_entry(index, req, configs, &mut fx)
+            }
+            EntryPayload::Membership(m) => {
+                a.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                a.state.note_entry(index);
+                Response::Ok
+            }
+        };
+        out.push(resp);
+    }
+    let last = a.last_applied.map(|l| l.index).unwrap_or(0);
+    let last_rev = a.state.last_revision();
+    shared
+        .timers
+        .lock()
+        .expect("lock")
+        .apply(&fx, shared.clock.monotonic_ms());
+    {
+        let mut ev = shared.events.lock().expect("lock");
+        for e in fx.events {
+            ev.push(e);
+        }
+        ev.advance(last_rev);
+    }
+    shared.applied_index.send_replace(last);
+    out
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         // Serialized on a blocking thread: a large state takes long enough to stall a runtime
         // worker (and with it Raft heartbeats) otherwise.
         let shared = self.shared.clone();
         let (data, meta) = off_runtime(self.blocking, move || {
-            let a = shared.applied.read().expect("lock");
+            let a = shared.read();
             let id = match a.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, shared.clock.unix_ms()),
                 None => format!("empty-{}", shared.clock.unix_ms()),
@@ -204,7 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let a = self.shared.applied.read().expect("lock");
+        let a = self.shared.read();
         Ok((a.last_applied, a.membership.clone()))
     }
 
@@ -213,51 +275,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut fx = Effects::default();
-        let mut out = Vec::new();
-        let last = {
-            let mut guard = self.shared.applied.write().expect("lock");
-            let a = &mut *guard;
-            for e in entries {
-                let index = e.log_id.index;
-                a.last_applied = Some(e.log_id);
-                let resp = match &e.payload {
-                    EntryPayload::Blank => {
-                        a.state.note_entry(index);
-                        Response::Ok
-                    }
-                    EntryPayload::Normal(req) => {
-                        let configs = a.membership.membership().get_joint_config();
-                        a.state.apply_entry(index, req, configs, &mut fx)
-                    }
-                    EntryPayload::Membership(m) => {
-                        a.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                        a.state.note_entry(index);
-                        Response::Ok
-                    }
-                };
-                out.push(resp);
-            }
-            (
-                a.last_applied.map(|l| l.index).unwrap_or(0),
-                a.state.last_revision(),
-            )
-        };
-        let (last, last_rev) = last;
-        self.shared
-            .timers
-            .lock()
-            .expect("lock")
-            .apply(&fx, self.shared.clock.monotonic_ms());
-        {
-            let mut ev = self.shared.events.lock().expect("lock");
-            for e in fx.events {
-                ev.push(e);
-            }
-            ev.advance(last_rev);
+        if let Some(mut guard) = self.shared.applied.try_write() {
+            return Ok(apply_entries(&self.shared, &mut guard, entries));
         }
-        self.shared.applied_index.send_replace(last);
-        Ok(out)
+        if !self.blocking {
+            let mut guard = self.shared.applied.write();
+            return Ok(apply_entries(&self.shared, &mut guard, entries));
+        }
+        // A snapshot build is reading the state: wait for it off the runtime.
+        let shared = self.shared.clone();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = shared.applied.write();
+            apply_entries(&shared, &mut guard, entries)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_state_machine(AnyError::new(&e)).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -273,11 +306,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        // Decoding and writing a large snapshot takes seconds: not on the runtime.
         let data = snapshot.into_inner();
-        let state = State::from_bytes(&data).map_err(read_err)?;
-        self.write_file(meta, &data)?;
-        self.shared.replace(state, meta);
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot installed");
+        let (this, m) = (self.clone(), meta.clone());
+        let bytes = off_runtime(self.blocking, move || {
+            let state = State::from_bytes(&data).map_err(read_err)?;
+            this.write_file(&m, &data)?;
+            this.shared.replace(state, &m);
+            Ok::<_, StorageError>(data.len())
+        })
+        .await??;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "snapshot installed");
         Ok(())
     }
 
@@ -292,6 +331,74 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{Command, Request, TaskSpec};
+    use std::time::Duration;
+
+    fn submit_entry(index: u64, id: &str) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                now_unix_ms: 1,
+                cmd: Command::Submit(TaskSpec {
+                    id: id.into(),
+                    queue: "q".into(),
+                    payload: Vec::new(),
+                    max_attempts: 1,
+                    lease_ttl_ms: 30_000,
+                    initial_backoff_ms: 1_000,
+                    max_backoff_ms: 60_000,
+                }),
+            }),
+        }
+    }
+
+    /// A node may run on one thread: an apply that finds a snapshot build reading the state
+    /// must not stop that thread (Raft heartbeats, gRPC) until the build ends, and readers must
+    /// still read.
+    #[test]
+    fn an_apply_behind_a_snapshot_build_leaves_the_thread_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock::default());
+        let shared = Arc::new(Shared::new(clock, 100, 100));
+        let mut sm =
+            StateMachineStore::open(dir.path().join("snapshot"), shared.clone()).expect("open");
+        // The "build": holds a read lock until the runtime says it ran on while the apply
+        // waited, or until 5 s have passed.
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let s2 = shared.clone();
+        let build = std::thread::spawn(move || {
+            let _reading = s2.read();
+            held_tx.send(()).expect("send");
+            release_rx.recv_timeout(Duration::from_secs(5)).is_ok()
+        });
+        held.recv().expect("the build holds the state");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let apply = tokio::spawn(async move { sm.apply(vec![submit_entry(1, "t1")]).await });
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                assert_eq!(
+                    shared.read().state.task_count(),
+                    0,
+                    "applied behind the build"
+                );
+            }
+            assert!(!apply.is_finished(), "the apply waits for the build");
+            let _ = release.send(());
+            let out = apply.await.expect("join").expect("applied");
+            assert_eq!(out.len(), 1);
+            assert_eq!(shared.read().state.task_count(), 1);
+            assert_eq!(*shared.applied_index.borrow(), 1);
+        });
+        assert!(
+            build.join().expect("build thread"),
+            "the runtime stood still while the apply waited for the build"
+        );
+    }
 
     #[test]
     fn snapshot_file_parts_are_the_encoded_pair() {
