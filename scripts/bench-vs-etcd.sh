@@ -63,37 +63,44 @@ pids+=($!)
 LK_EPS=127.0.0.1:27301,127.0.0.1:27302,127.0.0.1:27303
 for _ in $(seq 1 100); do "$LK" status --endpoints "$LK_EPS" >/dev/null 2>&1 && break; sleep 0.2; done
 
-row() { # system shape extra-args...
-  local sys=$1 shape=$2; shift 2
-  local flags=(--shape "$shape" --duration-s "$SECS" --json "$@")
+row() { # system bench-args...
+  local sys=$1; shift
+  local flags=(--duration-s "$SECS" --json "$@")
   if [ "$sys" = etcd ]; then
     "$LK" bench --etcd --endpoints "$etcd_eps" "${flags[@]}"
   else
     "$LK" bench --endpoints "$LK_EPS" "${flags[@]}"
-  fi > "$OUT/$sys-$shape$(echo "$@" | tr -d ' -').json"
-  cat "$OUT/$sys-$shape$(echo "$@" | tr -d ' -').json"
+  fi > "$OUT/$sys$(echo "$@" | tr -d ' -').json"
+  cat "$OUT/$sys$(echo "$@" | tr -d ' -').json"
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); etcd $(etcd --version | head -1 | awk '{print $3}')"
 results=()
-for shape in renew lifecycle submit; do
-  e=$(row etcd "$shape" --clients "$CLIENTS")
-  l=$(row leasekeeper "$shape" --clients "$CLIENTS")
-  results+=("$shape|$e|$l")
-done
-e1=$(row etcd renew --clients 1 --conns 1 --leases 1)
-l1=$(row leasekeeper renew --clients 1 --conns 1 --leases 1)
-results+=("renew-1-client|$e1|$l1")
+both() { # label bench-args...
+  local label=$1; shift
+  local e l
+  e=$(row etcd "$@")
+  l=$(row leasekeeper "$@")
+  results+=("$label|$e|$l")
+}
+both renew --shape renew --clients "$CLIENTS"
+# Workers that run 16 tasks each renew them together: one Heartbeat message with 16 tokens;
+# etcd has one lease per keep-alive message, so it gets 16 sent back to back per round.
+both renew-16-per-msg --shape renew --clients "$CLIENTS" --leases $((CLIENTS * 16)) --per-message 16
+both lifecycle --shape lifecycle --clients "$CLIENTS"
+both lifecycle-x4 --shape lifecycle --clients $((CLIENTS * 4))
+both submit --shape submit --clients "$CLIENTS"
+both renew-1-client --shape renew --clients 1 --conns 1 --leases 1
 
 python3 - "${results[@]}" <<'PY'
 import json, sys
-print(f"{'shape':<16}{'system':<13}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p999 ms':>9}{'errors':>8}")
+print(f"{'shape':<18}{'system':<13}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'p999 ms':>9}{'errors':>8}")
 for item in sys.argv[1:]:
     shape, e, l = item.split("|")
     e, l = json.loads(e), json.loads(l)
     for name, r in (("etcd", e), ("leasekeeper", l)):
         lat = r["latency"]
-        print(f"{shape:<16}{name:<13}{r['ops_per_s']:>10.0f}{lat['p50_ms']:>9.2f}{lat['p99_ms']:>9.2f}{lat['p999_ms']:>9.2f}{r['errors']:>8}")
+        print(f"{shape:<18}{name:<13}{r['ops_per_s']:>10.0f}{lat['p50_ms']:>9.2f}{lat['p99_ms']:>9.2f}{lat['p999_ms']:>9.2f}{r['errors']:>8}")
     ratio = l["ops_per_s"] / e["ops_per_s"] if e["ops_per_s"] else float("inf")
-    print(f"{'':<16}{'ratio':<13}{ratio:>9.2f}x")
+    print(f"{'':<18}{'ratio':<13}{ratio:>9.2f}x")
 PY

@@ -3,9 +3,10 @@
 //!
 //! Shapes:
 //! - `submit`: every client submits new tasks back to back.
-//! - `renew`: `leases` live leases, renewed one per Heartbeat message, each client on its own
-//!   stream waiting for each answer (like etcd's lease keep-alive benchmark); ops = renewals
-//!   committed.
+//! - `renew`: `leases` live leases shared out over the clients, each client on its own
+//!   Heartbeat stream waiting for each answer; `per_message` of its leases go in one message
+//!   (1 = like etcd's lease keep-alive benchmark; more = a worker renewing the leases of all the
+//!   tasks it runs at once). ops = renewals committed.
 //! - `lifecycle`: submit → claim → 3 renewals → complete per task; ops = tasks finished.
 //! - `watch`: lifecycles as above (optionally rate-limited) with `watchers` watch streams spread
 //!   over the nodes; the latency is from sending the final report to each watcher seeing it.
@@ -38,6 +39,9 @@ pub struct BenchConfig {
     pub duration: Duration,
     /// Live leases for `renew`.
     pub leases: usize,
+    /// `renew`: leases renewed per message (etcd: keep-alives sent back to back on the stream
+    /// before their answers are awaited, since one etcd message carries one lease).
+    pub per_message: usize,
     /// Watch streams for `watch`.
     pub watchers: usize,
     /// Cap on started tasks per second for `lifecycle`/`watch` (0 = as fast as possible).
@@ -59,6 +63,8 @@ pub struct Latency {
 pub struct BenchReport {
     pub shape: Shape,
     pub clients: usize,
+    /// `renew`: leases per message (per round of keep-alives on etcd).
+    pub per_message: usize,
     pub seconds: f64,
     pub ops: u64,
     pub ops_per_s: f64,
@@ -140,6 +146,7 @@ impl Shared {
         BenchReport {
             shape: cfg.shape,
             clients: cfg.clients,
+            per_message: cfg.per_message.max(1),
             seconds,
             ops,
             ops_per_s: ops as f64 / seconds,
@@ -250,10 +257,11 @@ pub async fn run(
         let sent_at = sent_at.clone();
         let pacer = pacer.clone();
         let shape = cfg.shape;
+        let per_message = cfg.per_message.max(1);
         loops.push(tokio::spawn(async move {
             match shape {
                 Shape::Submit => submit_loop(c, i, &tag, &shared).await,
-                Shape::Renew => renew_loop(c, mine, &shared).await,
+                Shape::Renew => renew_loop(c, mine, per_message, &shared).await,
                 Shape::Lifecycle | Shape::Watch => {
                     lifecycle_loop(
                         c,
@@ -355,8 +363,18 @@ async fn submit_loop(c: Client, i: usize, tag: &str, shared: &Shared) -> Vec<u32
     lat
 }
 
-/// One Heartbeat stream; one lease per message, each answer awaited.
-async fn renew_loop(c: Client, tokens: Vec<u64>, shared: &Shared) -> Vec<u32> {
+/// The next `n` of `all`, cycling from `*next`.
+fn next_round<T: Copy>(all: &[T], next: &mut usize, n: usize) -> Vec<T> {
+    let round = (0..n.min(all.len()))
+        .map(|k| all[(*next + k) % all.len()])
+        .collect();
+    *next = (*next + n) % all.len().max(1);
+    round
+}
+
+/// One Heartbeat stream; `per_message` leases per message, each answer awaited. One latency
+/// sample per message.
+async fn renew_loop(c: Client, tokens: Vec<u64>, per_message: usize, shared: &Shared) -> Vec<u32> {
     let mut lat = Vec::new();
     if tokens.is_empty() {
         return lat;
@@ -371,15 +389,15 @@ async fn renew_loop(c: Client, tokens: Vec<u64>, shared: &Shared) -> Vec<u32> {
         return lat;
     };
     let mut answers = resp.into_inner();
-    let mut seq = 0u64;
+    let (mut seq, mut next) = (0u64, 0usize);
     while !shared.stop.load(Ordering::Relaxed) {
-        let token = tokens[seq as usize % tokens.len()];
+        let round = next_round(&tokens, &mut next, per_message);
         seq += 1;
         let t = Instant::now();
         if tx
             .send(pb::HeartbeatRequest {
                 seq,
-                lease_tokens: vec![token],
+                lease_tokens: round.clone(),
             })
             .await
             .is_err()
@@ -388,14 +406,20 @@ async fn renew_loop(c: Client, tokens: Vec<u64>, shared: &Shared) -> Vec<u32> {
             break;
         }
         match answers.next().await {
-            Some(Ok(a))
-                if a.leases.first().map(|l| l.status) == Some(pb::LeaseStatus::Alive as i32) =>
-            {
-                lat.push(micros(t.elapsed()));
-                shared.ops.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(Ok(_)) => {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
+            Some(Ok(a)) => {
+                let alive = a
+                    .leases
+                    .iter()
+                    .filter(|l| l.status == pb::LeaseStatus::Alive as i32)
+                    .count() as u64;
+                if alive > 0 {
+                    lat.push(micros(t.elapsed()));
+                }
+                shared.ops.fetch_add(alive, Ordering::Relaxed);
+                shared.errors.fetch_add(
+                    round.len() as u64 - alive.min(round.len() as u64),
+                    Ordering::Relaxed,
+                );
             }
             _ => {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -473,6 +497,12 @@ async fn lifecycle_loop(
 
 impl BenchReport {
     pub fn print(&self) {
+        if self.shape == Shape::Renew && self.per_message > 1 {
+            println!(
+                "           {} leases per message; latency is per message",
+                self.per_message
+            );
+        }
         println!(
             "{:<10} clients={:<4} {:>10.0} ops/s  ops={:<9} errors={:<5} p50={:.2}ms p99={:.2}ms p999={:.2}ms max={:.2}ms ({:.1}s)",
             format!("{:?}", self.shape).to_lowercase(),
@@ -575,10 +605,11 @@ pub mod etcd {
             let tag = tag.clone();
             let mine = share(&leases, i, per);
             let shape = cfg.shape;
+            let per_message = cfg.per_message.max(1);
             loops.push(tokio::spawn(async move {
                 match shape {
                     Shape::Submit => submit_loop(ch, i, &tag, &shared).await,
-                    Shape::Renew => keepalive_loop(ch, mine, &shared).await,
+                    Shape::Renew => keepalive_loop(ch, mine, per_message, &shared).await,
                     _ => lifecycle_loop(ch, i, &tag, &shared).await,
                 }
             }));
@@ -621,8 +652,8 @@ pub mod etcd {
 
     /// Opens a keep-alive stream with `first` already queued: etcd answers the call's headers
     /// only once it has a request to process.
-    async fn open_keepalive(ch: Channel, first: i64) -> Result<KeepAlive, BoxError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+    async fn open_keepalive(ch: Channel, first: i64, depth: usize) -> Result<KeepAlive, BoxError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
         tx.send(LeaseKeepAliveRequest { id: first }).await?;
         let resp = LeaseClient::new(ch)
             .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -630,13 +661,20 @@ pub mod etcd {
         Ok((tx, resp.into_inner()))
     }
 
-    async fn keepalive_loop(ch: Channel, ids: Vec<i64>, shared: &Shared) -> Vec<u32> {
+    /// One keep-alive stream; rounds of `per_message` keep-alives sent back to back, then all
+    /// their answers awaited (one latency sample per round).
+    async fn keepalive_loop(
+        ch: Channel,
+        ids: Vec<i64>,
+        per_message: usize,
+        shared: &Shared,
+    ) -> Vec<u32> {
         let mut lat = Vec::new();
         if ids.is_empty() {
             return lat;
         }
         let t = Instant::now();
-        let Ok((tx, mut answers)) = open_keepalive(ch, ids[0]).await else {
+        let Ok((tx, mut answers)) = open_keepalive(ch, ids[0], per_message).await else {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             return lat;
         };
@@ -647,21 +685,32 @@ pub mod etcd {
                 return lat;
             }
         }
-        let mut n = 1usize;
-        while !shared.stop.load(Ordering::Relaxed) {
-            let id = ids[n % ids.len()];
-            n += 1;
+        let mut next = 1 % ids.len();
+        'rounds: while !shared.stop.load(Ordering::Relaxed) {
+            let round = next_round(&ids, &mut next, per_message);
             let t = Instant::now();
-            if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                break;
-            }
-            match answers.next().await {
-                Some(Ok(a)) => record(shared, &mut lat, t, a.ttl > 0),
-                _ => {
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
-                    break;
+            for &id in &round {
+                if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    break 'rounds;
                 }
             }
+            let mut alive = 0u64;
+            for _ in 0..round.len() {
+                match answers.next().await {
+                    Some(Ok(a)) if a.ttl > 0 => alive += 1,
+                    Some(Ok(_)) => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                        break 'rounds;
+                    }
+                }
+            }
+            if alive > 0 {
+                lat.push(micros(t.elapsed()));
+            }
+            shared.ops.fetch_add(alive, Ordering::Relaxed);
         }
         lat
     }
@@ -705,7 +754,7 @@ pub mod etcd {
                     .succeeded;
                 for k in 0..3 {
                     if k == 0 && stream.is_none() {
-                        stream = Some(open_keepalive(ch.clone(), id).await?);
+                        stream = Some(open_keepalive(ch.clone(), id, 1).await?);
                     } else {
                         let (tx, _) = stream.as_ref().expect("open");
                         tx.send(LeaseKeepAliveRequest { id }).await?;

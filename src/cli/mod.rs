@@ -88,6 +88,10 @@ struct BenchArgs {
     /// Live leases for `renew` (at least one per client).
     #[arg(long, default_value_t = 1000)]
     leases: usize,
+    /// `renew`: leases renewed per message, from each client's share (a worker renewing all
+    /// its tasks at once). With --etcd, that many keep-alives are sent back to back per round.
+    #[arg(long, default_value_t = 1)]
+    per_message: usize,
     /// Watch streams for `watch`.
     #[arg(long, default_value_t = 16)]
     watchers: usize,
@@ -269,6 +273,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 conns: a.conns,
                 duration: std::time::Duration::from_secs(a.duration_s),
                 leases: a.leases,
+                per_message: a.per_message,
                 watchers: a.watchers,
                 rate: a.rate,
                 leader_only: !a.any_node,
