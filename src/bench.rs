@@ -9,7 +9,8 @@
 //!   tasks it runs at once). ops = renewals committed.
 //! - `lifecycle`: submit → claim → 3 renewals → complete per task; ops = tasks finished.
 //! - `watch`: lifecycles as above (optionally rate-limited) with `watchers` watch streams spread
-//!   over the nodes; the latency is from sending the final report to each watcher seeing it.
+//!   over the nodes, each asking for SUCCEEDED events (or every event, `watch_every_kind`); the
+//!   latency is from sending the final report to each watcher seeing it.
 use crate::client::Client;
 use crate::proto::v1 as pb;
 use serde::Serialize;
@@ -44,6 +45,9 @@ pub struct BenchConfig {
     pub per_message: usize,
     /// Watch streams for `watch`.
     pub watchers: usize,
+    /// `watch`: watchers receive every event of the queue instead of asking for the SUCCEEDED
+    /// ones they time.
+    pub watch_every_kind: bool,
     /// Cap on started tasks per second for `lifecycle`/`watch` (0 = as fast as possible).
     pub rate: u64,
     /// Send everything to the leader (true) or spread over all nodes (followers forward).
@@ -223,6 +227,11 @@ pub async fn run(
                     from_revision: 0,
                     queue: format!("bench-{tag}"),
                     task_id: String::new(),
+                    kinds: if cfg.watch_every_kind {
+                        Vec::new()
+                    } else {
+                        vec![pb::EventKind::Succeeded as i32]
+                    },
                 })
                 .await?;
             let (sent_at, visible) = (sent_at.clone(), visible.clone());

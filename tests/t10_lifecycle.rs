@@ -19,6 +19,7 @@ async fn submit_claim_renew_progress_complete_seen_by_a_watcher() {
             from_revision: 1,
             queue: "etl".into(),
             task_id: String::new(),
+            kinds: Vec::new(),
         })
         .await
         .unwrap();

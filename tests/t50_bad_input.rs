@@ -81,11 +81,22 @@ async fn bad_requests_get_actionable_statuses() {
         .watch(pb::WatchTasksRequest {
             from_revision: 1,
             queue: "no space".into(),
-            task_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    for bad in [pb::EventKind::Unspecified as i32, 99] {
+        let e = c
+            .watch(pb::WatchTasksRequest {
+                kinds: vec![pb::EventKind::Succeeded as i32, bad],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains("not an event kind"), "{}", e.message());
+    }
 
     // Nothing acknowledged was touched.
     let t = c.get("kept").await.unwrap();

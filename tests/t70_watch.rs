@@ -139,3 +139,81 @@ async fn compacted_revision_is_out_of_range_with_the_oldest_kept() {
     assert!(ev.revision > last);
     cluster.shutdown().await;
 }
+
+async fn next(s: &mut tonic::Streaming<pb::TaskEvent>) -> pb::TaskEvent {
+    tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("an event")
+        .expect("stream open")
+        .expect("no error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_for_outcomes_gets_only_outcomes_and_resumes_with_them() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let watcher = cluster.client_of((leader + 1) % 3);
+    let outcomes = |from_revision| pb::WatchTasksRequest {
+        from_revision,
+        queue: "q".into(),
+        kinds: vec![
+            pb::EventKind::Succeeded as i32,
+            pb::EventKind::Cancelled as i32,
+        ],
+        ..Default::default()
+    };
+    let run = |id: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .submit(submit_req(id, "q", 5000))
+                .await
+                .expect("submit");
+            let claim = client
+                .claim(pb::ClaimTaskRequest {
+                    task_id: id.into(),
+                    ..claim_req("q", "w")
+                })
+                .await
+                .expect("claim");
+            let token = claim.lease.expect("lease").token;
+            client.complete(success(id, token)).await.expect("complete");
+        }
+    };
+    run("a").await;
+    client
+        .submit(submit_req("b", "q", 5000))
+        .await
+        .expect("submit");
+    client.cancel("b", "not needed").await.expect("cancel");
+    client
+        .submit(submit_req("c", "q", 5000))
+        .await
+        .expect("submit");
+
+    let mut stream = watcher.watch(outcomes(1)).await.expect("watch");
+    let first = next(&mut stream).await;
+    assert_eq!(first.kind, pb::EventKind::Succeeded as i32, "{first:?}");
+    assert_eq!(first.task.as_ref().unwrap().id, "a");
+    let second = next(&mut stream).await;
+    assert_eq!(second.kind, pb::EventKind::Cancelled as i32, "{second:?}");
+    assert_eq!(second.task.as_ref().unwrap().id, "b");
+    assert!(second.revision > first.revision);
+
+    // Live: d's submit and claim are not sent, its success is, and it is the next event.
+    run("d").await;
+    let live = next(&mut stream).await;
+    assert_eq!(live.kind, pb::EventKind::Succeeded as i32, "{live:?}");
+    assert_eq!(live.task.as_ref().unwrap().id, "d");
+
+    // Resuming after the first outcome with the same filter continues with the second.
+    let mut resumed = watcher
+        .watch(outcomes(first.revision + 1))
+        .await
+        .expect("resume");
+    let again = next(&mut resumed).await;
+    assert_eq!((again.revision, again.kind), (second.revision, second.kind));
+    assert_eq!(next(&mut resumed).await.revision, live.revision);
+    cluster.shutdown().await;
+}

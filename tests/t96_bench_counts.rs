@@ -17,6 +17,7 @@ fn config(cluster: &Cluster, shape: Shape) -> BenchConfig {
         leases: 24,
         per_message: 6,
         watchers: 0,
+        watch_every_kind: false,
         rate: 0,
         leader_only: true,
     }

@@ -133,15 +133,19 @@ class Client:
     def cancel(self, id: str, reason: str = "") -> pb.Task:
         return self._call("Scheduler", "CancelTask", pb.CancelTaskRequest(id=id, reason=reason)).task
 
-    def watch(self, from_revision: int = 0, queue: str = "", task_id: str = "") -> Iterator[pb.TaskEvent]:
+    def watch(self, from_revision: int = 0, queue: str = "", task_id: str = "",
+              kinds: Sequence[int] = ()) -> Iterator[pb.TaskEvent]:
         """Change events from `from_revision` (0 = from now), in revision order. A broken stream
-        is resumed on another node from the last revision seen, without gaps or repeats."""
+        is resumed on another node from the last revision seen, without gaps or repeats.
+        `kinds` (e.g. `[pb.EVENT_KIND_SUCCEEDED, pb.EVENT_KIND_FAILED]`) keeps only those kinds,
+        filtered on the server; empty = every kind."""
         next_rev = from_revision
         seen_in_rev = 0
         last_rev = 0
         backoff = 0.05
         while True:
-            req = pb.WatchTasksRequest(from_revision=next_rev, queue=queue, task_id=task_id)
+            req = pb.WatchTasksRequest(from_revision=next_rev, queue=queue, task_id=task_id,
+                                       kinds=list(kinds))
             stream = rpc.SchedulerStub(self.channel()).WatchTasks(req)
             skip = seen_in_rev if next_rev and next_rev == last_rev else 0
             try:

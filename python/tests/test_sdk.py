@@ -43,6 +43,9 @@ def test_lifecycle_seen_by_a_watcher(cluster):
     ], kinds
     revs = [e.revision for e in events]
     assert revs == sorted(revs) and len(set(revs)) == len(revs)
+    # Asking for outcomes only: the same success, and nothing before it.
+    outcome = next(iter(c.watch(from_revision=1, queue="py", kinds=[pb.EVENT_KIND_SUCCEEDED])))
+    assert (outcome.kind, outcome.revision) == (pb.EVENT_KIND_SUCCEEDED, events[-1].revision)
     t = c.get("job-1")
     assert t.state == pb.TASK_STATE_SUCCEEDED and t.result == b"done"
     # Completing again is idempotent; a bad id is a clear error.

@@ -96,7 +96,15 @@ pub fn task_in(s: &state::State, t: &Task) -> pb::Task {
 }
 
 pub fn event_to_pb(e: &Event) -> pb::TaskEvent {
-    let kind = match e.kind {
+    pb::TaskEvent {
+        revision: e.revision,
+        kind: kind_to_pb(e.kind) as i32,
+        task: Some(task_to_pb(&e.task, None)),
+    }
+}
+
+pub fn kind_to_pb(k: EventKind) -> pb::EventKind {
+    match k {
         EventKind::Submitted => pb::EventKind::Submitted,
         EventKind::Claimed => pb::EventKind::Claimed,
         EventKind::Progress => pb::EventKind::Progress,
@@ -105,11 +113,6 @@ pub fn event_to_pb(e: &Event) -> pb::TaskEvent {
         EventKind::RetryScheduled => pb::EventKind::RetryScheduled,
         EventKind::Cancelled => pb::EventKind::Cancelled,
         EventKind::LateReport => pb::EventKind::LateReport,
-    };
-    pb::TaskEvent {
-        revision: e.revision,
-        kind: kind as i32,
-        task: Some(task_to_pb(&e.task, None)),
     }
 }
 

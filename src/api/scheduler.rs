@@ -210,6 +210,7 @@ impl Scheduler for SchedulerSvc {
         if !r.queue.is_empty() {
             validate::queue(&r.queue)?;
         }
+        let kinds = validate::event_kinds(&r.kinds)?;
         let compacted = |e: WatchError| Status::out_of_range(e.to_string());
         let (backlog, live, head) = {
             let ev = self.node.shared.events.lock().expect("lock");
@@ -228,6 +229,7 @@ impl Scheduler for SchedulerSvc {
             let wanted = |e: &crate::state::Event| {
                 (r.queue.is_empty() || *e.task.spec.queue == *r.queue)
                     && (r.task_id.is_empty() || *e.task.spec.id == *r.task_id)
+                    && (kinds.is_empty() || kinds.contains(&convert::kind_to_pb(e.kind)))
             };
             // The last revision passed on, and how many of its events: a resume after falling
             // behind re-reads that revision and skips what was passed on already.

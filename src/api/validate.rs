@@ -87,3 +87,21 @@ pub fn bytes(what: &str, len: usize, max: usize) -> Result<(), Status> {
         Ok(())
     }
 }
+
+/// The event kinds a watch asks for: known kinds only, UNSPECIFIED refused (an empty list means
+/// every kind).
+pub fn event_kinds(kinds: &[i32]) -> Result<Vec<crate::proto::v1::EventKind>, Status> {
+    use crate::proto::v1::EventKind;
+    kinds
+        .iter()
+        .map(|&k| match EventKind::try_from(k) {
+            Ok(EventKind::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
+                "kinds holds {k}, which is not an event kind: use SUBMITTED ({}) .. LATE_REPORT \
+                 ({}), or leave kinds empty for every kind",
+                EventKind::Submitted as i32,
+                EventKind::LateReport as i32
+            ))),
+            Ok(kind) => Ok(kind),
+        })
+        .collect()
+}

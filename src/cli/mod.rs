@@ -95,6 +95,10 @@ struct BenchArgs {
     /// Watch streams for `watch`.
     #[arg(long, default_value_t = 16)]
     watchers: usize,
+    /// `watch`: watchers receive every event of the bench queue, not only the SUCCEEDED ones
+    /// they time.
+    #[arg(long)]
+    watch_every_kind: bool,
     /// Tasks started per second for `lifecycle`/`watch` (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -211,7 +215,28 @@ enum TaskCmd {
         queue: String,
         #[arg(long, default_value = "")]
         task_id: String,
+        /// Only these kinds of event, comma separated (e.g. succeeded,failed,cancelled); every
+        /// kind when not given.
+        #[arg(long = "kind", value_delimiter = ',', value_parser = parse_event_kind)]
+        kinds: Vec<pb::EventKind>,
     },
+}
+
+/// `succeeded` / `SUCCEEDED` / `EVENT_KIND_SUCCEEDED` → the event kind.
+fn parse_event_kind(s: &str) -> Result<pb::EventKind, String> {
+    let upper = s.trim().to_ascii_uppercase().replace('-', "_");
+    let name = if upper.starts_with("EVENT_KIND_") {
+        upper
+    } else {
+        format!("EVENT_KIND_{upper}")
+    };
+    match pb::EventKind::from_str_name(&name) {
+        Some(k) if k != pb::EventKind::Unspecified => Ok(k),
+        _ => Err(format!(
+            "{s:?} is not an event kind: use submitted, claimed, progress, succeeded, failed, \
+             retry_scheduled, cancelled or late_report"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -275,6 +300,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 leases: a.leases,
                 per_message: a.per_message,
                 watchers: a.watchers,
+                watch_every_kind: a.watch_every_kind,
                 rate: a.rate,
                 leader_only: !a.any_node,
             };
@@ -572,12 +598,14 @@ async fn task(cmd: TaskCmd, conn: Conn) -> Result<(), BoxError> {
             from,
             queue,
             task_id,
+            kinds,
         } => {
             let mut s = c
                 .watch(pb::WatchTasksRequest {
                     from_revision: from,
                     queue,
                     task_id,
+                    kinds: kinds.into_iter().map(|k| k as i32).collect(),
                 })
                 .await?;
             while let Some(e) = s.next().await {
