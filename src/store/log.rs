@@ -9,6 +9,13 @@
 //! in tree `meta`. One sled database holds both, so one flush covers a truncation, the appends
 //! after it and the committed id.
 //!
+//! Purging is logical first, physical later: `purge` records the purged id (every read skips the
+//! entries at or below it from then on) and hands the deletion to a purger thread that removes
+//! the keys one by one. Deleting a snapshot's worth of entries (20 000 by default) in one sled
+//! batch took 120–130 ms under sled's global write lock, stalling the node's event loop and every
+//! append and flush behind it; one key at a time, appends and flushes interleave with it. A
+//! crash mid-purge leaves keys below the purged id, which reads ignore and the next purge removes.
+//!
 //! Group commit: `append` writes the batch into sled and hands its callback to a flusher task.
 //! The flusher takes every callback waiting, runs one fsync, then completes them in order; the
 //! fsync covers every batch written before it started. While one fsync runs, the next batches
@@ -26,6 +33,44 @@ pub struct LogStore {
     meta: sled::Tree,
     /// The flusher thread, started on first append; it ends when the last clone is dropped.
     flusher: std::sync::Arc<std::sync::OnceLock<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    /// The purger thread (started on first purge), told the index to delete up to.
+    purger: std::sync::Arc<std::sync::OnceLock<std::sync::mpsc::Sender<u64>>>,
+    /// The last purged index + 1 (0 = nothing purged): reads skip every entry below it, whether
+    /// or not the purger has deleted it yet.
+    first_kept: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Deletes the log keys up to each index it is sent, one key at a time (see the module docs).
+fn purger(log: sled::Tree, rx: std::sync::mpsc::Receiver<u64>) {
+    use std::sync::mpsc::TryRecvError;
+    let mut next: Option<u64> = None;
+    loop {
+        let mut up_to = match next.take() {
+            Some(i) => i,
+            None => match rx.recv() {
+                Ok(i) => i,
+                Err(_) => return,
+            },
+        };
+        while let Ok(more) = rx.try_recv() {
+            up_to = up_to.max(more);
+        }
+        for (n, k) in log.range(..=key(up_to)).keys().enumerate() {
+            if let Err(e) = k.and_then(|k| log.remove(k)) {
+                tracing::warn!(error = %e, up_to, "purging the log failed; the next purge retries");
+                break;
+            }
+            // The store was dropped (node stopping): let the database close now; the keys left
+            // are skipped by reads and removed by the next purge.
+            if n % 256 == 255 {
+                match rx.try_recv() {
+                    Err(TryRecvError::Disconnected) => return,
+                    Ok(more) => next = Some(next.map_or(more, |i| i.max(more))),
+                    Err(TryRecvError::Empty) => {}
+                }
+            }
+        }
+    }
 }
 
 /// One fsync for every callback waiting, then their completion in order. Runs on its own
@@ -60,12 +105,20 @@ impl LogStore {
     pub fn new(db: sled::Db) -> Result<Self, StorageError> {
         let log = db.open_tree("log").map_err(io)?;
         let meta = db.open_tree("meta").map_err(io)?;
-        Ok(Self {
+        let store = Self {
             db,
             log,
             meta,
             flusher: Default::default(),
-        })
+            purger: Default::default(),
+            first_kept: Default::default(),
+        };
+        if let Some(p) = store.get_meta::<Option<LogId>>("last_purged")?.flatten() {
+            store
+                .first_kept
+                .store(p.index + 1, std::sync::atomic::Ordering::Release);
+        }
+        Ok(store)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<Option<T>, StorageError> {
@@ -120,6 +173,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => Bound::Excluded(key(*x)),
             Bound::Unbounded => Bound::Unbounded,
         };
+        let first_kept = self.first_kept.load(std::sync::atomic::Ordering::Acquire);
+        let start = match start {
+            Bound::Included(k) if u64::from_be_bytes(k) >= first_kept => Bound::Included(k),
+            Bound::Excluded(k) if u64::from_be_bytes(k) >= first_kept => Bound::Excluded(k),
+            // Entries below `first_kept` are purged, deleted or not yet.
+            _ => Bound::Included(key(first_kept)),
+        };
         let mut out = Vec::new();
         for kv in self.log.range::<[u8; 8], _>((start, end)) {
             let (_, v) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
@@ -136,12 +196,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta::<Option<LogId>>("last_purged")?.flatten();
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
-            Some((_, v)) => Some(
-                codec::decode::<Entry>(&v)
-                    .map_err(|e| StorageIOError::read_logs(&e))?
-                    .log_id,
-            ),
-            None => last_purged,
+            // The last key may be one the purger has not deleted yet.
+            Some((k, v)) if last_purged.map_or(true, |p| k.as_ref() > key(p.index).as_slice()) => {
+                Some(
+                    codec::decode::<Entry>(&v)
+                        .map_err(|e| StorageIOError::read_logs(&e))?
+                        .log_id,
+                )
+            }
+            _ => last_purged,
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -219,6 +282,94 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.put_meta("last_purged", &Some(log_id))?;
-        self.remove_range(..=key(log_id.index))
+        self.first_kept
+            .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::AcqRel);
+        let tx = self.purger.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let log = self.log.clone();
+            std::thread::Builder::new()
+                .name("log-purge".into())
+                .spawn(move || purger(log, rx))
+                .expect("spawn the log purger thread");
+            tx
+        });
+        if tx.send(log_id.index).is_err() {
+            // The purger is gone (shutting down): delete here.
+            self.remove_range(..=key(log_id.index))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use std::time::{Duration, Instant};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// Writes entries straight into the tree, as appends (or keys a crash left behind) would.
+    fn put(store: &LogStore, indexes: impl IntoIterator<Item = u64>) {
+        for i in indexes {
+            let e = Entry {
+                log_id: log_id(i),
+                payload: EntryPayload::Blank,
+            };
+            store.log.insert(key(i), codec::encode(&e)).unwrap();
+        }
+    }
+
+    async fn indexes(store: &mut LogStore) -> Vec<u64> {
+        let got = store.try_get_log_entries(0..=1000).await.unwrap();
+        got.iter().map(|e| e.log_id.index).collect()
+    }
+
+    fn wait_deleted(store: &LogStore, up_to: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.log.range(..=key(up_to)).next().is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "purger did not delete up to {up_to}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[tokio::test]
+    async fn purged_entries_are_never_read_and_are_deleted_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let mut store = LogStore::new(db.clone()).unwrap();
+        put(&store, 1..=100);
+
+        store.purge(log_id(60)).await.unwrap();
+        // At once, whether or not the keys are gone yet.
+        assert_eq!(indexes(&mut store).await, (61..=100).collect::<Vec<_>>());
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(60)));
+        assert_eq!(st.last_log_id, Some(log_id(100)));
+        wait_deleted(&store, 60);
+
+        // Keys below the purged id that a crash left behind: skipped after a restart too...
+        put(&store, 10..=20);
+        drop(store);
+        let mut store = LogStore::new(db.clone()).unwrap();
+        assert_eq!(indexes(&mut store).await, (61..=100).collect::<Vec<_>>());
+        assert_eq!(
+            store.try_get_log_entries(15..70).await.unwrap()[0].log_id,
+            log_id(61)
+        );
+
+        // ...and removed by the next purge. Purging everything leaves the purged id as the last.
+        store.purge(log_id(100)).await.unwrap();
+        assert!(indexes(&mut store).await.is_empty());
+        let st = store.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(100)));
+        assert_eq!(st.last_log_id, Some(log_id(100)));
+        wait_deleted(&store, 100);
+        assert_eq!(store.log.len(), 0);
     }
 }
