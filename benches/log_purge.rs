@@ -1,5 +1,5 @@
 //! How long appends wait while the log is purged, in one sled batch versus one key at a time
-//! (what `LogStore::purge` does now). `cargo run --release --example log_purge`
+//! (what `LogStore::purge` does now). `cargo bench --bench log_purge`
 //!
 //! Fills a sled log with 40 000 entries of 600 bytes, then, while a second thread appends one
 //! entry and flushes (fsync) in a loop as a node's log does, deletes the first 20 000 — the
