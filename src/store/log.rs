@@ -83,7 +83,17 @@ fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) 
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
+        let started = std::time::Instant::now();
         let res = db.flush();
+        let took = started.elapsed();
+        if took >= SLOW_FSYNC {
+            // Every commit of this node waited this long (etcd warns of a "slow fdatasync" too).
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                appends = waiting.len(),
+                "slow log fsync: the disk is saturated or shared with heavier writers"
+            );
+        }
         for cb in waiting.drain(..) {
             match &res {
                 Ok(_) => cb.log_io_completed(Ok(())),
@@ -92,6 +102,9 @@ fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) 
         }
     }
 }
+
+/// A log fsync this slow is worth a warning: it holds up every commit of the node.
+const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()

@@ -232,6 +232,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // Serialized on a blocking thread: a large state takes long enough to stall a runtime
         // worker (and with it Raft heartbeats) otherwise.
         let shared = self.shared.clone();
+        let started = std::time::Instant::now();
         let (data, meta) = off_runtime(self.blocking, move || {
             let a = shared.read();
             let id = match a.last_applied {
@@ -246,6 +247,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (a.state.to_bytes(), meta)
         })
         .await?;
+        // Applies wait for this part (the state's read lock); the file write below does not.
+        let serialize_ms = started.elapsed().as_millis() as u64;
         let data = std::sync::Arc::new(data);
         let (path, m, d) = (self.path.clone(), meta.clone(), data.clone());
         off_runtime(self.blocking, move || {
@@ -254,7 +257,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         .await?
         .map_err(write_err)?;
         let data = std::sync::Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.len(),
+            serialize_ms,
+            write_ms = started.elapsed().as_millis() as u64 - serialize_ms,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
