@@ -45,13 +45,19 @@ async fn all_in(cluster: &Cluster, state: pb::TaskState) -> Vec<pb::Task> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renewals_reported_are_renewals_committed() {
+/// A fresh cluster after a short bench run of `shape` that met no error.
+async fn after_a_run_of(shape: Shape) -> (Cluster, bench::BenchReport) {
     let cluster = Cluster::start(3).await;
-    let report = bench::run(config(&cluster, Shape::Renew))
+    let report = bench::run(config(&cluster, shape))
         .await
         .expect("bench runs");
     assert_eq!(report.errors, 0, "{report:?}");
+    (cluster, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_reported_are_renewals_committed() {
+    let (cluster, report) = after_a_run_of(Shape::Renew).await;
     assert_eq!(report.per_message, 6);
     assert!(report.ops > 0, "no renewal committed: {report:?}");
     // Each client renews its 6 leases in one message and every one of them is alive.
@@ -73,11 +79,7 @@ async fn renewals_reported_are_renewals_committed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycles_reported_are_tasks_succeeded() {
-    let cluster = Cluster::start(3).await;
-    let report = bench::run(config(&cluster, Shape::Lifecycle))
-        .await
-        .expect("bench runs");
-    assert_eq!(report.errors, 0, "{report:?}");
+    let (cluster, report) = after_a_run_of(Shape::Lifecycle).await;
     assert!(report.ops > 0, "no lifecycle finished: {report:?}");
     let done = all_in(&cluster, pb::TaskState::Succeeded).await;
     assert_eq!(done.len() as u64, report.ops, "{report:?}");

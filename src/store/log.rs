@@ -103,6 +103,23 @@ fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) 
     }
 }
 
+/// The sender of the thread kept in `cell`, which is started (as `run` on its receiver) on first
+/// use; the thread ends once the last sender is dropped.
+fn helper_thread<'a, T: Send + 'static>(
+    cell: &'a std::sync::OnceLock<std::sync::mpsc::Sender<T>>,
+    name: &str,
+    run: impl FnOnce(std::sync::mpsc::Receiver<T>) + Send + 'static,
+) -> &'a std::sync::mpsc::Sender<T> {
+    cell.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(rx))
+            .unwrap_or_else(|e| panic!("cannot start the {name} thread: {e}"));
+        tx
+    })
+}
+
 /// A log fsync this slow is worth a warning: it holds up every commit of the node.
 const SLOW_FSYNC: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -272,15 +289,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // Durable before openraft hears of it: the flusher completes the callback after an
         // fsync that started after this write.
-        let tx = self.flusher.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let db = self.db.clone();
-            std::thread::Builder::new()
-                .name("log-flush".into())
-                .spawn(move || flusher(db, rx))
-                .expect("spawn the log flusher thread");
-            tx
-        });
+        let db = self.db.clone();
+        let tx = helper_thread(&self.flusher, "log-flush", move |rx| flusher(db, rx));
         if let Err(e) = tx.send(callback) {
             // The flusher is gone (shutting down): flush here.
             self.flush().await?;
@@ -297,15 +307,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta("last_purged", &Some(log_id))?;
         self.first_kept
             .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::AcqRel);
-        let tx = self.purger.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let log = self.log.clone();
-            std::thread::Builder::new()
-                .name("log-purge".into())
-                .spawn(move || purger(log, rx))
-                .expect("spawn the log purger thread");
-            tx
-        });
+        let log = self.log.clone();
+        let tx = helper_thread(&self.purger, "log-purge", move |rx| purger(log, rx));
         if tx.send(log_id.index).is_err() {
             // The purger is gone (shutting down): delete here.
             self.remove_range(..=key(log_id.index))?;
