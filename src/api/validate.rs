@@ -88,11 +88,11 @@ pub fn bytes(what: &str, len: usize, max: usize) -> Result<(), Status> {
     }
 }
 
-/// The event kinds a watch asks for: known kinds only, UNSPECIFIED refused (an empty list means
-/// every kind).
+/// The event kinds a watch asks for, each once: known kinds only, UNSPECIFIED refused (an empty
+/// list means every kind). Deduplicated, so an event is checked against eight kinds at most.
 pub fn event_kinds(kinds: &[i32]) -> Result<Vec<crate::proto::v1::EventKind>, Status> {
     use crate::proto::v1::EventKind;
-    kinds
+    let mut out = kinds
         .iter()
         .map(|&k| match EventKind::try_from(k) {
             Ok(EventKind::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
@@ -103,5 +103,8 @@ pub fn event_kinds(kinds: &[i32]) -> Result<Vec<crate::proto::v1::EventKind>, St
             ))),
             Ok(kind) => Ok(kind),
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
