@@ -35,9 +35,9 @@ pub struct LogStore {
     flusher: std::sync::Arc<std::sync::OnceLock<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
     /// The purger thread (started on first purge), told the index to delete up to.
     purger: std::sync::Arc<std::sync::OnceLock<std::sync::mpsc::Sender<u64>>>,
-    /// The last purged index + 1 (0 = nothing purged): reads skip every entry below it, whether
-    /// or not the purger has deleted it yet.
-    first_kept: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The last purged id (kept in `meta` too): reads skip every entry at or below it, whether or
+    /// not the purger has deleted it yet.
+    purged: std::sync::Arc<parking_lot::Mutex<Option<LogId>>>,
 }
 
 /// Deletes the log keys up to each index it is sent, one key at a time (see the module docs).
@@ -141,13 +141,9 @@ impl LogStore {
             meta,
             flusher: Default::default(),
             purger: Default::default(),
-            first_kept: Default::default(),
+            purged: Default::default(),
         };
-        if let Some(p) = store.get_meta::<Option<LogId>>("last_purged")?.flatten() {
-            store
-                .first_kept
-                .store(p.index + 1, std::sync::atomic::Ordering::Release);
-        }
+        *store.purged.lock() = store.get_meta::<Option<LogId>>("last_purged")?.flatten();
         Ok(store)
     }
 
@@ -182,6 +178,11 @@ impl LogStore {
         Ok(())
     }
 
+    /// The first index that is not purged.
+    fn first_kept(&self) -> u64 {
+        self.purged.lock().map_or(0, |p| p.index + 1)
+    }
+
     /// Bytes the database takes on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -193,22 +194,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        // Entries below the first kept index are purged, deleted by the purger or not yet.
+        let first_kept = self.first_kept();
         let start = match range.start_bound() {
-            Bound::Included(x) => Bound::Included(key(*x)),
-            Bound::Excluded(x) => Bound::Excluded(key(*x)),
-            Bound::Unbounded => Bound::Unbounded,
+            Bound::Included(x) if *x >= first_kept => Bound::Included(key(*x)),
+            Bound::Excluded(x) if *x >= first_kept => Bound::Excluded(key(*x)),
+            _ => Bound::Included(key(first_kept)),
         };
         let end = match range.end_bound() {
             Bound::Included(x) => Bound::Included(key(*x)),
             Bound::Excluded(x) => Bound::Excluded(key(*x)),
             Bound::Unbounded => Bound::Unbounded,
-        };
-        let first_kept = self.first_kept.load(std::sync::atomic::Ordering::Acquire);
-        let start = match start {
-            Bound::Included(k) if u64::from_be_bytes(k) >= first_kept => Bound::Included(k),
-            Bound::Excluded(k) if u64::from_be_bytes(k) >= first_kept => Bound::Excluded(k),
-            // Entries below `first_kept` are purged, deleted or not yet.
-            _ => Bound::Included(key(first_kept)),
         };
         let mut out = Vec::new();
         for kv in self.log.range::<[u8; 8], _>((start, end)) {
@@ -224,16 +220,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta::<Option<LogId>>("last_purged")?.flatten();
+        let last_purged = *self.purged.lock();
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
             // The last key may be one the purger has not deleted yet.
-            Some((k, v)) if last_purged.map_or(true, |p| k.as_ref() > key(p.index).as_slice()) => {
-                Some(
-                    codec::decode::<Entry>(&v)
-                        .map_err(|e| StorageIOError::read_logs(&e))?
-                        .log_id,
-                )
-            }
+            Some((k, v)) if k.as_ref() >= key(self.first_kept()).as_slice() => Some(
+                codec::decode::<Entry>(&v)
+                    .map_err(|e| StorageIOError::read_logs(&e))?
+                    .log_id,
+            ),
             _ => last_purged,
         };
         Ok(LogState {
@@ -305,8 +299,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.put_meta("last_purged", &Some(log_id))?;
-        self.first_kept
-            .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::AcqRel);
+        *self.purged.lock() = Some(log_id);
         let log = self.log.clone();
         let tx = helper_thread(&self.purger, "log-purge", move |rx| purger(log, rx));
         if tx.send(log_id.index).is_err() {
