@@ -54,6 +54,13 @@ pub struct BenchConfig {
     pub leader_only: bool,
 }
 
+impl BenchConfig {
+    /// `per_message`, at least one.
+    fn leases_per_message(&self) -> usize {
+        self.per_message.max(1)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Latency {
     pub p50_ms: f64,
@@ -150,7 +157,7 @@ impl Shared {
         BenchReport {
             shape: cfg.shape,
             clients: cfg.clients,
-            per_message: cfg.per_message.max(1),
+            per_message: cfg.leases_per_message(),
             seconds,
             ops,
             ops_per_s: ops as f64 / seconds,
@@ -266,7 +273,7 @@ pub async fn run(
         let sent_at = sent_at.clone();
         let pacer = pacer.clone();
         let shape = cfg.shape;
-        let per_message = cfg.per_message.max(1);
+        let per_message = cfg.leases_per_message();
         loops.push(tokio::spawn(async move {
             match shape {
                 Shape::Submit => submit_loop(c, i, &tag, &shared).await,
@@ -400,14 +407,12 @@ async fn renew_loop(c: Client, tokens: Vec<u64>, per_message: usize, shared: &Sh
     let mut answers = resp.into_inner();
     let (mut seq, mut next) = (0u64, 0usize);
     while !shared.stop.load(Ordering::Relaxed) {
-        let round = next_round(&tokens, &mut next, per_message);
+        let lease_tokens = next_round(&tokens, &mut next, per_message);
+        let sent = lease_tokens.len() as u64;
         seq += 1;
         let t = Instant::now();
         if tx
-            .send(pb::HeartbeatRequest {
-                seq,
-                lease_tokens: round.clone(),
-            })
+            .send(pb::HeartbeatRequest { seq, lease_tokens })
             .await
             .is_err()
         {
@@ -425,10 +430,9 @@ async fn renew_loop(c: Client, tokens: Vec<u64>, per_message: usize, shared: &Sh
                     lat.push(micros(t.elapsed()));
                 }
                 shared.ops.fetch_add(alive, Ordering::Relaxed);
-                shared.errors.fetch_add(
-                    round.len() as u64 - alive.min(round.len() as u64),
-                    Ordering::Relaxed,
-                );
+                shared
+                    .errors
+                    .fetch_add(sent.saturating_sub(alive), Ordering::Relaxed);
             }
             _ => {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -614,7 +618,7 @@ pub mod etcd {
             let tag = tag.clone();
             let mine = share(&leases, i, per);
             let shape = cfg.shape;
-            let per_message = cfg.per_message.max(1);
+            let per_message = cfg.leases_per_message();
             loops.push(tokio::spawn(async move {
                 match shape {
                     Shape::Submit => submit_loop(ch, i, &tag, &shared).await,
@@ -659,10 +663,10 @@ pub mod etcd {
         tonic::Streaming<crate::proto::etcd::LeaseKeepAliveResponse>,
     );
 
-    /// Opens a keep-alive stream with `first` already queued: etcd answers the call's headers
-    /// only once it has a request to process.
+    /// Opens a keep-alive stream with `first` already queued (etcd answers the call's headers
+    /// only once it has a request to process) and room for `depth` requests in flight (≥ 1).
     async fn open_keepalive(ch: Channel, first: i64, depth: usize) -> Result<KeepAlive, BoxError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(depth.max(1));
+        let (tx, rx) = tokio::sync::mpsc::channel(depth);
         tx.send(LeaseKeepAliveRequest { id: first }).await?;
         let resp = LeaseClient::new(ch)
             .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
