@@ -89,9 +89,12 @@ struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     leases: usize,
     /// `renew`: leases renewed per message, from each client's share (a worker renewing all
-    /// its tasks at once). With --etcd, that many keep-alives are sent back to back per round.
-    #[arg(long, default_value_t = 1)]
-    per_message: usize,
+    /// its tasks at once), 1 to 10 000 (the server's limit per Heartbeat message). With --etcd,
+    /// that many keep-alives are sent back to back per round.
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u64)
+              .range(1..=crate::api::validate::MAX_TOKENS_PER_HEARTBEAT as u64))]
+    per_message: u64,
     /// Watch streams for `watch`.
     #[arg(long, default_value_t = 16)]
     watchers: usize,
@@ -298,7 +301,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 conns: a.conns,
                 duration: std::time::Duration::from_secs(a.duration_s),
                 leases: a.leases,
-                per_message: a.per_message,
+                per_message: a.per_message as usize,
                 watchers: a.watchers,
                 watch_every_kind: a.watch_every_kind,
                 rate: a.rate,
