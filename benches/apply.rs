@@ -31,6 +31,7 @@ fn claim(task_id: Option<String>) -> Command {
         lease_ttl_ms: None,
         task_id,
         claim_id: String::new(),
+        secret: 1,
     }
 }
 

@@ -218,7 +218,8 @@ pub async fn run(
     let tag = format!("{:08x}", rand::random::<u32>());
     let shared = Shared::new();
     // Prepared state for `renew`: leases claimed up front.
-    let mut tokens: Vec<u64> = Vec::new();
+    // Leases as (token, secret).
+    let mut tokens: Vec<(u64, u128)> = Vec::new();
     if cfg.shape == Shape::Renew {
         tokens = prepare_leases(&conns, &tag, cfg.leases.max(cfg.clients)).await?;
     }
@@ -312,7 +313,7 @@ async fn prepare_leases(
     conns: &[Client],
     tag: &str,
     n: usize,
-) -> Result<Vec<u64>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Vec<(u64, u128)>, Box<dyn std::error::Error + Send + Sync>> {
     let queue = format!("bench-{tag}");
     let mut set = tokio::task::JoinSet::new();
     let par = 64.min(n.max(1));
@@ -339,7 +340,12 @@ async fn prepare_leases(
                         ..Default::default()
                     })
                     .await?;
-                out.push(r.lease.map(|l| l.token).unwrap_or_default());
+                let secret = r
+                    .lease_secret
+                    .as_slice()
+                    .try_into()
+                    .map_or(0, u128::from_be_bytes);
+                out.push((r.lease.map(|l| l.token).unwrap_or_default(), secret));
                 i += par;
             }
             Ok::<_, tonic::Status>(out)
@@ -390,7 +396,12 @@ fn next_round<T: Copy>(all: &[T], next: &mut usize, n: usize) -> Vec<T> {
 
 /// One Heartbeat stream; `per_message` leases per message, each answer awaited. One latency
 /// sample per message.
-async fn renew_loop(c: Client, tokens: Vec<u64>, per_message: usize, shared: &Shared) -> Vec<u32> {
+async fn renew_loop(
+    c: Client,
+    tokens: Vec<(u64, u128)>,
+    per_message: usize,
+    shared: &Shared,
+) -> Vec<u32> {
     let mut lat = Vec::new();
     if tokens.is_empty() {
         return lat;
@@ -407,12 +418,20 @@ async fn renew_loop(c: Client, tokens: Vec<u64>, per_message: usize, shared: &Sh
     let mut answers = resp.into_inner();
     let (mut seq, mut next) = (0u64, 0usize);
     while !shared.stop.load(Ordering::Relaxed) {
-        let lease_tokens = next_round(&tokens, &mut next, per_message);
+        let (lease_tokens, lease_secrets): (Vec<u64>, Vec<Vec<u8>>) =
+            next_round(&tokens, &mut next, per_message)
+                .into_iter()
+                .map(|(t, s)| (t, s.to_be_bytes().to_vec()))
+                .unzip();
         let sent = lease_tokens.len() as u64;
         seq += 1;
         let t = Instant::now();
         if tx
-            .send(pb::HeartbeatRequest { seq, lease_tokens })
+            .send(pb::HeartbeatRequest {
+                seq,
+                lease_tokens,
+                lease_secrets,
+            })
             .await
             .is_err()
         {
@@ -478,7 +497,7 @@ async fn lifecycle_loop(
                 .await?;
             let token = claim.lease.map(|l| l.token).unwrap_or_default();
             for _ in 0..3 {
-                c.renew(token).await?;
+                c.renew(token, &claim.lease_secret).await?;
             }
             if let Some(m) = sent_at {
                 m.lock().expect("lock").insert(id.clone(), Instant::now());
@@ -490,6 +509,7 @@ async fn lifecycle_loop(
                 exit_code: 0,
                 result: b"ok".to_vec(),
                 error: String::new(),
+                lease_secret: claim.lease_secret.clone(),
             })
             .await?;
             Ok(())

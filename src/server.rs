@@ -6,7 +6,9 @@
 //! let mut config = NodeConfig::default();
 //! config.id = 1;
 //! config.listen = "127.0.0.1:7001".into();
-//! config.initial_cluster = [(1, "127.0.0.1:7001".to_string())].into();
+//! config.peer_listen = "127.0.0.1:7101".into();
+//! config.cluster_secret = Some(leasekeeper::node::ClusterSecret::new("a secret of 16+ bytes"));
+//! config.initial_cluster = [(1, "127.0.0.1:7101".to_string())].into();
 //! let server = Server::start(config).await?;
 //! let client = leasekeeper::client::Client::new([server.addr().to_string()])?;
 //! // ... use the client ...
@@ -23,32 +25,50 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Server {
     node: Arc<Node>,
     addr: SocketAddr,
-    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer_addr: SocketAddr,
+    serving: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl Server {
-    /// Binds `config.listen`, opens storage under `config.data_dir`, starts Raft and serves.
+    /// Binds `config.listen` (clients) and `config.peer_listen` (members), opens storage under
+    /// `config.data_dir`, starts Raft and serves.
     pub async fn start(config: NodeConfig) -> Result<Server, BoxError> {
-        let listener = tokio::net::TcpListener::bind(&config.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        Self::start_on(config, listener).await
+        let bind = |addr: String, what: &'static str| async move {
+            tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+        };
+        let client = bind(config.listen.clone(), "client port").await?;
+        let peer = bind(config.peer_listen.clone(), "peer port").await?;
+        Self::start_on(config, client, peer).await
     }
 
-    /// Like [`Server::start`] on an already bound listener (e.g. port 0 in tests).
+    /// Like [`Server::start`] on already bound listeners (e.g. port 0 in tests): `client` for
+    /// the public API, `peer` for members.
     pub async fn start_on(
         config: NodeConfig,
-        listener: tokio::net::TcpListener,
+        client: tokio::net::TcpListener,
+        peer: tokio::net::TcpListener,
     ) -> Result<Server, BoxError> {
-        let addr = listener.local_addr()?;
+        let addr = client.local_addr()?;
+        let peer_addr = peer.local_addr()?;
         let node = Node::start(config).await?;
-        let serving = tokio::spawn(crate::api::serve(node.clone(), listener));
-        tracing::info!(id = node.id, %addr, "serving");
+        let serving = vec![
+            tokio::spawn(crate::api::serve_peer(node.clone(), peer)),
+            tokio::spawn(crate::api::serve(node.clone(), client)),
+        ];
+        tracing::info!(id = node.id, %addr, %peer_addr, "serving clients and peers");
         Ok(Server {
             node,
             addr,
+            peer_addr,
             serving,
         })
+    }
+
+    /// The address of the peer port.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -63,13 +83,14 @@ impl Server {
     pub async fn shutdown(self) {
         self.node.shutdown().await;
         // Open streams (watches, heartbeats) would hold a graceful stop forever.
-        let mut serving = self.serving;
-        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut serving)
-            .await
-            .is_err()
-        {
-            serving.abort();
-            let _ = serving.await;
+        for mut serving in self.serving {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut serving)
+                .await
+                .is_err()
+            {
+                serving.abort();
+                let _ = serving.await;
+            }
         }
     }
 }

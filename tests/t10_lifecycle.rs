@@ -48,14 +48,20 @@ async fn submit_claim_renew_progress_complete_seen_by_a_watcher() {
         claim.renew_interval_ms
     );
 
-    let renewed = worker.renew(lease.token).await.unwrap();
+    let secret = claim.lease_secret.clone();
+    assert_eq!(
+        secret.len(),
+        16,
+        "the claim hands its caller the lease secret"
+    );
+    let renewed = worker.renew(lease.token, &secret).await.unwrap();
     assert_eq!(renewed.lease.unwrap().renewals, 1);
     worker
-        .progress(lease.token, b"half".to_vec())
+        .progress(lease.token, &secret, b"half".to_vec())
         .await
         .unwrap();
     let done = worker
-        .complete(success("job-1", lease.token))
+        .complete(success("job-1", lease.token, &secret))
         .await
         .unwrap();
     let task = done.task.unwrap();
@@ -63,7 +69,7 @@ async fn submit_claim_renew_progress_complete_seen_by_a_watcher() {
     assert!(!done.late);
     // Repeating the report gets the same answer.
     let again = worker
-        .complete(success("job-1", lease.token))
+        .complete(success("job-1", lease.token, &secret))
         .await
         .unwrap();
     assert_eq!(again.task.unwrap().updated_rev, task.updated_rev);
@@ -158,7 +164,7 @@ async fn finished_tasks_are_forgotten_after_retention() {
         })
         .await
         .unwrap();
-    c.complete(success("done", r.lease.unwrap().token))
+    c.complete(success("done", r.lease.unwrap().token, &r.lease_secret))
         .await
         .unwrap();
     let running = c
@@ -167,10 +173,8 @@ async fn finished_tasks_are_forgotten_after_retention() {
             ..claim_req("ret", "w")
         })
         .await
-        .unwrap()
-        .lease
-        .unwrap()
-        .token;
+        .unwrap();
+    let (running, running_secret) = (running.lease.unwrap().token, running.lease_secret);
     // Still there right after it finished.
     assert_eq!(
         c.get("done").await.unwrap().state,
@@ -180,7 +184,7 @@ async fn finished_tasks_are_forgotten_after_retention() {
         Duration::from_secs(10),
         "the finished task to be forgotten",
         || async {
-            c.renew(running).await.unwrap();
+            c.renew(running, &running_secret).await.unwrap();
             match c.get("done").await {
                 Err(e) if e.code() == tonic::Code::NotFound => Some(()),
                 _ => None,

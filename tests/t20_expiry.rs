@@ -15,6 +15,7 @@ async fn a_silent_worker_is_expired_by_majority_vote_and_the_task_retried() {
     c.submit(submit_req("silent", "q", TTL_MS)).await.unwrap();
     let claim = c.claim(claim_req("q", "w-silent")).await.unwrap();
     let token = claim.lease.unwrap().token;
+    let secret = claim.lease_secret;
     let claimed_at = Instant::now();
 
     // Never renewed: the task must come back as PENDING for its next attempt.
@@ -45,7 +46,7 @@ async fn a_silent_worker_is_expired_by_majority_vote_and_the_task_retried() {
     assert_eq!(task.attempt, 1);
 
     // The old worker learns why at its next renewal.
-    let err = c.renew(token).await.unwrap_err();
+    let err = c.renew(token, &secret).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("expired"), "{}", err.message());
 
@@ -74,11 +75,13 @@ async fn a_worker_renewing_on_time_is_never_expired() {
             .unwrap();
     }
     let mut tokens = Vec::new();
+    let mut secrets = Vec::new();
     let mut interval = 0;
     for _ in 0..5 {
         let r = c.claim(claim_req("q", "w-busy")).await.unwrap();
         interval = r.renew_interval_ms;
         tokens.push(r.lease.unwrap().token);
+        secrets.push(r.lease_secret);
     }
     // One heartbeat stream renews all five leases, at the advised interval, for 5 TTLs.
     let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -95,6 +98,7 @@ async fn a_worker_renewing_on_time_is_never_expired() {
         tx.send(pb::HeartbeatRequest {
             seq,
             lease_tokens: tokens.clone(),
+            lease_secrets: secrets.clone(),
         })
         .await
         .unwrap();

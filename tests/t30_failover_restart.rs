@@ -38,7 +38,7 @@ async fn leader_kill_and_full_restart_lose_nothing_acknowledged() {
     for _ in 0..10 {
         let r = c.claim(claim_req("q", "w")).await.unwrap();
         let t = r.task.unwrap();
-        c.complete(success(&t.id, r.lease.unwrap().token))
+        c.complete(success(&t.id, r.lease.unwrap().token, &r.lease_secret))
             .await
             .unwrap();
     }
@@ -46,18 +46,15 @@ async fn leader_kill_and_full_restart_lose_nothing_acknowledged() {
 
     // A running task whose worker keeps renewing across the failover.
     c.submit(submit_req("long", "long", 3000)).await.unwrap();
-    let long = c
-        .claim(claim_req("long", "w-long"))
-        .await
-        .unwrap()
-        .lease
-        .unwrap()
-        .token;
+    let long = c.claim(claim_req("long", "w-long")).await.unwrap();
+    let (long, secret) = (long.lease.unwrap().token, long.lease_secret);
 
     p.kill(leader);
     let started = std::time::Instant::now();
     // The client carries on: these go through whichever node answers.
-    c.renew(long).await.expect("renewal across the failover");
+    c.renew(long, &secret)
+        .await
+        .expect("renewal across the failover");
     let new_leader = p.wait_leader(Duration::from_secs(15)).await;
     assert_ne!(new_leader, leader);
     eprintln!("failover: new leader after {:?}", started.elapsed());
@@ -66,7 +63,7 @@ async fn leader_kill_and_full_restart_lose_nothing_acknowledged() {
         c.submit(submit_req(&id, "q", 3000)).await.unwrap();
         ids.push(id);
     }
-    c.renew(long).await.unwrap();
+    c.renew(long, &secret).await.unwrap();
     assert_eq!(
         snapshot_of(&c, &ids[..30]).await,
         before,
@@ -117,9 +114,9 @@ async fn leader_kill_and_full_restart_lose_nothing_acknowledged() {
         "a full restart keeps state and revisions"
     );
     // A lease alive at the restart is heard anew: it is not expired by the downtime.
-    c.renew(long)
+    c.renew(long, &secret)
         .await
         .expect("the lease survives a full restart");
-    let r = c.complete(success("long", long)).await.unwrap();
+    let r = c.complete(success("long", long, &secret)).await.unwrap();
     assert_eq!(r.task.unwrap().state, pb::TaskState::Succeeded as i32);
 }

@@ -63,11 +63,11 @@ async fn bad_requests_get_actionable_statuses() {
     }
     let e = c.get("missing").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e = c.renew(0).await.unwrap_err();
+    let e = c.renew(0, &[]).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = c.renew(999_999).await.unwrap_err();
+    let e = c.renew(999_999, &[]).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let e = c.complete(success("kept", 12345)).await.unwrap_err();
+    let e = c.complete(success("kept", 12345, &[])).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
     let e = c
         .list(pb::ListTasksRequest {

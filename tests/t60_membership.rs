@@ -28,16 +28,31 @@ async fn add_then_remove_a_voter() {
 
     // A fresh node with no initial cluster: it waits to be added.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr4 = listener.local_addr().unwrap().to_string();
+    let peer4 = peer_listener.local_addr().unwrap().to_string();
     let mut c4 = NodeConfig::for_tests(4, cluster.dir.path().join("node-4"));
     c4.listen = addr4.clone();
-    let s4 = Server::start_on(c4, listener).await.expect("node 4 starts");
+    c4.peer_listen = peer4.clone();
+    let s4 = Server::start_on(c4, listener, peer_listener)
+        .await
+        .expect("node 4 starts");
 
     // Bad requests are refused with actionable messages and change nothing.
-    let e = client.add_node(0, &addr4, false).await.unwrap_err();
+    let e = client.add_node(0, &peer4, false).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
-    let e = client.add_node(4, "", false).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // Addresses no node could dial never enter the membership (every later leader would dial
+    // them): refused, naming the address, on the leader and on followers alike.
+    for bad in ["", "a b:1", "host", "10.0.0.9:0", "http://x:1"] {
+        for i in 0..3 {
+            let e = cluster
+                .client_of(i)
+                .add_node(9, bad, false)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
+        }
+    }
     let e = client.remove_node(9).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 
@@ -46,7 +61,7 @@ async fn add_then_remove_a_voter() {
     let follower = (leader + 1) % 3;
     let r = cluster
         .client_of(follower)
-        .add_node(4, &addr4, false)
+        .add_node(4, &peer4, false)
         .await
         .expect("add node 4");
     let st = r.status.expect("status");

@@ -178,7 +178,10 @@ async fn a_watch_for_outcomes_gets_only_outcomes_and_resumes_with_them() {
                 .await
                 .expect("claim");
             let token = claim.lease.expect("lease").token;
-            client.complete(success(id, token)).await.expect("complete");
+            client
+                .complete(success(id, token, &claim.lease_secret))
+                .await
+                .expect("complete");
         }
     };
     run("a").await;

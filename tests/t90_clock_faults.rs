@@ -87,12 +87,10 @@ async fn renewing_and_silent(
             })
             .await
             .unwrap()
-            .lease
-            .unwrap()
-            .token
         }
     };
     let live = claim("live").await;
+    let (live, live_secret) = (live.lease.unwrap().token, live.lease_secret);
     let _dead = claim("dead").await;
     let started = Instant::now();
     let mut dead_expired_after = None;
@@ -105,7 +103,7 @@ async fn renewing_and_silent(
             }
         }
         // Renew on time: a third of the TTL, as the SDK does.
-        match c.renew(live).await {
+        match c.renew(live, &live_secret).await {
             Ok(_) => live_renewals += 1,
             Err(e) if e.code() == tonic::Code::FailedPrecondition => {
                 panic!(

@@ -61,6 +61,7 @@ async fn chaos_under_leader_kills_partitions_and_a_bad_clock() {
     let mut p = match &net {
         Some(n) => Procs::start_at(
             (0..3).map(|i| n.addr(i, 7001)).collect(),
+            (0..3).map(|i| n.addr(i, 7101)).collect(),
             Some(n.namespaces.clone()),
             &[],
             envs,

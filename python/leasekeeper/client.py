@@ -13,6 +13,9 @@ import grpc
 from .v1 import leasekeeper_pb2 as pb
 from .v1 import leasekeeper_pb2_grpc as rpc
 
+# The largest answer accepted: the server's own limit (twice the largest legal task).
+MAX_ANSWER_BYTES = 16 << 20
+
 #: Codes after which another node (or the same one a little later) may answer differently.
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -41,7 +44,9 @@ class Client:
         self.endpoints = list(endpoints)
         self.retry_for = retry_for
         self.attempt_timeout = attempt_timeout
-        self._channels = [grpc.insecure_channel(e) for e in self.endpoints]
+        # Answers up to 16 MiB: any answer a legal task can produce (the server's limit too).
+        options = [("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
+        self._channels = [grpc.insecure_channel(e, options=options) for e in self.endpoints]
         # [index of the node in use], shared with the clients `derive` makes.
         self._current = [random.randrange(len(self._channels))]
         self._lock = threading.Lock()
@@ -191,17 +196,20 @@ class Client:
         )
         return self._call("Worker", "ClaimTask", req, wait=wait_ms / 1000.0)
 
-    def renew(self, lease_token: int) -> pb.RenewLeaseResponse:
-        return self._call("Worker", "RenewLease", pb.RenewLeaseRequest(lease_token=lease_token))
+    def renew(self, lease_token: int, lease_secret: bytes) -> pb.RenewLeaseResponse:
+        """Renews a lease, proving it with the `lease_secret` its claim returned."""
+        req = pb.RenewLeaseRequest(lease_token=lease_token, lease_secret=lease_secret)
+        return self._call("Worker", "RenewLease", req)
 
-    def progress(self, lease_token: int, progress: bytes) -> pb.ReportProgressResponse:
-        req = pb.ReportProgressRequest(lease_token=lease_token, progress=progress)
+    def progress(self, lease_token: int, lease_secret: bytes, progress: bytes) -> pb.ReportProgressResponse:
+        req = pb.ReportProgressRequest(lease_token=lease_token, lease_secret=lease_secret, progress=progress)
         return self._call("Worker", "ReportProgress", req)
 
     def complete(
         self,
         task_id: str,
         lease_token: int,
+        lease_secret: bytes,
         success: bool,
         exit_code: int = 0,
         result: bytes = b"",
@@ -210,6 +218,7 @@ class Client:
         req = pb.CompleteTaskRequest(
             task_id=task_id,
             lease_token=lease_token,
+            lease_secret=lease_secret,
             success=success,
             exit_code=exit_code,
             result=result,
@@ -217,8 +226,9 @@ class Client:
         )
         return self._call("Worker", "CompleteTask", req)
 
-    def release(self, lease_token: int, reason: str = "") -> pb.ReleaseTaskResponse:
-        return self._call("Worker", "ReleaseTask", pb.ReleaseTaskRequest(lease_token=lease_token, reason=reason))
+    def release(self, lease_token: int, lease_secret: bytes, reason: str = "") -> pb.ReleaseTaskResponse:
+        req = pb.ReleaseTaskRequest(lease_token=lease_token, lease_secret=lease_secret, reason=reason)
+        return self._call("Worker", "ReleaseTask", req)
 
     # ------------------------------------------------------------------ admin
 

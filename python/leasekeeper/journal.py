@@ -2,9 +2,12 @@
 
 A report is appended and fsynced *before* it is sent, and marked acknowledged once the cluster
 committed it; on start every unacknowledged report is sent again (reports are idempotent).
-Format: one record per line, `<crc32 hex> <json>`; a torn or corrupt tail (a crash mid-append)
-ends the journal there and is cut off on open. When nothing is left unacknowledged the file is
-truncated. One process per journal (an exclusive flock on `LOCK`).
+Format: one record per line, `<crc32 hex> <json>`; a torn last record (a crash mid-append) is
+cut off on open. A damaged record with records after it is not a crash's doing: the journal is
+refused (`JournalCorrupt`, with the path and offset) rather than dropping every report after
+it. A write that fails is cut back, so later appends never follow a torn record. When nothing
+is left unacknowledged the file is truncated. One process per journal (an exclusive flock on
+`LOCK`).
 """
 from __future__ import annotations
 
@@ -48,10 +51,24 @@ class Report:
     task_id: str
     lease_token: int
     outcome: Outcome
+    # The lease's secret, so that a replayed report still proves itself (b"" in journals
+    # written before lease secrets).
+    lease_secret: bytes = b""
 
 
 class JournalLocked(Exception):
     pass
+
+
+class JournalCorrupt(Exception):
+    def __init__(self, path: str, offset: int):
+        super().__init__(
+            f"journal {path} is damaged at byte {offset} with records after it (not a crash's "
+            "torn tail): move it aside to start without its reports, or repair it; nothing "
+            "after it was dropped"
+        )
+        self.path = path
+        self.offset = offset
 
 
 def _encode(rec: dict) -> bytes:
@@ -82,6 +99,7 @@ def _to_record(r: Report) -> dict:
         "exit_code": o.exit_code,
         "error": o.error,
         "reason": o.reason,
+        "secret": base64.b64encode(r.lease_secret).decode(),
     }
 
 
@@ -93,7 +111,7 @@ def _from_record(d: dict) -> Report:
         error=d["error"],
         reason=d["reason"],
     )
-    return Report(d["task_id"], d["token"], o)
+    return Report(d["task_id"], d["token"], o, base64.b64decode(d.get("secret", "")))
 
 
 class Journal:
@@ -115,9 +133,14 @@ class Journal:
         data = self._f.read()
         self._pending: Dict[int, Report] = {}
         good = 0
-        for line in data.splitlines(keepends=True):
+        lines = data.splitlines(keepends=True)
+        for i, line in enumerate(lines):
             rec = _decode(line)
             if rec is None:
+                if i + 1 < len(lines):
+                    self._f.close()
+                    self._lock.close()
+                    raise JournalCorrupt(self.path, good)
                 break
             if rec["type"] == "report":
                 self._pending.setdefault(rec["token"], _from_record(rec))
@@ -158,9 +181,19 @@ class Journal:
 
     def _write(self, rec: dict) -> None:
         self._f.seek(0, os.SEEK_END)
-        self._f.write(_encode(rec))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        end = self._f.tell()
+        try:
+            self._f.write(_encode(rec))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError:
+            # Cut back whatever reached the file: the next append must not follow a torn record.
+            try:
+                self._f.truncate(end)
+                os.fsync(self._f.fileno())
+            except OSError:
+                pass
+            raise
 
     def close(self) -> None:
         self._f.close()

@@ -46,6 +46,7 @@ def default_journal_dir(worker_id: str) -> str:
 
 @dataclass
 class _Tracked:
+    secret: bytes
     ttl: float
     interval: float
     confirmed_at: float
@@ -55,9 +56,13 @@ class _Tracked:
 
 
 class TaskContext:
-    def __init__(self, worker: "Worker", task: pb.Task, lease: pb.Lease, lost: threading.Event):
+    def __init__(
+        self, worker: "Worker", task: pb.Task, lease: pb.Lease, lease_secret: bytes, lost: threading.Event
+    ):
         self.task = task
         self.lease = lease
+        # What proves this worker holds the lease (from the claim's answer only).
+        self.lease_secret = lease_secret
         self.lost = lost
         self.stopping = worker._stopping
         self._worker = worker
@@ -75,7 +80,7 @@ class TaskContext:
         return self._worker._reason(self.lease.token)
 
     def progress(self, checkpoint: bytes) -> None:
-        self._worker.client.progress(self.lease.token, checkpoint)
+        self._worker.client.progress(self.lease.token, self.lease_secret, checkpoint)
 
 
 Handler = Callable[[TaskContext], Union[bytes, None, Outcome]]
@@ -169,7 +174,7 @@ class Worker:
         self._hb.start()
         for r in self.journal.pending():
             log.info("replaying an unacknowledged report task=%s token=%d", r.task_id, r.lease_token)
-            self._track(r.lease_token, ttl=1e9, interval=0.3, started_at=time.monotonic())
+            self._track(r.lease_token, r.lease_secret, ttl=1e9, interval=0.3, started_at=time.monotonic())
             self._leases[r.lease_token].reported = True
             self._deliver_async(r)
 
@@ -191,12 +196,12 @@ class Worker:
                 self._acked.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             return self.journal.pending_count()
 
-    def report(self, task_id: str, lease_token: int, outcome: Outcome) -> None:
+    def report(self, ctx: TaskContext, outcome: Outcome) -> None:
         """Journals `outcome` (fsync), then delivers it in the background."""
-        r = Report(task_id, lease_token, outcome)
+        r = Report(ctx.task.id, ctx.token, outcome, ctx.lease_secret)
         with self._lock:
             self.journal.append(r)
-            t = self._leases.get(lease_token)
+            t = self._leases.get(ctx.token)
             if t:
                 t.reported = True
         self._deliver_async(r)
@@ -224,9 +229,11 @@ class Worker:
         started_at = max(sent_at, now - r.lease_age_ms / 1000.0)
         with self._lock:
             self._contact_at = max(self._contact_at, now)
-        lost = self._track(r.lease.token, r.lease.ttl_ms / 1000.0, r.renew_interval_ms / 1000.0, started_at)
+        lost = self._track(
+            r.lease.token, r.lease_secret, r.lease.ttl_ms / 1000.0, r.renew_interval_ms / 1000.0, started_at
+        )
         log.info("claimed task=%s token=%d attempt=%d", r.task.id, r.lease.token, r.lease.attempt)
-        return TaskContext(self, r.task, r.lease, lost)
+        return TaskContext(self, r.task, r.lease, r.lease_secret, lost)
 
     def run(self, handler: Handler, install_signal_handlers: bool = True) -> int:
         """Runs `handler` on claimed tasks until stopped; returns the number of reports left
@@ -268,7 +275,7 @@ class Worker:
                     slots.release()
                     continue
                 if self._stop.is_set():
-                    self.report(ctx.task.id, ctx.token, Outcome.release("worker stopping before the task started"))
+                    self.report(ctx, Outcome.release("worker stopping before the task started"))
                     slots.release()
                     break
                 running.append(pool.submit(self._handle, handler, ctx, slots))
@@ -301,17 +308,19 @@ class Worker:
                 outcome = res if isinstance(res, Outcome) else Outcome.success(res or b"")
             except Exception as e:  # the task failed; the report says how
                 outcome = Outcome.failure(1, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-            self.report(ctx.task.id, ctx.token, outcome)
+            self.report(ctx, outcome)
         finally:
             slots.release()
 
-    def _track(self, token: int, ttl: float, interval: float, started_at: float) -> threading.Event:
+    def _track(self, token: int, secret: bytes, ttl: float, interval: float, started_at: float) -> threading.Event:
         """Starts renewing a lease whose TTL started no earlier than `started_at`; one whose
         answer was slow in coming is renewed at once."""
         lost = threading.Event()
         interval = max(interval, 0.01)
         with self._lock:
-            self._leases[token] = _Tracked(ttl=ttl, interval=interval, confirmed_at=started_at, lost=lost)
+            self._leases[token] = _Tracked(
+                secret=secret, ttl=ttl, interval=interval, confirmed_at=started_at, lost=lost
+            )
         if time.monotonic() - started_at > interval / 2:
             self._hb_wake.set()
         return lost
@@ -360,7 +369,9 @@ class Worker:
         while not self._hb_stop.is_set():
             self._lose_unconfirmed(time.monotonic())
             with self._lock:
-                tokens = [k for k, t in self._leases.items() if not t.lost.is_set()]
+                live = [(k, t.secret) for k, t in self._leases.items() if not t.lost.is_set()]
+                tokens = [k for k, _ in live]
+                secrets = [s for _, s in live]
                 interval = min((t.interval for t in self._leases.values()), default=0.5)
             if not tokens:
                 self._hb_stop.wait(0.05)
@@ -373,7 +384,8 @@ class Worker:
             # Silence for one renew interval (a third of the TTL; 0.2-1.5 s) means this node is
             # cut off: the renewal must still have the time to go through another node.
             answer = stream.exchange(
-                pb.HeartbeatRequest(seq=seq, lease_tokens=tokens), timeout=min(max(interval, 0.2), 1.5)
+                pb.HeartbeatRequest(seq=seq, lease_tokens=tokens, lease_secrets=secrets),
+                timeout=min(max(interval, 0.2), 1.5),
             )
             if answer is None:
                 stream.close()
@@ -413,11 +425,12 @@ class Worker:
     def _send(self, r: Report) -> None:
         o = r.outcome
         if o.kind == "release":
-            self.client.release(r.lease_token, o.reason)
+            self.client.release(r.lease_token, r.lease_secret, o.reason)
         else:
             self.client.complete(
                 r.task_id,
                 r.lease_token,
+                r.lease_secret,
                 success=o.kind == "success",
                 exit_code=o.exit_code,
                 result=o.result,

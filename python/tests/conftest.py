@@ -24,17 +24,19 @@ class Cluster:
     def __init__(self, tmp):
         self.tmp = tmp
         self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+        self.peer_addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         self.procs = [None, None, None]
         for i in range(3):
             self.start(i)
         self.wait_leader()
 
     def start(self, i: int) -> None:
-        members = ",".join(f"{j + 1}={a}" for j, a in enumerate(self.addrs))
+        members = ",".join(f"{j + 1}={a}" for j, a in enumerate(self.peer_addrs))
         log = open(os.path.join(self.tmp, f"node-{i + 1}.log"), "ab")
         self.procs[i] = subprocess.Popen(
             [
                 BIN, "server", "--id", str(i + 1), "--listen", self.addrs[i],
+                "--peer-listen", self.peer_addrs[i],
                 "--data-dir", os.path.join(self.tmp, f"node-{i + 1}"),
                 "--initial-cluster", members,
                 "--heartbeat-ms", "50", "--election-min-ms", "150", "--election-max-ms", "300",
@@ -42,7 +44,11 @@ class Cluster:
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
-            env={**os.environ, "LEASEKEEPER_LOG": "info,openraft=warn"},
+            env={
+                **os.environ,
+                "LEASEKEEPER_LOG": "info,openraft=warn",
+                "LEASEKEEPER_CLUSTER_SECRET": "leasekeeper-python-test-secret",
+            },
         )
 
     def kill(self, i: int) -> None:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from leasekeeper import Journal, Outcome, Report, Worker
-from leasekeeper.journal import JournalLocked
+from leasekeeper.journal import JournalCorrupt, JournalLocked
 from leasekeeper.v1 import leasekeeper_pb2 as pb
 
 
@@ -30,9 +30,16 @@ def test_lifecycle_seen_by_a_watcher(cluster):
     claim = c.claim("py", "w-py")
     assert claim.task.id == "job-1" and claim.lease.token > 0
     assert 0 < claim.renew_interval_ms < 3000
-    assert c.renew(claim.lease.token).lease.renewals >= 1
-    c.progress(claim.lease.token, b"half")
-    c.complete("job-1", claim.lease.token, success=True, result=b"done")
+    secret = claim.lease_secret
+    assert len(secret) == 16
+    assert c.renew(claim.lease.token, secret).lease.renewals >= 1
+    c.progress(claim.lease.token, secret, b"half")
+    # Reads never show the secret, and a renewal without it is refused.
+    assert secret not in c.get("job-1").SerializeToString()
+    with pytest.raises(Exception) as e:
+        c.renew(claim.lease.token, b"")
+    assert "lease_secret" in str(e.value)
+    c.complete("job-1", claim.lease.token, secret, success=True, result=b"done")
     assert done.wait(10), f"watcher saw {[e.kind for e in events]}"
     kinds = [e.kind for e in events]
     assert kinds == [
@@ -49,7 +56,7 @@ def test_lifecycle_seen_by_a_watcher(cluster):
     t = c.get("job-1")
     assert t.state == pb.TASK_STATE_SUCCEEDED and t.result == b"done"
     # Completing again is idempotent; a bad id is a clear error.
-    c.complete("job-1", claim.lease.token, success=True, result=b"done")
+    c.complete("job-1", claim.lease.token, secret, success=True, result=b"done")
     with pytest.raises(Exception) as e:
         c.get("no-such-task")
     assert "no-such-task" in str(e.value)
@@ -73,6 +80,26 @@ def test_journal_keeps_unacknowledged_reports_and_cuts_torn_tails(tmp_path):
     j.ack(3)
     assert os.path.getsize(os.path.join(d, "reports.jsonl")) == 0
     j.close()
+
+
+def test_journal_damaged_in_the_middle_is_refused_not_dropped(tmp_path):
+    d = str(tmp_path / "j")
+    j = Journal(d)
+    for tok in (1, 2, 3):
+        j.append(Report(f"t{tok}", tok, Outcome.success(b"r"), b"s" * 16))
+    j.close()
+    path = os.path.join(d, "reports.jsonl")
+    data = open(path, "rb").read()
+    first = data.index(b"\n") + 1
+    damaged = data[: first + 12] + bytes([data[first + 12] ^ 0x01]) + data[first + 13 :]
+    open(path, "wb").write(damaged)
+    with pytest.raises(JournalCorrupt) as e:
+        Journal(d)
+    assert e.value.offset == first and e.value.path == path
+    assert open(path, "rb").read() == damaged, "nothing was cut"
+    # The secret is journaled with the report, so a replay proves itself.
+    open(path, "wb").write(data)
+    assert Journal(d).pending()[0].lease_secret == b"s" * 16
 
 
 def test_s003_row_succeeds_once_with_the_leader_killed(cluster, tmp_path):
@@ -156,7 +183,7 @@ def test_a_claim_after_a_long_wait_keeps_its_lease(cluster, tmp_path):
     assert ctx is not None and ctx.task.id == "late-1"
     time.sleep(2.0)  # more than the TTL: heartbeats must have kept it
     assert not ctx.lost.is_set(), ctx.lost_reason
-    w.report("late-1", ctx.token, Outcome.success(b"ok"))
+    w.report(ctx, Outcome.success(b"ok"))
     assert w.drain(10) == 0
     t = c.get("late-1")
     assert t.state == pb.TASK_STATE_SUCCEEDED and t.attempt == 1, t

@@ -1,8 +1,11 @@
 //! The Admin service: cluster status and membership changes.
 use crate::node::Node;
-use crate::proto::v1::{self as pb, admin_client::AdminClient, admin_server::Admin};
-use crate::raft::Node as RaftNode;
+use crate::proto::v1::{self as pb, admin_server::Admin};
+use crate::raft::network::PeerCall;
+use crate::raft::{codec, Node as RaftNode, NodeId};
 use openraft::{ChangeMembers, ServerState};
+use prost::Message;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +14,6 @@ use tonic::{Request, Response, Status};
 pub struct AdminSvc {
     pub node: Arc<Node>,
 }
-
-const FORWARDED: &str = "x-leasekeeper-forwarded";
 
 pub fn node_status(node: &Node) -> pb::NodeStatusResponse {
     let m = node.metrics();
@@ -48,77 +49,208 @@ pub fn node_status(node: &Node) -> pb::NodeStatusResponse {
         tasks,
         unix_ms: node.clock.unix_ms(),
         monotonic_ms: node.clock.monotonic_ms(),
+        peer_addr: node.config.peer_advertise(),
+        refused_peer_calls: node.refusals.total(),
+    }
+}
+
+/// A membership change a follower passes to the leader over the peer port.
+#[derive(Serialize, Deserialize)]
+enum MembershipChange {
+    Add {
+        node_id: NodeId,
+        addr: String,
+        learner_only: bool,
+    },
+    Remove {
+        node_id: NodeId,
+    },
+}
+
+/// The leader's answer to a forwarded [`MembershipChange`]: a gRPC code and message on refusal.
+#[derive(Serialize, Deserialize)]
+enum MembershipReply {
+    /// The leader's view of the cluster after the change (an encoded ClusterStatusResponse):
+    /// the asking node may have just been removed, and its own view is then stale.
+    Done(Vec<u8>),
+    Refused {
+        code: i32,
+        message: String,
+    },
+}
+
+/// This node's status, encoded for the peer fan-out.
+pub(crate) fn encoded_status(node: &Node) -> Vec<u8> {
+    node_status(node).encode_to_vec()
+}
+
+/// The leader side of a forwarded membership change.
+pub(crate) async fn change_membership_for_peer(
+    node: &Node,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    let change: MembershipChange =
+        codec::decode(body).map_err(|e| format!("undecodable membership change: {e}"))?;
+    let reply = match change_here(node, change).await {
+        Ok(()) => MembershipReply::Done(cluster_status(node).await.encode_to_vec()),
+        Err(s) => MembershipReply::Refused {
+            code: s.code() as i32,
+            message: s.message().to_string(),
+        },
+    };
+    Ok(codec::encode(&reply))
+}
+
+/// Runs a membership change on this node, which must be the leader.
+async fn change_here(node: &Node, change: MembershipChange) -> Result<(), Status> {
+    if !node.is_leader() {
+        return Err(Status::unavailable(
+            "leadership moved during the call: retry",
+        ));
+    }
+    let raft = &node.raft;
+    match change {
+        MembershipChange::Add {
+            node_id,
+            addr,
+            learner_only,
+        } => {
+            check_new_member(node_id, &addr)?;
+            raft.add_learner(node_id, RaftNode::new(addr), true)
+                .await
+                .map_err(raft_err)?;
+            if !learner_only {
+                raft.change_membership(
+                    ChangeMembers::AddVoterIds(BTreeSet::from([node_id])),
+                    false,
+                )
+                .await
+                .map_err(raft_err)?;
+            }
+        }
+        MembershipChange::Remove { node_id } => {
+            let m = node.metrics();
+            let membership = m.membership_config.membership();
+            if membership.get_node(&node_id).is_none() {
+                return Err(Status::not_found(format!("node {node_id} is not a member")));
+            }
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            let change = if voters.contains(&node_id) {
+                if voters.len() == 1 {
+                    return Err(Status::failed_precondition(
+                        "that is the last voter: add another node first",
+                    ));
+                }
+                ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+            };
+            raft.change_membership(change, false)
+                .await
+                .map_err(raft_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// A new member's id and peer address, checked before anything enters the membership: every
+/// later leader dials what is there.
+fn check_new_member(node_id: NodeId, addr: &str) -> Result<(), Status> {
+    if node_id == 0 {
+        return Err(Status::invalid_argument(
+            "node_id 0 is reserved: pick a positive id",
+        ));
+    }
+    crate::node::check_addr(addr)
+        .map_err(|e| Status::invalid_argument(format!("{e}; give the new node's peer address")))
+}
+
+/// Every member's status, as this node can reach them over the peer port.
+async fn cluster_status(node: &Node) -> pb::ClusterStatusResponse {
+    let m = node.metrics();
+    let membership = m.membership_config.membership().clone();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let mut members = Vec::new();
+    for (id, n) in membership.nodes() {
+        let status = if *id == node.id {
+            Some(node_status(node))
+        } else {
+            node.peer_call(
+                &n.addr,
+                PeerCall::Status,
+                Vec::new(),
+                Duration::from_secs(1),
+            )
+            .await
+            .ok()
+            .and_then(|b| pb::NodeStatusResponse::decode(b.as_slice()).ok())
+        };
+        members.push(pb::Member {
+            node_id: *id,
+            addr: status.as_ref().map(|s| s.addr.clone()).unwrap_or_default(),
+            peer_addr: n.addr.clone(),
+            voter: voters.contains(id),
+            reachable: status.is_some(),
+            status,
+        });
+    }
+    let leader_id = m.current_leader.unwrap_or(0);
+    let leader_addr = members
+        .iter()
+        .find(|m| m.node_id == leader_id)
+        .map(|m| m.addr.clone())
+        .unwrap_or_default();
+    pb::ClusterStatusResponse {
+        leader_id,
+        leader_addr,
+        term: m.current_term,
+        members,
     }
 }
 
 impl AdminSvc {
-    async fn cluster_status(&self) -> pb::ClusterStatusResponse {
-        let m = self.node.metrics();
-        let membership = m.membership_config.membership().clone();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let mut members = Vec::new();
-        for (id, n) in membership.nodes() {
-            let status = if *id == self.node.id {
-                Some(node_status(&self.node))
-            } else {
-                let mut c = AdminClient::new(self.node.channels.get(&n.addr));
-                match tokio::time::timeout(
-                    Duration::from_secs(1),
-                    c.node_status(pb::NodeStatusRequest {}),
-                )
-                .await
-                {
-                    Ok(Ok(r)) => Some(r.into_inner()),
-                    _ => None,
-                }
-            };
-            members.push(pb::Member {
-                node_id: *id,
-                addr: n.addr.clone(),
-                voter: voters.contains(id),
-                reachable: status.is_some(),
-                status,
-            });
-        }
-        let leader_id = m.current_leader.unwrap_or(0);
-        let leader_addr = membership
-            .get_node(&leader_id)
-            .map(|n| n.addr.clone())
-            .unwrap_or_default();
-        pb::ClusterStatusResponse {
-            leader_id,
-            leader_addr,
-            term: m.current_term,
-            members,
-        }
-    }
-
-    /// Membership changes run on the leader: a follower passes the call on once.
-    async fn leader_client(
-        &self,
-        forwarded: bool,
-    ) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
+    /// Membership changes run on the leader: a follower passes the call on, over the peer port.
+    /// The answer is the cluster's status as the leader sees it afterwards.
+    async fn change(&self, change: MembershipChange) -> Result<pb::ClusterStatusResponse, Status> {
         match self.node.leader() {
-            Some((id, _)) if id == self.node.id => Ok(None),
-            Some((id, addr)) if !forwarded => {
-                let _ = id;
-                Ok(Some(AdminClient::new(self.node.channels.get(&addr))))
+            Some((id, _)) if id == self.node.id => {
+                change_here(&self.node, change).await?;
+                Ok(cluster_status(&self.node).await)
             }
-            Some((id, addr)) => Err(Status::unavailable(format!(
-                "leadership moved during the call; the leader is node {id} at {addr}: retry"
-            ))),
+            Some((id, addr)) => {
+                let answer = self
+                    .node
+                    .peer_call(
+                        &addr,
+                        PeerCall::Membership,
+                        codec::encode(&change),
+                        Duration::from_millis(self.node.config.request_timeout_ms.max(10_000)),
+                    )
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!(
+                            "the leader (node {id}) did not answer the membership change: {e}; check `leasekeeper status` before retrying"
+                        ))
+                    })?;
+                match codec::decode::<MembershipReply>(&answer) {
+                    Ok(MembershipReply::Done(status)) => {
+                        pb::ClusterStatusResponse::decode(status.as_slice()).map_err(|e| {
+                            Status::internal(format!("undecodable status from the leader: {e}"))
+                        })
+                    }
+                    Ok(MembershipReply::Refused { code, message }) => {
+                        Err(Status::new(tonic::Code::from(code), message))
+                    }
+                    Err(e) => Err(Status::internal(format!(
+                        "undecodable answer from the leader: {e}"
+                    ))),
+                }
+            }
             None => Err(Status::unavailable(
                 "no leader is elected: retry once the cluster has a majority",
             )),
         }
     }
-}
-
-fn forwarded_request<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert(FORWARDED, "1".parse().expect("ascii"));
-    r
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> Status {
@@ -131,7 +263,7 @@ impl Admin for AdminSvc {
         &self,
         _req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(AdminSvc::cluster_status(self).await))
+        Ok(Response::new(cluster_status(&self.node).await))
     }
 
     async fn node_status(
@@ -145,38 +277,17 @@ impl Admin for AdminSvc {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
-        let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        if r.node_id == 0 {
-            return Err(Status::invalid_argument(
-                "node_id 0 is reserved: pick a positive id",
-            ));
-        }
-        if r.addr.is_empty()
-            || r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':')
-        {
-            return Err(Status::invalid_argument(format!(
-                "addr {:?} is not host:port: give the new node's advertised address",
-                r.addr
-            )));
-        }
-        if let Some(mut c) = self.leader_client(forwarded).await? {
-            return c.add_node(forwarded_request(r)).await;
-        }
-        let raft = &self.node.raft;
-        raft.add_learner(r.node_id, RaftNode::new(r.addr.clone()), true)
-            .await
-            .map_err(raft_err)?;
-        if !r.learner_only {
-            raft.change_membership(
-                ChangeMembers::AddVoterIds(BTreeSet::from([r.node_id])),
-                false,
-            )
-            .await
-            .map_err(raft_err)?;
-        }
+        check_new_member(r.node_id, &r.addr)?;
+        let status = self
+            .change(MembershipChange::Add {
+                node_id: r.node_id,
+                addr: r.addr,
+                learner_only: r.learner_only,
+            })
+            .await?;
         Ok(Response::new(pb::AddNodeResponse {
-            status: Some(AdminSvc::cluster_status(self).await),
+            status: Some(status),
         }))
     }
 
@@ -184,37 +295,12 @@ impl Admin for AdminSvc {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
-        if let Some(mut c) = self.leader_client(forwarded).await? {
-            return c.remove_node(forwarded_request(r)).await;
-        }
-        let m = self.node.metrics();
-        let membership = m.membership_config.membership();
-        if membership.get_node(&r.node_id).is_none() {
-            return Err(Status::not_found(format!(
-                "node {} is not a member",
-                r.node_id
-            )));
-        }
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let change = if voters.contains(&r.node_id) {
-            if voters.len() == 1 {
-                return Err(Status::failed_precondition(
-                    "that is the last voter: add another node first",
-                ));
-            }
-            ChangeMembers::RemoveVoters(BTreeSet::from([r.node_id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([r.node_id]))
-        };
-        self.node
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(raft_err)?;
+        let status = self
+            .change(MembershipChange::Remove { node_id: r.node_id })
+            .await?;
         Ok(Response::new(pb::RemoveNodeResponse {
-            status: Some(AdminSvc::cluster_status(self).await),
+            status: Some(status),
         }))
     }
 }

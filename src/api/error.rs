@@ -20,6 +20,7 @@ pub fn rejection(r: &Rejection) -> Status {
         Rejection::TokenNotOfTask { .. } => {
             Status::failed_precondition(format!("{msg}: report with the token your claim returned"))
         }
+        Rejection::Malformed { .. } => Status::invalid_argument(msg),
         Rejection::Terminal { .. }
         | Rejection::NotClaimable { .. }
         | Rejection::ClaimKeyUsed { .. } => Status::failed_precondition(msg),

@@ -1,8 +1,9 @@
-//! The gRPC edge: public services (scheduler, worker, admin), the internal Raft service, health
-//! and reflection, all on one port.
+//! The gRPC edge: the client port (scheduler, worker and admin services, health, reflection)
+//! and the peer port (the internal Raft service, members only).
 mod admin;
 pub mod convert;
 mod error;
+mod health_watch;
 mod raft_service;
 pub(crate) mod scheduler;
 pub mod validate;
@@ -17,7 +18,21 @@ use crate::state::State;
 use std::sync::Arc;
 use tonic::Status;
 
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Headroom over a request's largest field for everything else in it (ids, names, the
+/// error text of a report: up to 64 KiB).
+const REQUEST_HEADROOM_BYTES: usize = 128 << 10;
+/// The Admin service's requests are small (ids and addresses).
+const ADMIN_MAX_REQUEST_BYTES: usize = 16 << 10;
+/// Streams one client connection may have open at once.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// HTTP/2 pings find dead connections (and the streams held on them) within about this long.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The largest answer the server may send: the largest legal task (payload, progress and
+/// result at their caps, 64 attempt records with 64 KiB errors: about 7 MiB) fits twice. The
+/// bundled clients accept answers up to this size.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// Runs a linearizable (default) or stale read against the applied state; returns the value and
 /// the revision it reflects.
@@ -33,11 +48,54 @@ pub(crate) async fn read<T>(
     Ok((f(&a.state), a.state.last_revision()))
 }
 
-/// Serves every gRPC service of `node` on `listener` until the node shuts down.
+/// Accepted connections with Nagle off: `tcp_nodelay` on the builder only covers listeners
+/// tonic binds itself, and Nagle + delayed ACK add ~40 ms to small answers.
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        },
+    )
+}
+
+/// Serves the peer port: the internal Raft service, to members only, until the node shuts
+/// down.
+pub async fn serve_peer(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+) -> Result<(), tonic::transport::Error> {
+    let mut stop = node.shutdown_signal();
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(
+            RaftServer::new(raft_service::RaftSvc { node: node.clone() })
+                .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming(listener), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+/// Serves the client port (every public service, health and reflection) until the node
+/// shuts down.
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
 ) -> Result<(), tonic::transport::Error> {
+    let l = &node.config.limits;
+    let submit_max = l.max_payload_bytes + REQUEST_HEADROOM_BYTES;
+    let report_max = l.max_payload_bytes.max(l.max_result_bytes) + REQUEST_HEADROOM_BYTES;
     let (mut health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<v1::scheduler_server::SchedulerServer<scheduler::SchedulerSvc>>()
@@ -53,44 +111,34 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("descriptors are valid");
+    tokio::spawn(health_watch::watch_raft(node.clone(), health.clone()));
     let mut stop = node.shutdown_signal();
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health_svc)
         .add_service(reflection)
-        .add_service(
-            RaftServer::new(raft_service::RaftSvc { node: node.clone() })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
         .add_service(
             v1::scheduler_server::SchedulerServer::new(scheduler::SchedulerSvc {
                 node: node.clone(),
             })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            .max_decoding_message_size(submit_max)
+            .max_encoding_message_size(MAX_ANSWER_BYTES),
         )
         .add_service(
             v1::worker_server::WorkerServer::new(worker::WorkerSvc { node: node.clone() })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(report_max)
+                .max_encoding_message_size(MAX_ANSWER_BYTES),
         )
-        .add_service(v1::admin_server::AdminServer::new(admin::AdminSvc {
-            node: node.clone(),
-        }))
-        .serve_with_incoming_shutdown(
-            // `tcp_nodelay` above only covers listeners tonic binds itself: without it here,
-            // Nagle + delayed ACK add ~40 ms to small answers.
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |s| {
-                    if let Ok(s) = &s {
-                        let _ = s.set_nodelay(true);
-                    }
-                    s
-                },
-            ),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
+        .add_service(
+            v1::admin_server::AdminServer::new(admin::AdminSvc { node: node.clone() })
+                .max_decoding_message_size(ADMIN_MAX_REQUEST_BYTES)
+                .max_encoding_message_size(MAX_ANSWER_BYTES),
         )
+        .serve_with_incoming_shutdown(incoming(listener), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
         .await
 }

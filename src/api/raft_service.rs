@@ -1,8 +1,10 @@
-//! The server side of Raft RPCs and of follower→leader forwarding: the gRPC face of
-//! [`Node::handle_peer`].
+//! The peer port's service: Raft RPCs, follower→leader forwarding and the admin fan-out, for
+//! members only. Every call proves its sender ([`crate::raft::peer_auth`]) before anything in
+//! it is decoded.
 use crate::node::Node;
 use crate::proto::raft_v1::{raft_server::Raft as RaftRpc, RaftMessage};
 use crate::raft::network::PeerCall;
+use crate::raft::NodeId;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -11,12 +13,38 @@ pub struct RaftSvc {
 }
 
 impl RaftSvc {
+    /// The member a call comes from, or UNAUTHENTICATED (counted, and logged once per source).
+    fn authenticate(&self, req: &Request<RaftMessage>) -> Result<NodeId, Status> {
+        let checked = self
+            .node
+            .peer_key
+            .verify(req.metadata())
+            .and_then(|from| self.node.check_peer(from).map(|()| from));
+        checked.map_err(|why| {
+            let source = req
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|| "unknown".into());
+            self.node.refusals.note(&source, &why);
+            Status::unauthenticated(format!("peer call refused: {why}"))
+        })
+    }
+
     async fn handle(
         &self,
         kind: PeerCall,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        match self.node.handle_peer(kind, &req.get_ref().data).await {
+        let from = self.authenticate(&req)?;
+        let body = &req.get_ref().data;
+        let answer = match kind {
+            PeerCall::Status => Ok(super::admin::encoded_status(&self.node)),
+            PeerCall::Membership => {
+                super::admin::change_membership_for_peer(&self.node, body).await
+            }
+            _ => self.node.handle_peer(from, kind, body).await,
+        };
+        match answer {
             Ok(data) => Ok(Response::new(RaftMessage { data: data.into() })),
             Err(e) => Err(Status::invalid_argument(e)),
         }
@@ -49,5 +77,16 @@ impl RaftRpc for RaftSvc {
 
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.handle(PeerCall::ReadIndex, req).await
+    }
+
+    async fn status(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.handle(PeerCall::Status, req).await
+    }
+
+    async fn change_membership(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.handle(PeerCall::Membership, req).await
     }
 }

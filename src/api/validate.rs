@@ -7,6 +7,17 @@ pub const MAX_ID_LEN: usize = 256;
 pub const MAX_ERROR_LEN: usize = 64 * 1024;
 pub const MAX_TOKENS_PER_HEARTBEAT: usize = 10_000;
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Input echoed in an error message is cut to this many characters.
+pub const MAX_ECHO_CHARS: usize = 64;
+
+/// `s` as it may be echoed in a message: at most [`MAX_ECHO_CHARS`] characters, with the full
+/// length said when it was cut.
+pub fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_ECHO_CHARS) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}…({} bytes)", &s[..end], s.len()),
+    }
+}
 
 pub fn queue(q: &str) -> Result<(), Status> {
     let ok = !q.is_empty()
@@ -21,7 +32,8 @@ pub fn queue(q: &str) -> Result<(), Status> {
         ))
     } else {
         Err(Status::invalid_argument(format!(
-            "queue {q:?} is invalid: use 1-128 characters from A-Z a-z 0-9 _ . : / -"
+            "queue {:?} is invalid: use 1-128 characters from A-Z a-z 0-9 _ . : / -",
+            clip(q)
         )))
     }
 }
@@ -38,7 +50,8 @@ fn printable_id(what: &str, id: &str) -> Result<(), Status> {
     }
     if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(Status::invalid_argument(format!(
-            "{what} {id:?} contains whitespace or control characters: remove them"
+            "{what} {:?} contains whitespace or control characters: remove them",
+            clip(id)
         )));
     }
     Ok(())

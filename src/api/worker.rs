@@ -2,7 +2,7 @@
 use super::{convert, error, validate};
 use crate::node::Node;
 use crate::proto::v1::{self as pb, worker_server::Worker};
-use crate::state::{Command, RenewOutcome, Report, Response as SmResponse, Token};
+use crate::state::{Command, LeaseSecret, RenewOutcome, Report, Response as SmResponse, Token};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,93 @@ fn lease_of(node: &Node, token: Token, renewals: u64) -> Option<pb::Lease> {
         renewals: renewals.max(l.renewals),
         ..convert::lease_to_pb(l)
     })
+}
+
+/// A lease secret as the API carries it: 16 bytes, big endian.
+pub fn secret_to_pb(s: LeaseSecret) -> Vec<u8> {
+    s.to_be_bytes().to_vec()
+}
+
+/// A presented secret: empty (none presented) or the 16 bytes ClaimTask returned.
+fn secret_from_pb(b: &[u8]) -> Result<Option<LeaseSecret>, Status> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    let arr: [u8; 16] = b.try_into().map_err(|_| {
+        Status::invalid_argument(format!(
+            "lease_secret is {} bytes: pass the 16 bytes ClaimTask returned with the lease",
+            b.len()
+        ))
+    })?;
+    Ok(Some(LeaseSecret::from_be_bytes(arr)))
+}
+
+/// Whether a caller holds the lease a token names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    /// The secret matches (or the lease predates secrets).
+    Holds,
+    /// No secret, or another one.
+    Denied { presented: bool },
+    /// No attempt with this token is known (the state machine answers why).
+    Unknown,
+}
+
+fn proof_in(state: &crate::state::State, token: Token, presented: Option<LeaseSecret>) -> Proof {
+    match state.secret_of(token) {
+        None => Proof::Unknown,
+        Some(0) => Proof::Holds,
+        Some(s) => match presented {
+            // Compared in full width, whatever the first differing bit.
+            Some(p) if (p ^ s) == 0 => Proof::Holds,
+            p => Proof::Denied {
+                presented: p.is_some(),
+            },
+        },
+    }
+}
+
+/// Checks each token's presented secret against the secrets this node has applied. Tokens it
+/// does not know (a claim the leader committed that this follower has not applied yet) are
+/// looked up again after a read barrier; still unknown, they go on to the state machine, which
+/// answers why no such lease exists.
+async fn prove(node: &Node, leases: &[(Token, Option<LeaseSecret>)]) -> Result<Vec<Proof>, Status> {
+    let look = |out: &mut Vec<Proof>| {
+        let a = node.shared.read();
+        for (i, (token, secret)) in leases.iter().enumerate() {
+            if out.len() <= i {
+                out.push(proof_in(&a.state, *token, *secret));
+            } else if out[i] == Proof::Unknown {
+                out[i] = proof_in(&a.state, *token, *secret);
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(leases.len());
+    look(&mut out);
+    if out.contains(&Proof::Unknown) {
+        node.read_barrier().await.map_err(error::node)?;
+        look(&mut out);
+    }
+    Ok(out)
+}
+
+fn denied_message(token: Token, presented: bool) -> String {
+    if presented {
+        format!("lease {token}: the lease_secret presented is not this lease's; only the worker that claimed it may act on it")
+    } else {
+        format!("lease {token}: no lease_secret presented; pass the secret ClaimTask returned with the lease (workers older than lease secrets must be upgraded)")
+    }
+}
+
+/// One lease's proof, as a gRPC error when it fails.
+async fn prove_one(node: &Node, token: Token, secret: &[u8]) -> Result<(), Status> {
+    let secret = secret_from_pb(secret)?;
+    match prove(node, &[(token, secret)]).await?[0] {
+        Proof::Denied { presented } => {
+            Err(Status::permission_denied(denied_message(token, presented)))
+        }
+        Proof::Holds | Proof::Unknown => Ok(()),
+    }
 }
 
 /// The longest a Heartbeat message waits for its renewals to commit before answering RETRY.
@@ -72,7 +159,7 @@ impl Worker for WorkerSvc {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms);
         let mut applied = self.node.shared.applied_index.subscribe();
-        let answer = |task: &crate::state::Task, lease: &crate::state::Lease| {
+        let answer = |task: &crate::state::Task, lease: &crate::state::Lease, secret| {
             // Not applied here yet (a follower relays the leader's answer): just heard.
             let age = self
                 .node
@@ -87,6 +174,7 @@ impl Worker for WorkerSvc {
                 lease: Some(convert::lease_to_pb(lease)),
                 renew_interval_ms: advised_interval_ms(lease.ttl_ms),
                 lease_age_ms: age,
+                lease_secret: secret_to_pb(secret),
             })
         };
         let mut first = true;
@@ -114,7 +202,8 @@ impl Worker for WorkerSvc {
                             .state
                             .task(&l.task_id)
                             .expect("a live lease's task exists");
-                        return Ok(answer(t, l));
+                        let secret = a.state.secret_of(l.token).unwrap_or(0);
+                        return Ok(answer(t, l, secret));
                     }
                 }
                 (claimable, next_ready) = look();
@@ -127,9 +216,16 @@ impl Worker for WorkerSvc {
                     lease_ttl_ms: ttl,
                     task_id: (!r.task_id.is_empty()).then(|| r.task_id.clone()),
                     claim_id: r.claim_id.clone(),
+                    // Drawn fresh by the proposing node; a retry of an applied claim is
+                    // answered with the secret its lease was made with.
+                    secret: rand::random::<LeaseSecret>().max(1),
                 };
                 match self.node.propose(cmd).await.map_err(error::node)? {
-                    SmResponse::Claimed { task, lease } => return Ok(answer(&task, &lease)),
+                    SmResponse::Claimed {
+                        task,
+                        lease,
+                        secret,
+                    } => return Ok(answer(&task, &lease, secret)),
                     SmResponse::NoTask => {}
                     SmResponse::Rejected(rej) => return Err(error::rejection(&rej)),
                     other => return Err(error::unexpected("claim", &other)),
@@ -155,8 +251,10 @@ impl Worker for WorkerSvc {
         &self,
         req: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
-        let token = req.into_inner().lease_token;
+        let r = req.into_inner();
+        let token = r.lease_token;
         validate::token(token)?;
+        prove_one(&self.node, token, &r.lease_secret).await?;
         let out = self.node.renew(vec![token]).await.map_err(error::node)?;
         match &out[0].1 {
             RenewOutcome::Alive { renewals } => {
@@ -198,15 +296,66 @@ impl Worker for WorkerSvc {
                         .await;
                     return;
                 }
+                if !msg.lease_secrets.is_empty()
+                    && msg.lease_secrets.len() != msg.lease_tokens.len()
+                {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "{} lease tokens but {} lease secrets: send one secret per token, in the same order",
+                            msg.lease_tokens.len(),
+                            msg.lease_secrets.len()
+                        ))))
+                        .await;
+                    return;
+                }
+                let presented: Result<Vec<(Token, Option<LeaseSecret>)>, Status> = msg
+                    .lease_tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let s = msg
+                            .lease_secrets
+                            .get(i)
+                            .map(|s| secret_from_pb(s))
+                            .transpose()?;
+                        Ok((*t, s.flatten()))
+                    })
+                    .collect();
+                let proofs = match presented {
+                    Ok(p) => prove(&node, &p).await,
+                    Err(e) => Err(e),
+                };
+                let proofs = match proofs {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let mut denied = Vec::new();
+                let mut proven = Vec::with_capacity(msg.lease_tokens.len());
+                for (t, p) in msg.lease_tokens.iter().zip(&proofs) {
+                    match p {
+                        Proof::Denied { presented } => denied.push(pb::LeaseRenewal {
+                            lease_token: *t,
+                            status: pb::LeaseStatus::Denied as i32,
+                            message: denied_message(*t, *presented),
+                            renewals: 0,
+                        }),
+                        _ => proven.push(*t),
+                    }
+                }
                 // A heartbeat is answered within HEARTBEAT_ANSWER_MS: RETRY when there is no
                 // leader or the renewal did not commit in time, so that the worker can tell "the
                 // cluster is electing" from "I am cut off".
-                let renewed = if node.leader().is_none() {
+                let renewed = if proven.is_empty() {
+                    Ok(Vec::new())
+                } else if node.leader().is_none() {
                     Err(crate::node::NodeError::NoLeader(0))
                 } else {
                     match tokio::time::timeout(
                         Duration::from_millis(HEARTBEAT_ANSWER_MS),
-                        node.renew(msg.lease_tokens.clone()),
+                        node.renew(proven.clone()),
                     )
                     .await
                     {
@@ -218,9 +367,9 @@ impl Worker for WorkerSvc {
                     Ok(out) => {
                         let a = node.shared.read();
                         let mut min_ttl = u64::MAX;
-                        let leases = out
+                        let leases = denied
                             .into_iter()
-                            .map(|(token, o)| match o {
+                            .chain(out.into_iter().map(|(token, o)| match o {
                                 RenewOutcome::Alive { renewals } => {
                                     if let Some(l) = a.state.lease(token) {
                                         min_ttl = min_ttl.min(l.ttl_ms);
@@ -238,7 +387,7 @@ impl Worker for WorkerSvc {
                                     message: format!("{reason}; stop the work"),
                                     renewals: 0,
                                 },
-                            })
+                            }))
                             .collect();
                         let ttl = if min_ttl == u64::MAX {
                             node.config.limits.min_ttl_ms
@@ -253,15 +402,14 @@ impl Worker for WorkerSvc {
                     }
                     Err(e) => pb::HeartbeatResponse {
                         seq: msg.seq,
-                        leases: msg
-                            .lease_tokens
-                            .iter()
-                            .map(|t| pb::LeaseRenewal {
+                        leases: denied
+                            .into_iter()
+                            .chain(proven.iter().map(|t| pb::LeaseRenewal {
                                 lease_token: *t,
                                 status: pb::LeaseStatus::Retry as i32,
                                 message: e.to_string(),
                                 renewals: 0,
-                            })
+                            }))
                             .collect(),
                         renew_interval_ms: 0,
                     },
@@ -280,6 +428,7 @@ impl Worker for WorkerSvc {
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
         let r = req.into_inner();
         validate::token(r.lease_token)?;
+        prove_one(&self.node, r.lease_token, &r.lease_secret).await?;
         validate::bytes(
             "progress",
             r.progress.len(),
@@ -315,6 +464,7 @@ impl Worker for WorkerSvc {
             self.node.config.limits.max_result_bytes,
         )?;
         validate::bytes("error", r.error.len(), validate::MAX_ERROR_LEN)?;
+        prove_one(&self.node, r.lease_token, &r.lease_secret).await?;
         let report = Report {
             success: r.success,
             exit_code: r.exit_code,
@@ -343,6 +493,7 @@ impl Worker for WorkerSvc {
         let r = req.into_inner();
         validate::token(r.lease_token)?;
         validate::bytes("reason", r.reason.len(), validate::MAX_ERROR_LEN)?;
+        prove_one(&self.node, r.lease_token, &r.lease_secret).await?;
         match self
             .node
             .propose(Command::Release {

@@ -123,9 +123,13 @@ struct DevArgs {
     dir: PathBuf,
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// Node i listens on base-port + i - 1.
+    /// Node i serves clients on base-port + i - 1.
     #[arg(long, default_value_t = 7001)]
     base_port: u16,
+    /// Node i serves its peers (Raft, members only) on peer-base-port + i - 1.
+    #[arg(long, default_value_t = 7101)]
+    peer_base_port: u16,
+    /// The address every node binds.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 }
@@ -137,15 +141,32 @@ struct ServerArgs {
     config: Option<PathBuf>,
     #[arg(long)]
     id: Option<u64>,
-    /// Address to bind, host:port.
+    /// Client port to bind, host:port: the public API, health and reflection (default
+    /// 127.0.0.1:7001).
     #[arg(long)]
     listen: Option<String>,
-    /// Address peers and clients use, if not the listen address.
+    /// Address clients use, if not the listen address.
     #[arg(long)]
     advertise: Option<String>,
+    /// Peer port to bind, host:port: Raft and forwarding, members only (default
+    /// 127.0.0.1:7101). Never the client port.
+    #[arg(long)]
+    peer_listen: Option<String>,
+    /// Address other members dial, if not the peer listen address: the one the membership
+    /// and --initial-cluster name.
+    #[arg(long)]
+    peer_advertise: Option<String>,
+    /// A file holding the cluster secret every member shares (16 bytes or more; surrounding
+    /// whitespace ignored). LEASEKEEPER_CLUSTER_SECRET may hold the secret itself instead.
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
+    /// The cluster's name (default "leasekeeper"): peers of another cluster are refused.
+    #[arg(long)]
+    cluster_name: Option<String>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Founding members: 1=host:port,2=host:port,3=host:port. Omit to join with `node add`.
+    /// Founding members by peer address: 1=host:7101,2=host:7101,3=host:7101. Omit to join
+    /// with `node add`.
     #[arg(long, value_delimiter = ',')]
     initial_cluster: Vec<String>,
     #[arg(long)]
@@ -246,6 +267,7 @@ fn parse_event_kind(s: &str) -> Result<pb::EventKind, String> {
 enum NodeCmd {
     Add {
         id: u64,
+        /// The new node's peer address (its --peer-advertise, else --peer-listen).
         addr: String,
         /// Keep it a non-voting learner.
         #[arg(long)]
@@ -349,36 +371,48 @@ async fn wait_for_signal() {
 
 async fn dev(a: DevArgs) -> Result<(), BoxError> {
     init_logging("info,openraft=warn,sled=warn");
+    let port = |base: u16, i: u64| format!("{}:{}", a.host, base as u64 + i - 1);
+    let clients: BTreeMap<u64, String> = (1..=a.nodes).map(|i| (i, port(a.base_port, i))).collect();
     let members: BTreeMap<u64, String> = (1..=a.nodes)
-        .map(|i| (i, format!("{}:{}", a.host, a.base_port as u64 + i - 1)))
+        .map(|i| (i, port(a.peer_base_port, i)))
         .collect();
     // Bind every port first, so that no node campaigns towards a peer that is not listening yet.
-    let mut listeners = Vec::new();
-    for addr in members.values() {
+    let bind = |addr: &str| -> Result<std::net::TcpListener, BoxError> {
         let l = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         l.set_nonblocking(true)?;
-        listeners.push(l);
+        Ok(l)
+    };
+    let mut listeners = Vec::new();
+    for id in members.keys() {
+        listeners.push((bind(&clients[id])?, bind(&members[id])?));
     }
+    // One throwaway secret for the members of this cluster, which all live in this process.
+    let secret = crate::node::ClusterSecret::new(format!("{:032x}", rand::random::<u128>()));
     let mut nodes = Vec::new();
-    for ((id, addr), listener) in members.iter().zip(listeners) {
+    for (id, listeners) in members.keys().zip(listeners) {
         let config = NodeConfig {
             id: *id,
-            listen: addr.clone(),
+            listen: clients[id].clone(),
+            peer_listen: members[id].clone(),
+            cluster_secret: Some(secret.clone()),
             data_dir: a.dir.join(format!("node-{id}")),
             initial_cluster: members.clone(),
             ..NodeConfig::default()
         };
-        nodes.push(NodeThread::start(config, listener).await?);
+        nodes.push(NodeThread::start(config, listeners).await?);
     }
-    let endpoints: Vec<&str> = members.values().map(String::as_str).collect();
+    let endpoints: Vec<&str> = clients.values().map(String::as_str).collect();
     println!(
         "leasekeeper dev cluster: {} nodes, data in {}",
         a.nodes,
         a.dir.display()
     );
-    for (id, addr) in &members {
-        println!("  node {id}: {addr}");
+    for id in members.keys() {
+        println!(
+            "  node {id}: clients {}, peers {}",
+            clients[id], members[id]
+        );
     }
     println!("endpoints: {}", endpoints.join(","));
     println!("try: leasekeeper task submit --queue demo --payload hello; leasekeeper status");
@@ -397,7 +431,10 @@ struct NodeThread {
 }
 
 impl NodeThread {
-    async fn start(config: NodeConfig, listener: std::net::TcpListener) -> Result<Self, BoxError> {
+    async fn start(
+        config: NodeConfig,
+        (client, peer): (std::net::TcpListener, std::net::TcpListener),
+    ) -> Result<Self, BoxError> {
         use tokio::sync::oneshot;
         let (started_tx, started) = oneshot::channel::<Result<(), String>>();
         let (stop, stop_rx) = oneshot::channel::<()>();
@@ -416,14 +453,16 @@ impl NodeThread {
                     }
                 };
                 rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                    let listeners = tokio::net::TcpListener::from_std(client)
+                        .and_then(|c| Ok((c, tokio::net::TcpListener::from_std(peer)?)));
+                    let (client, peer) = match listeners {
                         Ok(l) => l,
                         Err(e) => {
                             let _ = started_tx.send(Err(e.to_string()));
                             return;
                         }
                     };
-                    match Server::start_on(config, listener).await {
+                    match Server::start_on(config, client, peer).await {
                         Ok(s) => {
                             let _ = started_tx.send(Ok(()));
                             let _ = stop_rx.await;
@@ -451,13 +490,18 @@ impl NodeThread {
 fn parse_members(v: &[String]) -> Result<BTreeMap<u64, String>, BoxError> {
     let mut m = BTreeMap::new();
     for item in v.iter().filter(|s| !s.is_empty()) {
+        let shown = crate::api::validate::clip(item);
         let (id, addr) = item
             .split_once('=')
-            .ok_or_else(|| format!("initial-cluster entry {item:?} is not id=host:port"))?;
+            .ok_or_else(|| format!("initial-cluster entry {shown:?} is not id=host:port"))?;
         let id: u64 = id
             .parse()
-            .map_err(|_| format!("initial-cluster id {id:?} is not a number"))?;
-        m.insert(id, addr.to_string());
+            .map_err(|_| format!("initial-cluster entry {shown:?}: the id is not a number"))?;
+        crate::node::check_addr(addr)
+            .map_err(|e| format!("initial-cluster entry {shown:?}: {e}"))?;
+        if m.insert(id, addr.to_string()).is_some() {
+            return Err(format!("initial-cluster names node {id} twice").into());
+        }
     }
     Ok(m)
 }
@@ -483,6 +527,21 @@ async fn server(a: ServerArgs) -> Result<(), BoxError> {
     }
     if a.advertise.is_some() {
         c.advertise = a.advertise;
+    }
+    if let Some(v) = a.peer_listen {
+        c.peer_listen = v;
+    }
+    if a.peer_advertise.is_some() {
+        c.peer_advertise = a.peer_advertise;
+    }
+    if let Some(v) = a.cluster_name {
+        c.cluster_name = v;
+    }
+    if a.cluster_secret_file.is_some() {
+        c.cluster_secret_file = a.cluster_secret_file;
+    }
+    if let Ok(v) = std::env::var("LEASEKEEPER_CLUSTER_SECRET") {
+        c.cluster_secret = Some(crate::node::ClusterSecret::new(v.trim()));
     }
     if let Some(v) = a.data_dir {
         c.data_dir = v;
@@ -519,7 +578,12 @@ async fn server(a: ServerArgs) -> Result<(), BoxError> {
         c.raft.keep_after_snapshot = v;
     }
     let s = Server::start(c).await?;
-    println!("node {} serving on {}", s.node().id, s.addr());
+    println!(
+        "node {} serving clients on {}, peers on {}",
+        s.node().id,
+        s.addr(),
+        s.peer_addr()
+    );
     wait_for_signal().await;
     s.shutdown().await;
     Ok(())

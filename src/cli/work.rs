@@ -223,7 +223,7 @@ pub async fn run(a: RunArgs) -> Result<(), BoxError> {
     });
     on_signal.abort();
     let code = exec::exit_code_of(&outcome);
-    w.report(&task_id, ctx.token(), outcome.clone()).await?;
+    w.report(&ctx, outcome.clone()).await?;
     let left = w.drain(drain_timeout).await;
     keep_signals_away.abort();
     if left > 0 {

@@ -12,6 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
+
+/// Answers up to this size are accepted: any answer a legal task can produce (see
+/// [`crate::api::MAX_ANSWER_BYTES`]).
+pub const MAX_ANSWER_BYTES: usize = crate::api::MAX_ANSWER_BYTES;
 use tonic::{Code, Response, Status, Streaming};
 
 #[derive(Clone)]
@@ -237,7 +241,12 @@ impl Client {
         }
         self.call(|c| {
             let req = req.clone();
-            async move { SchedulerClient::new(c).submit_task(req).await }
+            async move {
+                SchedulerClient::new(c)
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+                    .submit_task(req)
+                    .await
+            }
         })
         .await
     }
@@ -258,7 +267,12 @@ impl Client {
         let r = self
             .call(|c| {
                 let req = req.clone();
-                async move { SchedulerClient::new(c).get_task(req).await }
+                async move {
+                    SchedulerClient::new(c)
+                        .max_decoding_message_size(MAX_ANSWER_BYTES)
+                        .get_task(req)
+                        .await
+                }
             })
             .await?;
         r.task
@@ -268,7 +282,12 @@ impl Client {
     pub async fn list(&self, req: pb::ListTasksRequest) -> Result<pb::ListTasksResponse, Status> {
         self.call(|c| {
             let req = req.clone();
-            async move { SchedulerClient::new(c).list_tasks(req).await }
+            async move {
+                SchedulerClient::new(c)
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+                    .list_tasks(req)
+                    .await
+            }
         })
         .await
     }
@@ -281,7 +300,12 @@ impl Client {
         let r = self
             .call(|c| {
                 let req = req.clone();
-                async move { SchedulerClient::new(c).cancel_task(req).await }
+                async move {
+                    SchedulerClient::new(c)
+                        .max_decoding_message_size(MAX_ANSWER_BYTES)
+                        .cancel_task(req)
+                        .await
+                }
             })
             .await?;
         r.task
@@ -296,7 +320,12 @@ impl Client {
     ) -> Result<Streaming<pb::TaskEvent>, Status> {
         self.call(|c| {
             let req = req.clone();
-            async move { SchedulerClient::new(c).watch_tasks(req).await }
+            async move {
+                SchedulerClient::new(c)
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+                    .watch_tasks(req)
+                    .await
+            }
         })
         .await
     }
@@ -314,16 +343,34 @@ impl Client {
         }
         self.call_waiting(Duration::from_millis(req.wait_ms), |c| {
             let req = req.clone();
-            async move { WorkerClient::new(c).claim_task(req).await }
+            async move {
+                WorkerClient::new(c)
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+                    .claim_task(req)
+                    .await
+            }
         })
         .await
     }
 
-    pub async fn renew(&self, lease_token: u64) -> Result<pb::RenewLeaseResponse, Status> {
-        self.call(|c| async move {
-            WorkerClient::new(c)
-                .renew_lease(pb::RenewLeaseRequest { lease_token })
-                .await
+    /// Renews lease `lease_token`, proving it with the `lease_secret` its claim returned.
+    pub async fn renew(
+        &self,
+        lease_token: u64,
+        lease_secret: &[u8],
+    ) -> Result<pb::RenewLeaseResponse, Status> {
+        let req = pb::RenewLeaseRequest {
+            lease_token,
+            lease_secret: lease_secret.to_vec(),
+        };
+        self.call(|c| {
+            let req = req.clone();
+            async move {
+                WorkerClient::new(c)
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+                    .renew_lease(req)
+                    .await
+            }
         })
         .await
     }
@@ -331,15 +378,22 @@ impl Client {
     pub async fn progress(
         &self,
         lease_token: u64,
+        lease_secret: &[u8],
         progress: Vec<u8>,
     ) -> Result<pb::ReportProgressResponse, Status> {
         let req = pb::ReportProgressRequest {
             lease_token,
             progress,
+            lease_secret: lease_secret.to_vec(),
         };
         self.call(|c| {
             let req = req.clone();
-            async move { WorkerClient::new(c).report_progress(req).await }
+            async move {
+                WorkerClient::new(c)
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+                    .report_progress(req)
+                    .await
+            }
         })
         .await
     }
@@ -350,7 +404,12 @@ impl Client {
     ) -> Result<pb::CompleteTaskResponse, Status> {
         self.call(|c| {
             let req = req.clone();
-            async move { WorkerClient::new(c).complete_task(req).await }
+            async move {
+                WorkerClient::new(c)
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+                    .complete_task(req)
+                    .await
+            }
         })
         .await
     }
@@ -358,15 +417,22 @@ impl Client {
     pub async fn release(
         &self,
         lease_token: u64,
+        lease_secret: &[u8],
         reason: &str,
     ) -> Result<pb::ReleaseTaskResponse, Status> {
         let req = pb::ReleaseTaskRequest {
             lease_token,
             reason: reason.to_string(),
+            lease_secret: lease_secret.to_vec(),
         };
         self.call(|c| {
             let req = req.clone();
-            async move { WorkerClient::new(c).release_task(req).await }
+            async move {
+                WorkerClient::new(c)
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+                    .release_task(req)
+                    .await
+            }
         })
         .await
     }
@@ -378,7 +444,7 @@ impl Client {
 
     /// A raw worker client on node `i`.
     pub fn worker_on(&self, i: usize) -> WorkerClient<Channel> {
-        WorkerClient::new(self.channel_of(i))
+        WorkerClient::new(self.channel_of(i)).max_decoding_message_size(MAX_ANSWER_BYTES)
     }
 
     // ---------------------------------------------------------------- admin
@@ -386,6 +452,7 @@ impl Client {
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
         self.call(|c| async move {
             AdminClient::new(c)
+                .max_decoding_message_size(MAX_ANSWER_BYTES)
                 .cluster_status(pb::ClusterStatusRequest {})
                 .await
         })
@@ -405,7 +472,12 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move { AdminClient::new(c).add_node(req).await }
+            async move {
+                AdminClient::new(c)
+                    .max_decoding_message_size(MAX_ANSWER_BYTES)
+                    .add_node(req)
+                    .await
+            }
         })
         .await
     }
@@ -413,6 +485,7 @@ impl Client {
     pub async fn remove_node(&self, node_id: u64) -> Result<pb::RemoveNodeResponse, Status> {
         self.call(|c| async move {
             AdminClient::new(c)
+                .max_decoding_message_size(MAX_ANSWER_BYTES)
                 .remove_node(pb::RemoveNodeRequest { node_id })
                 .await
         })

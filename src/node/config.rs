@@ -63,16 +63,55 @@ impl Default for RaftTiming {
     }
 }
 
+/// The secret every member of a cluster shares; peer calls prove it (see
+/// [`crate::raft::peer_auth`]). Never printed: its `Debug` is redacted and it is not serialized.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ClusterSecret(String);
+
+impl ClusterSecret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for ClusterSecret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeConfig {
     pub id: NodeId,
-    /// Address to bind (all gRPC services share it).
+    /// Address the client port binds: the public API, health and reflection.
     pub listen: String,
-    /// Address other nodes and clients use to reach this node; defaults to `listen`.
+    /// Address clients use to reach this node; defaults to `listen`.
     pub advertise: Option<String>,
+    /// Address the peer port binds: Raft RPCs and forwarding between members only (like etcd's
+    /// peer URLs). Never the same as `listen`.
+    pub peer_listen: String,
+    /// Address other members use to reach this node's peer port; defaults to `peer_listen`.
+    /// This is the address the membership records.
+    pub peer_advertise: Option<String>,
+    /// The cluster's name: peers of another cluster are refused even with the same secret.
+    pub cluster_name: String,
+    /// The secret every member shares (at least 16 bytes). Prefer `cluster_secret_file`.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// A file holding the cluster secret (surrounding whitespace is ignored).
+    pub cluster_secret_file: Option<PathBuf>,
     pub data_dir: PathBuf,
-    /// The founding members (id → address). A node in it with an empty log bootstraps the
+    /// The founding members (id → peer address). A node in it with an empty log bootstraps the
     /// cluster; a node not in it waits to be added with `AddNode`.
     pub initial_cluster: BTreeMap<NodeId, String>,
     pub raft: RaftTiming,
@@ -96,6 +135,11 @@ impl Default for NodeConfig {
             id: 1,
             listen: "127.0.0.1:7001".into(),
             advertise: None,
+            peer_listen: "127.0.0.1:7101".into(),
+            peer_advertise: None,
+            cluster_name: "leasekeeper".into(),
+            cluster_secret: None,
+            cluster_secret_file: None,
             data_dir: PathBuf::from(".leasekeeper/node-1"),
             initial_cluster: BTreeMap::new(),
             raft: RaftTiming::default(),
@@ -121,6 +165,45 @@ impl NodeConfig {
         self.advertise
             .clone()
             .unwrap_or_else(|| self.listen.clone())
+    }
+
+    /// The address the membership records for this node: its peer port.
+    pub fn peer_advertise(&self) -> String {
+        self.peer_advertise
+            .clone()
+            .unwrap_or_else(|| self.peer_listen.clone())
+    }
+
+    /// The cluster secret, from `cluster_secret` or else `cluster_secret_file`.
+    pub fn secret(&self) -> Result<ClusterSecret, ConfigError> {
+        let s =
+            match (&self.cluster_secret, &self.cluster_secret_file) {
+                (Some(s), _) => s.clone(),
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        ConfigError::Invalid(format!(
+                            "cannot read the cluster secret file {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    ClusterSecret(text.trim().to_string())
+                }
+                (None, None) => return Err(ConfigError::Invalid(
+                    "no cluster secret: members prove themselves to each other with a secret they \
+                     share. Create one (e.g. `head -c 32 /dev/urandom | base64 > cluster-secret`), \
+                     copy it to every member and pass --cluster-secret-file (TOML: \
+                     cluster_secret_file), or set LEASEKEEPER_CLUSTER_SECRET"
+                        .into(),
+                )),
+            };
+        if s.0.len() < crate::raft::peer_auth::MIN_SECRET_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "the cluster secret is {} bytes, the minimum is {}: use a longer one",
+                s.0.len(),
+                crate::raft::peer_auth::MIN_SECRET_BYTES
+            )));
+        }
+        Ok(s)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -158,17 +241,54 @@ impl NodeConfig {
                 "initial_cluster does not name this node's id {}: add `{}={}` or leave initial_cluster empty to join with AddNode",
                 self.id,
                 self.id,
-                self.advertise()
+                self.peer_advertise()
             )));
         }
+        if self.id == 0 {
+            return Err(ConfigError::Invalid(
+                "node id 0 is reserved: pick a positive id".into(),
+            ));
+        }
+        for (id, addr) in &self.initial_cluster {
+            check_addr(addr)
+                .map_err(|e| ConfigError::Invalid(format!("initial_cluster member {id}: {e}")))?;
+            if *id == 0 {
+                return Err(ConfigError::Invalid(
+                    "initial_cluster names node 0, which is reserved: pick positive ids".into(),
+                ));
+            }
+        }
+        if self.peer_listen == self.listen {
+            return Err(ConfigError::Invalid(format!(
+                "peer_listen and listen are both {}: the peer port (Raft, members only) and the \
+                 client port must differ, e.g. --listen host:7001 --peer-listen host:7101",
+                self.listen
+            )));
+        }
+        check_addr(&self.peer_advertise())
+            .map_err(|e| ConfigError::Invalid(format!("peer address: {e}")))?;
+        if self.cluster_name.is_empty()
+            || self.cluster_name.len() > 64
+            || !self
+                .cluster_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster_name {:?} is invalid: use 1-64 characters from A-Z a-z 0-9 _ . -",
+                crate::api::validate::clip(&self.cluster_name)
+            )));
+        }
+        self.secret()?;
         Ok(())
     }
 
-    /// Settings for fast tests: short elections and TTLs.
+    /// Settings for fast tests: short elections and TTLs, and a fixed cluster secret.
     pub fn for_tests(id: NodeId, data_dir: PathBuf) -> Self {
         Self {
             id,
             data_dir,
+            cluster_secret: Some(ClusterSecret::new(TEST_CLUSTER_SECRET)),
             raft: RaftTiming {
                 heartbeat_ms: 50,
                 election_min_ms: 150,
@@ -184,6 +304,90 @@ impl NodeConfig {
                 ..Limits::default()
             },
             ..Self::default()
+        }
+    }
+}
+
+/// The cluster secret of [`NodeConfig::for_tests`] (and of the test suites' server processes).
+pub const TEST_CLUSTER_SECRET: &str = "leasekeeper-test-cluster-secret";
+
+/// The longest address accepted, in bytes (a DNS name is at most 253).
+pub const MAX_ADDR_LEN: usize = 261;
+
+/// Checks an address that members dial: `host:port`, the host an IP address (IPv6 in
+/// brackets) or a DNS name, the port 1-65535. Whatever enters the membership is dialled by
+/// every later leader, so nothing else may enter it.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "address {:?} is not host:port ({why}): give e.g. 10.0.0.4:7101 or node4.example:7101",
+            crate::api::validate::clip(addr)
+        ))
+    };
+    if addr.len() > MAX_ADDR_LEN {
+        return bad("too long");
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return bad("no port");
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return bad("the port must be 1-65535"),
+    }
+    let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        true
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    if !host_ok {
+        return bad("the host must be an IP address or a DNS name");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_addr;
+
+    #[test]
+    fn only_dialable_addresses_pass() {
+        for ok in [
+            "127.0.0.1:7101",
+            "[::1]:7101",
+            "node-4.example.com:1",
+            "sim-3:1",
+        ] {
+            assert_eq!(check_addr(ok), Ok(()), "{ok}");
+        }
+        let long = format!("{}:1", "a".repeat(300));
+        for bad in [
+            "",
+            "a b:1",
+            "host",
+            "host:0",
+            "host:65536",
+            ":7101",
+            "[::1:7101",
+            "-a:1",
+            "a..b:1",
+            "http://x:1",
+            "ex ample:80",
+            "10.0.0.1:port",
+            &long,
+        ] {
+            assert!(check_addr(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -4,15 +4,19 @@ mod batch;
 mod config;
 mod renew;
 
-pub use config::{ConfigError, Limits, NodeConfig, RaftTiming};
+pub use config::{
+    check_addr, ClusterSecret, ConfigError, Limits, NodeConfig, RaftTiming, TEST_CLUSTER_SECRET,
+};
 
 use crate::clock::{Clock, SystemClock};
 use crate::raft::network::{Channels, GrpcTransport, Network, PeerCall, PeerError, Transport};
+use crate::raft::peer_auth::{PeerKey, PeerRefusal, Refusals};
 use crate::raft::{
-    codec, ClientWriteError, Node as RaftNode, NodeId, Raft, RaftError, RaftMetrics,
+    codec, ClientWriteError, Node as RaftNode, NodeId, Raft, RaftError, RaftMetrics, TypeConfig,
 };
 use crate::state::{Command, RenewOutcome, Request, Response, Token};
 use crate::store::{self, Shared, StateMachineStore};
+use openraft::network::snapshot_transport::{Chunked, SnapshotTransport, Streaming};
 use openraft::storage::RaftLogStorage;
 use renew::Renewer;
 use serde::{Deserialize, Serialize};
@@ -55,8 +59,6 @@ pub(crate) enum ReadIndexReply {
 pub struct Parts {
     pub clock: Arc<dyn Clock>,
     pub transport: Arc<dyn Transport>,
-    /// gRPC channels for the admin fan-out (status of every member).
-    pub channels: Channels,
 }
 
 pub struct Node {
@@ -65,8 +67,15 @@ pub struct Node {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub clock: Arc<dyn Clock>,
-    pub channels: Channels,
+    /// The cluster's peer credentials: outgoing calls are signed with them, incoming ones
+    /// verified against them (`api::raft_service`).
+    pub peer_key: PeerKey,
+    /// Peer calls refused (non-members, wrong secret), counted and logged once per source.
+    pub refusals: Refusals,
     transport: Arc<dyn Transport>,
+    /// A snapshot being received from the leader, chunk by chunk; verified before it is
+    /// handed to Raft.
+    snapshot_in: tokio::sync::Mutex<Option<Streaming<TypeConfig>>>,
     renewer: Renewer,
     proposer: batch::Proposer,
     shutdown: watch::Sender<bool>,
@@ -86,17 +95,24 @@ impl Node {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Node>, Box<dyn std::error::Error + Send + Sync>> {
         config.validate()?;
-        let channels = Channels::default();
         let parts = Parts {
             clock: clock.clone(),
             transport: Arc::new(GrpcTransport {
-                channels: channels.clone(),
+                channels: Channels::default(),
+                from: config.id,
+                key: Self::peer_key_of(&config)?,
             }),
-            channels,
         };
         let shared = Self::new_shared(&config, clock);
         let (log, sm) = store::open(&config.data_dir, shared.clone())?;
         Self::start_with_parts(config, parts, shared, log, sm).await
+    }
+
+    fn peer_key_of(config: &NodeConfig) -> Result<PeerKey, ConfigError> {
+        Ok(PeerKey::new(
+            &config.cluster_name,
+            config.secret()?.as_bytes(),
+        ))
     }
 
     /// What the state machine shares with the node, for [`Node::start_with_parts`].
@@ -119,11 +135,8 @@ impl Node {
         sm: StateMachineStore,
     ) -> Result<Arc<Node>, Box<dyn std::error::Error + Send + Sync>> {
         config.validate()?;
-        let Parts {
-            clock,
-            transport,
-            channels,
-        } = parts;
+        let peer_key = Self::peer_key_of(&config)?;
+        let Parts { clock, transport } = parts;
         let t = &config.raft;
         let raft_config = openraft::Config {
             cluster_name: "leasekeeper".into(),
@@ -153,8 +166,10 @@ impl Node {
             raft,
             shared,
             clock,
-            channels,
+            peer_key,
+            refusals: Refusals::default(),
             transport,
+            snapshot_in: tokio::sync::Mutex::new(None),
             renewer: Renewer::new(weak.clone()),
             proposer: batch::Proposer::new(weak.clone()),
             shutdown,
@@ -283,9 +298,40 @@ impl Node {
         }
     }
 
-    /// Answers one node-to-node call (the server side of [`Transport`]): decodes it, hands it
-    /// to Raft or to the leader's proposal path, and encodes the answer.
-    pub async fn handle_peer(&self, kind: PeerCall, body: &[u8]) -> Result<Vec<u8>, String> {
+    /// Whether member `from` (its proof already verified) may call this node: it must be in
+    /// the membership this node knows. A node that knows none yet (it waits to be added)
+    /// accepts any holder of the cluster secret: only a member can add it.
+    pub fn check_peer(&self, from: NodeId) -> Result<(), PeerRefusal> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        if membership.nodes().next().is_none() || membership.get_node(&from).is_some() {
+            Ok(())
+        } else {
+            Err(PeerRefusal::NotMember { from })
+        }
+    }
+
+    /// Sends a node-to-node call to the member at `addr`.
+    pub(crate) async fn peer_call(
+        &self,
+        addr: &str,
+        kind: PeerCall,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        self.transport.call(addr, kind, body, timeout).await
+    }
+
+    /// Answers one node-to-node call from member `from` (the server side of [`Transport`];
+    /// the caller has checked who `from` is): decodes it, hands it to Raft or to the leader's
+    /// proposal path, and encodes the answer.
+    pub async fn handle_peer(
+        &self,
+        from: NodeId,
+        kind: PeerCall,
+        body: &[u8],
+    ) -> Result<Vec<u8>, String> {
         fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
             codec::decode(b).map_err(|e| {
                 format!("undecodable raft message ({e}): are all nodes the same version?")
@@ -294,10 +340,62 @@ impl Node {
         Ok(match kind {
             PeerCall::Append => codec::encode(&self.raft.append_entries(decode(body)?).await),
             PeerCall::Vote => codec::encode(&self.raft.vote(decode(body)?).await),
-            PeerCall::Snapshot => codec::encode(&self.raft.install_snapshot(decode(body)?).await),
-            PeerCall::Propose => codec::encode(&self.propose_local(decode(body)?).await),
+            PeerCall::Snapshot => codec::encode(&self.receive_snapshot(decode(body)?).await?),
+            PeerCall::Propose => {
+                let req: Request = decode(body)?;
+                check_forwarded(from, &req.cmd)?;
+                codec::encode(&self.propose_local(req).await)
+            }
             PeerCall::ReadIndex => codec::encode(&self.read_index_local().await),
+            PeerCall::Status | PeerCall::Membership => {
+                return Err(format!("{kind:?} is answered by the peer service"))
+            }
         })
+    }
+
+    /// One chunk of a snapshot from the leader. The assembled snapshot is checked (magic and
+    /// CRC) before Raft installs it: a damaged one is refused, this node keeps its own state,
+    /// and the leader sends it again.
+    async fn receive_snapshot(
+        &self,
+        req: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<
+        Result<
+            openraft::raft::InstallSnapshotResponse<NodeId>,
+            RaftError<openraft::error::InstallSnapshotError>,
+        >,
+        String,
+    > {
+        let vote = req.vote;
+        let mine = self.raft.metrics().borrow().vote;
+        if vote < mine {
+            return Ok(Ok(openraft::raft::InstallSnapshotResponse { vote: mine }));
+        }
+        let finished = {
+            let mut streaming = self.snapshot_in.lock().await;
+            match Chunked::receive_snapshot(&mut streaming, &self.raft, req).await {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+        let Some(snapshot) = finished else {
+            return Ok(Ok(openraft::raft::InstallSnapshotResponse { vote: mine }));
+        };
+        if let Err(e) = crate::state::State::check_snapshot_bytes(snapshot.snapshot.get_ref()) {
+            tracing::warn!(
+                snapshot = %snapshot.meta.snapshot_id,
+                error = %e,
+                "refused a damaged snapshot from the leader; keeping this node's state, it is sent again"
+            );
+            return Err(format!(
+                "snapshot {} refused: {e}",
+                snapshot.meta.snapshot_id
+            ));
+        }
+        match self.raft.install_full_snapshot(vote, snapshot).await {
+            Ok(r) => Ok(Ok(openraft::raft::InstallSnapshotResponse { vote: r.vote })),
+            Err(f) => Ok(Err(RaftError::Fatal(f))),
+        }
     }
 
     /// Leader side of a follower's forwarded proposal.
@@ -376,6 +474,31 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+}
+
+/// What a follower may forward to the leader: the commands the API makes and the node's own
+/// expiry votes, cast under its own id. Retention (`Purge`) is the leader's own duty and never
+/// travels.
+fn check_forwarded(from: NodeId, cmd: &Command) -> Result<(), String> {
+    match cmd {
+        Command::ExpiryVote { voter, .. } if *voter != from => Err(format!(
+            "member {from} forwarded an expiry vote in the name of node {voter}: refused"
+        )),
+        Command::Purge { .. } => Err(format!(
+            "member {from} forwarded a retention purge, which only the leader proposes: refused"
+        )),
+        Command::ClaimV0 { .. } => Err("a claim without a lease secret: refused".into()),
+        Command::Batch(cmds) => {
+            for c in cmds {
+                if matches!(c, Command::Batch(_)) {
+                    return Err("a batch inside a batch: refused".into());
+                }
+                check_forwarded(from, c)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

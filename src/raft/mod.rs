@@ -1,6 +1,7 @@
 //! openraft wiring: the type configuration, the binary codec of Raft messages, and the network
 //! client that carries them over gRPC.
 pub mod network;
+pub mod peer_auth;
 pub mod runtime;
 
 use crate::state::{Request, Response};

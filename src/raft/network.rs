@@ -1,4 +1,5 @@
 //! The client side of Raft RPCs: openraft's messages, postcard-encoded, over tonic.
+use super::peer_auth::PeerKey;
 use super::{codec, Node, NodeId, RaftError, TypeConfig};
 use crate::proto::raft_v1::{raft_client::RaftClient, RaftMessage};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RemoteError, Unreachable};
@@ -7,9 +8,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
@@ -20,32 +22,40 @@ pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
+/// Peer addresses whose channels are cached at most; past it the cache starts again (a
+/// membership holds a handful, so this only bounds what a churn of members could leave).
+const MAX_CHANNELS: usize = 256;
+
 impl Channels {
-    pub fn get(&self, addr: &str) -> Channel {
-        let mut m = self.inner.lock().expect("lock");
-        m.entry(addr.to_string())
-            .or_insert_with(|| {
-                let uri = if addr.contains("://") {
-                    addr.to_string()
-                } else {
-                    format!("http://{addr}")
-                };
-                Endpoint::from_shared(uri)
-                    .expect("peer addresses are validated at start-up")
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy()
-            })
-            .clone()
+    /// The channel to `addr`, or why `addr` cannot be dialled. Never panics: a membership
+    /// entry written by an older version, or by a bug, must not take the node down.
+    pub fn get(&self, addr: &str) -> Result<Channel, String> {
+        if let Some(c) = self.inner.lock().get(addr) {
+            return Ok(c.clone());
+        }
+        crate::node::check_addr(addr)?;
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("cannot dial {}: {e}", crate::api::validate::clip(addr)))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        let mut m = self.inner.lock();
+        if m.len() >= MAX_CHANNELS {
+            m.clear();
+        }
+        Ok(m.entry(addr.to_string()).or_insert(channel).clone())
     }
 }
 
-/// Snapshot chunks and large append batches stay well below this.
+/// The largest peer message: an append batch or snapshot chunk (1 MiB) plus headroom. A
+/// batch entry holds at most 8 MiB of commands (`node::batch`), and openraft sends entries in
+/// batches, so appends are sized to the largest legal entries a batch can carry.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// The node-to-node calls: Raft's own RPCs and a follower's forwarding to the leader.
+/// The node-to-node calls: Raft's own RPCs, a follower's forwarding to the leader, and the
+/// admin fan-out (status, membership changes run on the leader).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerCall {
     Append,
@@ -53,6 +63,8 @@ pub enum PeerCall {
     Snapshot,
     Propose,
     ReadIndex,
+    Status,
+    Membership,
 }
 
 /// Why a node-to-node call has no answer.
@@ -84,10 +96,13 @@ pub trait Transport: Send + Sync + 'static {
     ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, PeerError>>;
 }
 
-/// The production transport: the internal `Raft` gRPC service over [`Channels`].
-#[derive(Clone, Default)]
+/// The production transport: the internal `Raft` gRPC service over [`Channels`], every call
+/// signed as member `from` with the cluster's [`PeerKey`].
+#[derive(Clone)]
 pub struct GrpcTransport {
     pub channels: Channels,
+    pub from: NodeId,
+    pub key: PeerKey,
 }
 
 impl Transport for GrpcTransport {
@@ -98,12 +113,15 @@ impl Transport for GrpcTransport {
         body: Vec<u8>,
         timeout: Duration,
     ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, PeerError>> {
-        let mut client = RaftClient::new(self.channels.get(addr))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let channel = self.channels.get(addr);
         let addr = addr.to_string();
+        let (from, key) = (self.from, self.key.clone());
         Box::pin(async move {
-            let msg = RaftMessage { data: body.into() };
+            let mut client = RaftClient::new(channel.map_err(PeerError::Unreachable)?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let mut msg = tonic::Request::new(RaftMessage { data: body.into() });
+            key.sign(from, msg.metadata_mut());
             let fut = async {
                 match kind {
                     PeerCall::Append => client.append_entries(msg).await,
@@ -111,6 +129,8 @@ impl Transport for GrpcTransport {
                     PeerCall::Snapshot => client.install_snapshot(msg).await,
                     PeerCall::Propose => client.propose(msg).await,
                     PeerCall::ReadIndex => client.read_index(msg).await,
+                    PeerCall::Status => client.status(msg).await,
+                    PeerCall::Membership => client.change_membership(msg).await,
                 }
             };
             match tokio::time::timeout(timeout, fut).await {

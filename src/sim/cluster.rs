@@ -317,6 +317,8 @@ async fn claim(w: &World, client: u64, first: usize, id: &str, key: u64) -> Opti
         lease_ttl_ms: None,
         task_id: Some(id.to_string()),
         claim_id: key.to_string(),
+        // Derived from the key, not drawn: a seed replays the same draws as before.
+        secret: u128::from(key) + 1,
     };
     let ret = w
         .propose(
@@ -520,6 +522,7 @@ async fn queue_worker(w: Arc<World>, client: u64, mut rng: StdRng, dies: bool) {
             lease_ttl_ms: None,
             task_id: None,
             claim_id: key.to_string(),
+            secret: u128::from(key) + 1,
         };
         let taken: Mutex<Option<String>> = Mutex::new(None);
         let mut answer = None;
@@ -696,7 +699,6 @@ impl Cluster {
         let parts = Parts {
             clock,
             transport: self.world.net.transport(id),
-            channels: Default::default(),
         };
         let node = Node::start_with_parts(config, parts, shared, self.disks[&id].open(), sm)
             .await

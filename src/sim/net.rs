@@ -192,13 +192,13 @@ impl SimNet {
     }
 }
 
-/// Node addresses in the simulation are `sim-<id>`.
+/// Node addresses in the simulation are `sim-<id>:1`.
 pub fn addr(id: NodeId) -> String {
-    format!("sim-{id}")
+    format!("sim-{id}:1")
 }
 
 fn parse_addr(addr: &str) -> Option<NodeId> {
-    addr.strip_prefix("sim-")?.parse().ok()
+    addr.strip_prefix("sim-")?.strip_suffix(":1")?.parse().ok()
 }
 
 struct SimTransport {
@@ -223,7 +223,7 @@ impl Transport for SimTransport {
             };
             let answer = net
                 .deliver(Party::Node(from), to, timeout, |n| async move {
-                    n.handle_peer(kind, &body).await
+                    n.handle_peer(from, kind, &body).await
                 })
                 .await?;
             answer.map_err(PeerError::Failed)

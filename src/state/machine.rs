@@ -6,6 +6,34 @@ use super::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// `assert!` that returns the failure instead of panicking (invariants are also checked on
+/// snapshots loaded from disk or a peer, which must be refused, not crash the node).
+macro_rules! ensure {
+    ($c:expr) => {
+        if !$c {
+            return Err(format!("invariant broken: {}", stringify!($c)));
+        }
+    };
+    ($c:expr, $($m:tt)+) => {
+        if !$c {
+            return Err(format!($($m)+));
+        }
+    };
+}
+
+macro_rules! ensure_eq {
+    ($a:expr, $b:expr) => {
+        if $a != $b {
+            return Err(format!("invariant broken: {} != {}", stringify!($a), stringify!($b)));
+        }
+    };
+    ($a:expr, $b:expr, $($m:tt)+) => {
+        if $a != $b {
+            return Err(format!($($m)+));
+        }
+    };
+}
+
 /// Attempt records kept per task; older ones are dropped (their tokens then read as unknown).
 pub const HISTORY_LIMIT: usize = 64;
 
@@ -47,10 +75,21 @@ impl Effects {
 /// Expiry needs a majority in each.
 pub type VoterConfigs = [BTreeSet<NodeId>];
 
+/// What a claim asks for (from `Command::Claim` or the older `Command::ClaimV0`).
+struct ClaimArgs<'a> {
+    queue: &'a str,
+    worker_id: &'a str,
+    claim_id: &'a str,
+    ttl_override: Option<u64>,
+    task_id: Option<&'a str>,
+    secret: LeaseSecret,
+}
+
 /// Claim keys remembered after their lease ended (the most recent ones).
 pub const USED_CLAIMS_KEPT: usize = 65_536;
 
-/// The persisted part of the state; indexes are rebuilt on load.
+/// The persisted part of the state; indexes are rebuilt on load. Written after
+/// [`SNAPSHOT_MAGIC`] and the CRC-32 of these bytes.
 #[derive(Deserialize)]
 struct Persisted {
     tasks: Vec<Task>,
@@ -59,6 +98,32 @@ struct Persisted {
     last_revision: Revision,
     /// (worker_id, claim_id, token), oldest first.
     used_claims: Vec<(String, String, Token)>,
+    /// The secrets of the tokens in task histories (none for leases claimed before secrets).
+    secrets: Vec<(Token, LeaseSecret)>,
+}
+
+/// Snapshots written before secrets and checksums: no magic, no CRC.
+#[derive(Deserialize)]
+struct PersistedV1 {
+    tasks: Vec<Task>,
+    leases: Vec<Lease>,
+    last_token: Token,
+    last_revision: Revision,
+    used_claims: Vec<(String, String, Token)>,
+}
+
+/// What a snapshot of the state starts with, followed by the CRC-32 (little endian) of the rest.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"LKSTATE2";
+
+/// Why snapshot bytes were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot is damaged: its CRC-32 is {found:#010x}, its header says {expected:#010x}")]
+    Checksum { expected: u32, found: u32 },
+    #[error("snapshot does not decode: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(String),
 }
 
 /// Snapshots written before claim keys were remembered past their lease.
@@ -79,6 +144,7 @@ struct PersistedRef<'a> {
     last_token: Token,
     last_revision: Revision,
     used_claims: Vec<(&'a str, &'a str, Token)>,
+    secrets: Vec<(Token, LeaseSecret)>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -87,8 +153,8 @@ pub struct State {
     /// 300-byte task inline would waste about 100 bytes a task (measured: docs/PERFORMANCE.md).
     tasks: BTreeMap<Name, Box<Task>>,
     leases: BTreeMap<Token, Lease>,
-    /// Every token still in some task's history → that task.
-    tokens: BTreeMap<Token, Name>,
+    /// Every token still in some task's history → that task, and the lease's secret.
+    tokens: BTreeMap<Token, Owner>,
     /// (finished_at_unix_ms, id) of terminal tasks, oldest first, for retention.
     finished: BTreeSet<(u64, Name)>,
     /// (worker_id, claim_id) → token of the live lease that claim created.
@@ -105,6 +171,28 @@ pub struct State {
     ready: BTreeMap<Name, BTreeSet<(u64, Revision, Name)>>,
     last_token: Token,
     last_revision: Revision,
+}
+
+/// The task a token was a lease of, and that lease's secret (kept as long as the attempt is in
+/// the task's history, so that a late report can still prove itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    task: Name,
+    secret: LeaseSecret,
+}
+
+/// The body of a snapshot after its magic, once its CRC-32 matches.
+fn snapshot_body(rest: &[u8]) -> Result<&[u8], SnapshotError> {
+    let (crc, body) = rest.split_at_checked(4).ok_or(SnapshotError::Checksum {
+        expected: 0,
+        found: 0,
+    })?;
+    let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let found = crc32fast::hash(body);
+    if expected != found {
+        return Err(SnapshotError::Checksum { expected, found });
+    }
+    Ok(body)
 }
 
 fn ready_key(t: &Task) -> (u64, Revision, Name) {
@@ -248,6 +336,7 @@ impl State {
 
     // ------------------------------------------------------------------ snapshots
 
+    /// The state as snapshot bytes: [`SNAPSHOT_MAGIC`], a CRC-32 of the body, the body.
     pub fn to_bytes(&self) -> Vec<u8> {
         let p = PersistedRef {
             tasks: self.tasks.values().map(|t| &**t).collect(),
@@ -259,25 +348,61 @@ impl State {
                 .iter()
                 .map(|k| (k.0.as_str(), k.1.as_str(), self.used_claims[k]))
                 .collect(),
+            secrets: self
+                .tokens
+                .iter()
+                .filter(|(_, o)| o.secret != 0)
+                .map(|(t, o)| (*t, o.secret))
+                .collect(),
         };
-        postcard::to_stdvec(&p).expect("state serializes")
+        let mut out = Vec::with_capacity(64 + 400 * self.tasks.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&[0; 4]);
+        let body = postcard::to_extend(&p, out).expect("state serializes");
+        let mut out = body;
+        let crc = crc32fast::hash(&out[SNAPSHOT_MAGIC.len() + 4..]);
+        out[SNAPSHOT_MAGIC.len()..SNAPSHOT_MAGIC.len() + 4].copy_from_slice(&crc.to_le_bytes());
+        out
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        // postcard ignores trailing bytes, so the newer layout is tried first.
-        let p: Persisted = match postcard::from_bytes(bytes) {
-            Ok(p) => p,
-            Err(e) => match postcard::from_bytes::<PersistedV0>(bytes) {
-                Ok(v0) => Persisted {
-                    tasks: v0.tasks,
-                    leases: v0.leases,
-                    last_token: v0.last_token,
-                    last_revision: v0.last_revision,
-                    used_claims: Vec::new(),
+    /// Checks snapshot bytes' CRC without decoding them (older snapshots, which carry none,
+    /// pass).
+    pub fn check_snapshot_bytes(bytes: &[u8]) -> Result<(), SnapshotError> {
+        match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            None => Ok(()),
+            Some(rest) => snapshot_body(rest).map(|_| ()),
+        }
+    }
+
+    /// Loads snapshot bytes, refusing damaged ones (CRC) and ones that break an invariant.
+    /// Snapshots of older versions (no magic, no CRC) still load.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let p: Persisted = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            Some(rest) => postcard::from_bytes(snapshot_body(rest)?)?,
+            // postcard ignores trailing bytes, so the newer layout is tried first.
+            None => match postcard::from_bytes::<PersistedV1>(bytes) {
+                Ok(v1) => Persisted {
+                    tasks: v1.tasks,
+                    leases: v1.leases,
+                    last_token: v1.last_token,
+                    last_revision: v1.last_revision,
+                    used_claims: v1.used_claims,
+                    secrets: Vec::new(),
                 },
-                Err(_) => return Err(e),
+                Err(e) => match postcard::from_bytes::<PersistedV0>(bytes) {
+                    Ok(v0) => Persisted {
+                        tasks: v0.tasks,
+                        leases: v0.leases,
+                        last_token: v0.last_token,
+                        last_revision: v0.last_revision,
+                        used_claims: Vec::new(),
+                        secrets: Vec::new(),
+                    },
+                    Err(_) => return Err(e.into()),
+                },
             },
         };
+        let secrets: BTreeMap<Token, LeaseSecret> = p.secrets.into_iter().collect();
         let mut s = State {
             last_token: p.last_token,
             last_revision: p.last_revision,
@@ -299,7 +424,14 @@ impl State {
                 t.spec.queue = queue.clone();
             }
             for r in &t.history {
-                s.tokens.insert(r.lease_token, t.spec.id.clone());
+                let secret = secrets.get(&r.lease_token).copied().unwrap_or(0);
+                s.tokens.insert(
+                    r.lease_token,
+                    Owner {
+                        task: t.spec.id.clone(),
+                        secret,
+                    },
+                );
             }
             s.index(&t);
             s.tasks.insert(t.spec.id.clone(), Box::new(t));
@@ -309,7 +441,7 @@ impl State {
                 l.task_id = id.clone();
             }
         }
-        s.check_invariants();
+        s.validate().map_err(SnapshotError::Inconsistent)?;
         Ok(s)
     }
 
@@ -326,6 +458,17 @@ impl State {
     ) -> Response {
         let base = entry_revision(index);
         match &req.cmd {
+            // Revisions of the commands must stay inside the entry's range, or they would
+            // collide with the next entry's.
+            Command::Batch(cmds) if cmds.len() > MAX_BATCH_COMMANDS => {
+                self.note_revision(base);
+                Response::Rejected(Rejection::Malformed {
+                    why: format!(
+                        "a batch of {} commands, the most one entry holds is {MAX_BATCH_COMMANDS}",
+                        cmds.len()
+                    ),
+                })
+            }
             Command::Batch(cmds) => Response::Batch(
                 cmds.iter()
                     .enumerate()
@@ -368,7 +511,7 @@ impl State {
         self.last_revision = rev;
         let resp = match cmd {
             Command::Submit(spec) => self.submit(rev, now, spec, fx),
-            Command::Claim {
+            Command::ClaimV0 {
                 queue,
                 worker_id,
                 lease_ttl_ms,
@@ -377,11 +520,34 @@ impl State {
             } => self.claim(
                 rev,
                 now,
+                ClaimArgs {
+                    queue,
+                    worker_id,
+                    claim_id,
+                    ttl_override: *lease_ttl_ms,
+                    task_id: task_id.as_deref(),
+                    secret: 0,
+                },
+                fx,
+            ),
+            Command::Claim {
                 queue,
                 worker_id,
+                lease_ttl_ms,
+                task_id,
                 claim_id,
-                *lease_ttl_ms,
-                task_id.as_deref(),
+                secret,
+            } => self.claim(
+                rev,
+                now,
+                ClaimArgs {
+                    queue,
+                    worker_id,
+                    claim_id,
+                    ttl_override: *lease_ttl_ms,
+                    task_id: task_id.as_deref(),
+                    secret: *secret,
+                },
                 fx,
             ),
             Command::RenewBatch { tokens } => {
@@ -400,10 +566,10 @@ impl State {
                 finished_before_unix_ms,
                 max,
             } => self.purge(*finished_before_unix_ms, *max),
-            Command::Batch(_) => {
-                debug_assert!(false, "batches are not nested");
-                Response::Batch(Vec::new())
-            }
+            // No API call nests batches: refused, identically on every node.
+            Command::Batch(_) => Response::Rejected(Rejection::Malformed {
+                why: "a batch inside a batch".into(),
+            }),
         };
         #[cfg(debug_assertions)]
         self.check_invariants();
@@ -544,26 +710,25 @@ impl State {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn claim(
-        &mut self,
-        rev: Revision,
-        now: u64,
-        queue: &str,
-        worker_id: &str,
-        claim_id: &str,
-        ttl_override: Option<u64>,
-        task_id: Option<&str>,
-        fx: &mut Effects,
-    ) -> Response {
+    fn claim(&mut self, rev: Revision, now: u64, args: ClaimArgs, fx: &mut Effects) -> Response {
+        let ClaimArgs {
+            queue,
+            worker_id,
+            claim_id,
+            ttl_override,
+            task_id,
+            secret,
+        } = args;
         if !claim_id.is_empty() {
             let key = (worker_id.to_string(), claim_id.to_string());
             if let Some(lease) = self.claims.get(&key).and_then(|t| self.leases.get(t)) {
-                // A retry of a claim that was applied (its answer was lost): same lease.
+                // A retry of a claim that was applied (its answer was lost): same lease, and
+                // the secret it was made with (the retry's own is not used).
                 let task = (*self.tasks[&lease.task_id]).clone();
                 return Response::Claimed {
                     task,
                     lease: lease.clone(),
+                    secret: self.secret_of(lease.token).unwrap_or(0),
                 };
             }
             if let Some(&token) = self.used_claims.get(&key) {
@@ -628,7 +793,13 @@ impl State {
             reported: None,
             expiry_voters: Vec::new(),
         });
-        self.tokens.insert(token, id.clone());
+        self.tokens.insert(
+            token,
+            Owner {
+                task: id.clone(),
+                secret,
+            },
+        );
         if !claim_id.is_empty() {
             self.claims
                 .insert((worker_id.to_string(), claim_id.to_string()), token);
@@ -636,7 +807,17 @@ impl State {
         self.leases.insert(token, lease.clone());
         fx.heard.push((token, 0, lease.ttl_ms));
         let task = self.put(rev, now, t, Some(EventKind::Claimed), fx);
-        Response::Claimed { task, lease }
+        Response::Claimed {
+            task,
+            lease,
+            secret,
+        }
+    }
+
+    /// The secret of the lease `token` made, while its attempt is in its task's history (0:
+    /// claimed before secrets existed).
+    pub fn secret_of(&self, token: Token) -> Option<LeaseSecret> {
+        self.tokens.get(&token).map(|o| o.secret)
     }
 
     fn remember_used_claim(&mut self, key: (String, String), token: Token) {
@@ -674,7 +855,11 @@ impl State {
 
     /// Why `token` holds no live lease.
     pub fn lost_reason(&self, token: Token) -> LostReason {
-        let Some(task) = self.tokens.get(&token).and_then(|id| self.tasks.get(id)) else {
+        let Some(task) = self
+            .tokens
+            .get(&token)
+            .and_then(|o| self.tasks.get(&o.task))
+        else {
             return LostReason::Unknown;
         };
         match task.record(token).map(|r| r.outcome) {
@@ -949,7 +1134,9 @@ impl State {
         let mut expired = Vec::new();
         if !configs.iter().any(|c| c.contains(&voter)) {
             // Learners and removed nodes have no say.
-            return Response::Voted { expired };
+            return Response::Rejected(Rejection::Malformed {
+                why: format!("node {voter} is not a voter and cannot vote on expiry"),
+            });
         }
         for &(token, renewals_seen) in votes {
             let Some(lease) = self.leases.get_mut(&token) else {
@@ -989,11 +1176,19 @@ impl State {
 
     /// Panics if an invariant does not hold. Cheap enough for debug builds and tests only.
     pub fn check_invariants(&self) {
-        assert_eq!(self.used_claims.len(), self.used_order.len());
-        assert!(self.used_order.len() <= USED_CLAIMS_KEPT);
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+    }
+
+    /// Whether every invariant holds; the first that does not, if any. Loaded snapshots are
+    /// checked with it, so a damaged one is refused instead of half-loaded.
+    pub fn validate(&self) -> Result<(), String> {
+        ensure_eq!(self.used_claims.len(), self.used_order.len());
+        ensure!(self.used_order.len() <= USED_CLAIMS_KEPT);
         for k in &self.used_order {
-            assert!(self.used_claims.contains_key(k), "used claim {k:?} indexed");
-            assert!(
+            ensure!(self.used_claims.contains_key(k), "used claim {k:?} indexed");
+            ensure!(
                 !self.claims.contains_key(k),
                 "claim {k:?} both live and used"
             );
@@ -1002,10 +1197,10 @@ impl State {
             let l = self
                 .leases
                 .get(token)
-                .unwrap_or_else(|| panic!("claim {claim:?} points at ended lease {token}"));
-            assert!(&l.worker_id == worker && &l.claim_id == claim);
+                .ok_or_else(|| format!("claim {claim:?} points at ended lease {token}"))?;
+            ensure!(&l.worker_id == worker && &l.claim_id == claim);
         }
-        assert_eq!(
+        ensure_eq!(
             self.finished.len(),
             self.tasks
                 .values()
@@ -1014,9 +1209,13 @@ impl State {
             "every terminal task is in the retention index"
         );
         for (at, id) in &self.finished {
-            assert_eq!(self.tasks[id].updated_at_unix_ms, *at);
+            let t = self
+                .tasks
+                .get(id)
+                .ok_or_else(|| format!("finished {id} has no task"))?;
+            ensure_eq!(t.updated_at_unix_ms, *at);
         }
-        assert_eq!(
+        ensure_eq!(
             self.claims.len(),
             self.leases
                 .values()
@@ -1025,8 +1224,8 @@ impl State {
         );
         let mut live_tasks = BTreeSet::new();
         for (token, l) in &self.leases {
-            assert_eq!(*token, l.token);
-            assert!(
+            ensure_eq!(*token, l.token);
+            ensure!(
                 *token <= self.last_token,
                 "lease {token} above last token {}",
                 self.last_token
@@ -1034,20 +1233,20 @@ impl State {
             let t = self
                 .tasks
                 .get(&l.task_id)
-                .unwrap_or_else(|| panic!("lease {token} without task"));
-            assert_eq!(
+                .ok_or_else(|| format!("lease {token} without task"))?;
+            ensure_eq!(
                 t.state,
                 TaskState::Running,
                 "lease {token} on a {:?} task",
                 t.state
             );
-            assert_eq!(
+            ensure_eq!(
                 t.lease,
                 Some(*token),
                 "task {} does not point at its lease {token}",
                 t.spec.id
             );
-            assert!(
+            ensure!(
                 live_tasks.insert(l.task_id.clone()),
                 "two live leases for task {}",
                 l.task_id
@@ -1055,8 +1254,8 @@ impl State {
         }
         let mut pending = 0;
         for (id, t) in &self.tasks {
-            assert_eq!(id, &t.spec.id);
-            assert!(self
+            ensure_eq!(id, &t.spec.id);
+            ensure!(self
                 .by_queue_state
                 .get(&t.spec.queue)
                 .is_some_and(|e| e.contains(&(t.state, id.clone()))));
@@ -1064,14 +1263,14 @@ impl State {
                 TaskState::Running => {
                     let tok = t
                         .lease
-                        .unwrap_or_else(|| panic!("running task {id} without lease"));
-                    assert!(self.leases.contains_key(&tok));
+                        .ok_or_else(|| format!("running task {id} without lease"))?;
+                    ensure!(self.leases.contains_key(&tok));
                 }
-                s => assert!(t.lease.is_none(), "{s:?} task {id} holds a lease"),
+                s => ensure!(t.lease.is_none(), "{s:?} task {id} holds a lease"),
             }
             if t.state == TaskState::Pending {
                 pending += 1;
-                assert!(self
+                ensure!(self
                     .ready
                     .get(&t.spec.queue)
                     .is_some_and(|r| r.contains(&ready_key(t))));
@@ -1081,23 +1280,24 @@ impl State {
                 .iter()
                 .filter(|r| r.outcome == Outcome::Running)
                 .count();
-            assert!(
+            ensure!(
                 running <= 1 && (running == 1) == (t.state == TaskState::Running),
                 "task {id}: {running} running attempts in {:?}",
                 t.state
             );
             for w in t.history.windows(2) {
-                assert!(
+                ensure!(
                     w[0].lease_token < w[1].lease_token,
                     "task {id}: tokens in history only grow"
                 );
             }
         }
-        assert_eq!(
+        ensure_eq!(
             self.by_queue_state.values().map(|e| e.len()).sum::<usize>(),
             self.tasks.len()
         );
-        assert!(self.by_queue_state.values().all(|e| !e.is_empty()));
-        assert_eq!(self.ready.values().map(|r| r.len()).sum::<usize>(), pending);
+        ensure!(self.by_queue_state.values().all(|e| !e.is_empty()));
+        ensure_eq!(self.ready.values().map(|r| r.len()).sum::<usize>(), pending);
+        Ok(())
     }
 }

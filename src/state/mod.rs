@@ -6,8 +6,8 @@ mod machine;
 mod types;
 
 pub use machine::{
-    backoff_ms, entry_revision, last_revision_of_entry, Effects, State, VoterConfigs,
-    HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
+    backoff_ms, entry_revision, last_revision_of_entry, Effects, SnapshotError, State,
+    VoterConfigs, HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY, SNAPSHOT_MAGIC,
 };
 pub use types::*;
 

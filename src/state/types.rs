@@ -6,10 +6,17 @@ use std::sync::Arc;
 
 /// Raft node id.
 pub type NodeId = u64;
-/// The log index of the entry that produced a change.
+/// Where a change happened: log entry `i`'s `j`-th command (a batch entry holds many) has
+/// revision `i · 65 536 + j` (`entry_revision`), so revisions are unique and only grow.
 pub type Revision = u64;
-/// A lease's fencing token: the log index of the claim that created it.
+/// A lease's fencing token: the revision of the claim that created it, so tokens are unique
+/// and only grow (see [`Revision`]).
 pub type Token = u64;
+/// What only the claimer of a lease holds: drawn at random by the node that proposes the
+/// claim, handed to the claimer in the claim's answer, and never shown by reads or watches.
+/// Renewals, progress, release and reports must present it. 0 means "none": leases claimed
+/// before secrets existed (replayed from an older log) accept any.
+pub type LeaseSecret = u128;
 /// A task id or queue name. Immutable and shared: the state keeps a task's id in its map key,
 /// its spec, its lease and two indexes, and a queue's name in every task of the queue — one
 /// allocation each instead of one per copy (serialized as a plain string).
@@ -163,10 +170,18 @@ pub struct Request {
     pub cmd: Command,
 }
 
+/// Commands decode at most this deep: a batch (depth 1) of single commands (depth 2). Deeper
+/// input is refused by the decoder before it can recurse (one message of nested batches
+/// would otherwise overflow the stack).
+pub const MAX_COMMAND_DEPTH: u32 = 2;
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(remote = "Self")]
 pub enum Command {
     Submit(TaskSpec),
-    Claim {
+    /// A claim as logged before lease secrets existed: decoded from older logs only, never
+    /// proposed. Its lease has no secret.
+    ClaimV0 {
         queue: String,
         worker_id: String,
         /// Overrides the task's own TTL when set.
@@ -211,13 +226,68 @@ pub enum Command {
         voter: NodeId,
         votes: Vec<(Token, u64)>,
     },
+    /// Claims a task of `queue` for `worker_id`. `secret` becomes the lease's secret.
+    Claim {
+        queue: String,
+        worker_id: String,
+        /// Overrides the task's own TTL when set.
+        lease_ttl_ms: Option<u64>,
+        /// Claim this task only (used when one externally scheduled job is wrapped).
+        task_id: Option<String>,
+        /// Idempotency key: a retry with the same (worker_id, claim_id) gets the same live lease.
+        claim_id: String,
+        secret: LeaseSecret,
+    },
+}
+
+// Variants are appended, never reordered or changed: logs written by older versions decode.
+
+thread_local! {
+    static DECODE_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one level of nesting while a value decodes; refuses past `max`.
+struct DepthGuard;
+
+impl DepthGuard {
+    fn enter<E: serde::de::Error>(max: u32, what: &str) -> Result<Self, E> {
+        let d = DECODE_DEPTH.with(|d| {
+            let v = d.get() + 1;
+            d.set(v);
+            v
+        });
+        let guard = DepthGuard;
+        if d > max {
+            return Err(E::custom(format!("{what} nested deeper than {max}")));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        DECODE_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+impl Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Command::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _depth = DepthGuard::enter(MAX_COMMAND_DEPTH, "commands")?;
+        Command::deserialize(d)
+    }
 }
 
 impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Submit(_) => "submit",
-            Command::Claim { .. } => "claim",
+            Command::Claim { .. } | Command::ClaimV0 { .. } => "claim",
             Command::RenewBatch { .. } => "renew_batch",
             Command::Progress { .. } => "progress",
             Command::Complete { .. } => "complete",
@@ -294,6 +364,9 @@ pub enum Rejection {
     NotClaimable { id: String, state: TaskState },
     #[error("claim_id {claim_id:?} already made lease {token}, which has ended: claim again under a new claim_id")]
     ClaimKeyUsed { claim_id: String, token: Token },
+    /// A command no API call produces (a nested or oversized batch, a vote of a non-voter).
+    #[error("refused: {why}")]
+    Malformed { why: String },
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +391,7 @@ pub struct Event {
 
 /// The state machine's answer to one command.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(remote = "Self")]
 pub enum Response {
     /// Blank and membership entries.
     #[default]
@@ -329,6 +403,8 @@ pub enum Response {
     Claimed {
         task: Task,
         lease: Lease,
+        /// The lease's secret, for the claimer's answer only.
+        secret: LeaseSecret,
     },
     NoTask,
     Renewed(Vec<(Token, RenewOutcome)>),
@@ -354,4 +430,17 @@ pub enum Response {
     /// One answer per command of a `Batch`, in order.
     Batch(Vec<Response>),
     Rejected(Rejection),
+}
+
+impl Serialize for Response {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Response::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let _depth = DepthGuard::enter(MAX_COMMAND_DEPTH, "answers")?;
+        Response::deserialize(d)
+    }
 }

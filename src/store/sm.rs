@@ -119,7 +119,15 @@ impl StateMachineStore {
             blocking: true,
         };
         if let Some((meta, data)) = sm.read_file()? {
-            let state = State::from_bytes(&data).map_err(read_err)?;
+            let state = State::from_bytes(&data).map_err(|e| {
+                read_err(std::io::Error::other(format!(
+                    "{}: {e}. This node's log is purged up to that snapshot, so it cannot start \
+                     from it: move the node's data directory aside and add the node again \
+                     (`leasekeeper node remove`, then `node add`), and it is sent a snapshot by \
+                     the leader",
+                    sm.path.display()
+                )))
+            })?;
             sm.shared.replace(state, &meta);
         }
         Ok(sm)
@@ -330,7 +338,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.read_file()?.map(|(meta, data)| Snapshot {
+        let Some((meta, data)) = self.read_file()? else {
+            return Ok(None);
+        };
+        if let Err(e) = State::check_snapshot_bytes(&data) {
+            // Never sent on: a follower would refuse it anyway. The state in memory is sound,
+            // so Raft builds a new snapshot from it.
+            tracing::error!(path = %self.path.display(), error = %e, "the snapshot file is damaged; not sending it");
+            return Ok(None);
+        }
+        Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))

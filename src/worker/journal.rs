@@ -6,8 +6,11 @@
 //! one that did commit changes nothing.
 //!
 //! Format: records of `len: u32 LE | crc32(body): u32 LE | body` where body is postcard. A
-//! torn or corrupt tail (a crash mid-append) ends the journal there and is cut off on open.
-//! When every report is acknowledged the file is truncated, so it stays small.
+//! torn last record (a crash mid-append) is cut off on open. A damaged record with records
+//! after it is not a crash's doing: the journal is refused, naming the path and offset, rather
+//! than dropping every report after it. A write that fails is cut back, so later appends never
+//! follow a torn record. When every report is acknowledged the file is truncated, so it stays
+//! small.
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -38,13 +41,25 @@ pub enum Outcome {
 pub struct Report {
     pub task_id: String,
     pub lease_token: u64,
+    /// The lease's secret, so that a replayed report still proves itself.
+    pub lease_secret: Vec<u8>,
     pub outcome: Outcome,
 }
 
+/// A report as journaled before lease secrets (its lease has none).
+#[derive(Serialize, Deserialize, Debug)]
+struct ReportV0 {
+    task_id: String,
+    lease_token: u64,
+    outcome: Outcome,
+}
+
+// Variants are appended, never reordered: journals of older versions still replay.
 #[derive(Serialize, Deserialize, Debug)]
 enum Record {
-    Report(Report),
+    ReportV0(ReportV0),
     Acked { lease_token: u64 },
+    Report(Report),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +72,8 @@ pub enum JournalError {
     },
     #[error("journal {0} is in use by another worker process: give each worker its own --journal-dir (or --worker-id)")]
     Locked(PathBuf),
+    #[error("journal {path} is damaged at byte {offset} with records after it (not a crash's torn tail): move it aside to start without its reports, or repair it; nothing after it was dropped")]
+    Corrupt { path: PathBuf, offset: u64 },
 }
 
 pub struct Journal {
@@ -100,16 +117,36 @@ impl Journal {
         file.read_to_end(&mut bytes).map_err(io)?;
         let mut pending = BTreeMap::new();
         let mut good = 0usize;
-        while let Some((rec, next)) = decode(&bytes[good..]) {
-            match rec {
-                Record::Report(r) => {
-                    pending.insert(r.lease_token, r);
+        loop {
+            match decode(&bytes[good..]) {
+                Decoded::Record(rec, next) => {
+                    match rec {
+                        Record::ReportV0(r) => {
+                            let r = Report {
+                                task_id: r.task_id,
+                                lease_token: r.lease_token,
+                                lease_secret: Vec::new(),
+                                outcome: r.outcome,
+                            };
+                            pending.insert(r.lease_token, r);
+                        }
+                        Record::Report(r) => {
+                            pending.insert(r.lease_token, r);
+                        }
+                        Record::Acked { lease_token } => {
+                            pending.remove(&lease_token);
+                        }
+                    }
+                    good += next;
                 }
-                Record::Acked { lease_token } => {
-                    pending.remove(&lease_token);
+                Decoded::End | Decoded::Torn => break,
+                Decoded::Damaged => {
+                    return Err(JournalError::Corrupt {
+                        path,
+                        offset: good as u64,
+                    })
                 }
             }
-            good += next;
         }
         if good < bytes.len() {
             tracing::warn!(
@@ -188,29 +225,58 @@ impl Journal {
             path: self.path.clone(),
             err,
         };
-        self.file.write_all(&buf).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        let written = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // Whatever part of the record reached the file is cut off again, so that the next
+            // append does not follow a torn record (which would read as damage on open).
+            let _ = self.file.set_len(self.len);
+            let _ = self.file.sync_data();
+            return Err(io(e));
+        }
         self.len += buf.len() as u64;
         Ok(())
     }
 }
 
-/// One record from the front of `bytes` and its encoded length, or None at a torn tail.
-fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
+/// What the front of the journal's remaining bytes holds.
+enum Decoded {
+    Record(Record, usize),
+    /// Nothing left.
+    End,
+    /// An incomplete or damaged last record: what a crash mid-append leaves.
+    Torn,
+    /// A damaged record with more bytes after it.
+    Damaged,
+}
+
+fn decode(bytes: &[u8]) -> Decoded {
+    if bytes.is_empty() {
+        return Decoded::End;
+    }
     if bytes.len() < 8 {
-        return None;
+        return Decoded::Torn;
     }
-    let len = u32::from_le_bytes(bytes[0..4].try_into().ok()?);
-    let crc = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
-    if len > MAX_RECORD || bytes.len() < 8 + len as usize {
-        return None;
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if len > MAX_RECORD {
+        return Decoded::Damaged;
     }
-    let body = &bytes[8..8 + len as usize];
-    if crc32fast::hash(body) != crc {
-        return None;
+    let end = 8 + len as usize;
+    if bytes.len() < end {
+        return Decoded::Torn;
     }
-    let rec = postcard::from_bytes(body).ok()?;
-    Some((rec, 8 + len as usize))
+    let body = &bytes[8..end];
+    let rec = (crc32fast::hash(body) == crc)
+        .then(|| postcard::from_bytes(body).ok())
+        .flatten();
+    match rec {
+        Some(rec) => Decoded::Record(rec, end),
+        None if end == bytes.len() => Decoded::Torn,
+        None => Decoded::Damaged,
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +287,7 @@ mod tests {
         Report {
             task_id: format!("t{token}"),
             lease_token: token,
+            lease_secret: token.to_be_bytes().to_vec(),
             outcome: Outcome::Success {
                 result: b"done".to_vec(),
             },
@@ -269,7 +336,9 @@ mod tests {
         }
         let full = std::fs::read(&path).unwrap();
         // Every cut inside the second record keeps exactly the first.
-        let first_len = decode(&full).unwrap().1;
+        let Decoded::Record(_, first_len) = decode(&full) else {
+            panic!("first record decodes")
+        };
         for cut in first_len..full.len() {
             std::fs::write(&path, &full[..cut]).unwrap();
             let j = Journal::open(dir.path()).unwrap();
@@ -285,6 +354,64 @@ mod tests {
             Journal::open(dir.path()).unwrap().pending(),
             vec![report(1)]
         );
+    }
+
+    #[test]
+    fn damage_before_the_last_record_is_refused_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path;
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            for t in 1..=3 {
+                j.append(&report(t)).unwrap();
+            }
+            path = j.path().to_path_buf();
+        }
+        let full = std::fs::read(&path).unwrap();
+        let Decoded::Record(_, first_len) = decode(&full) else {
+            panic!("first record decodes")
+        };
+        // A flipped bit in the middle (the second record's body).
+        let mut bad = full.clone();
+        bad[first_len + 10] ^= 0x40;
+        std::fs::write(&path, &bad).unwrap();
+        match Journal::open(dir.path()) {
+            Err(JournalError::Corrupt { path: p, offset }) => {
+                assert_eq!(p, path);
+                assert_eq!(offset, first_len as u64);
+            }
+            other => panic!("expected Corrupt, got {:?}", other.map(|j| j.pending())),
+        }
+        // Nothing was cut: the file is as it was.
+        assert_eq!(std::fs::read(&path).unwrap(), bad);
+        // An absurd length in the middle is damage too, not an allocation.
+        let mut huge = full.clone();
+        huge[first_len..first_len + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(JournalError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn journals_without_secrets_still_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reports.journal");
+        let old = Record::ReportV0(ReportV0 {
+            task_id: "t9".into(),
+            lease_token: 9,
+            outcome: Outcome::Success { result: vec![] },
+        });
+        let body = postcard::to_stdvec(&old).unwrap();
+        let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        buf.extend_from_slice(&body);
+        std::fs::write(&path, &buf).unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let p = j.pending();
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].lease_token, p[0].lease_secret.len()), (9, 0));
     }
 
     #[test]

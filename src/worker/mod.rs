@@ -106,6 +106,8 @@ pub fn default_journal_dir(worker_id: &str) -> PathBuf {
 pub struct TaskContext {
     pub task: pb::Task,
     pub lease: pb::Lease,
+    /// The lease's secret: what proves this worker holds it.
+    lease_secret: Vec<u8>,
     lost: CancellationToken,
     stopping: CancellationToken,
     leases: Arc<Leases>,
@@ -115,6 +117,10 @@ pub struct TaskContext {
 impl TaskContext {
     pub fn token(&self) -> u64 {
         self.lease.token
+    }
+    /// The lease's secret (from the claim's answer), for calls made outside this SDK.
+    pub fn lease_secret(&self) -> &[u8] {
+        &self.lease_secret
     }
     /// Fires when the lease is lost (expired, cancelled, finished elsewhere, or unconfirmed for a
     /// whole TTL): stop the work, nobody will accept its effects as this attempt's any more.
@@ -132,7 +138,7 @@ impl TaskContext {
     /// Records a checkpoint with the task (also renews the lease).
     pub async fn progress(&self, checkpoint: Vec<u8>) -> Result<(), Status> {
         self.client
-            .progress(self.lease.token, checkpoint)
+            .progress(self.lease.token, &self.lease_secret, checkpoint)
             .await
             .map(|_| ())
     }
@@ -142,6 +148,7 @@ impl TaskContext {
 }
 
 struct Tracked {
+    secret: Vec<u8>,
     ttl_ms: u64,
     interval_ms: u64,
     /// When the request behind the last confirmation was sent (conservative).
@@ -179,6 +186,7 @@ impl Leases {
     fn track(
         &self,
         token: u64,
+        secret: Vec<u8>,
         ttl_ms: u64,
         interval_ms: u64,
         started_at: Instant,
@@ -188,6 +196,7 @@ impl Leases {
         self.map.lock().expect("lock").insert(
             token,
             Tracked {
+                secret,
                 ttl_ms,
                 interval_ms,
                 confirmed_at: started_at,
@@ -230,16 +239,16 @@ impl Leases {
             .get(&token)
             .and_then(|t| t.reason.clone())
     }
-    /// Tokens to renew now, and the interval until the next heartbeat.
-    fn due(&self) -> (Vec<u64>, Duration) {
+    /// Tokens to renew now with their secrets, and the interval until the next heartbeat.
+    fn due(&self) -> (Vec<u64>, Vec<Vec<u8>>, Duration) {
         let m = self.map.lock().expect("lock");
-        let tokens: Vec<u64> = m
+        let (tokens, secrets) = m
             .iter()
             .filter(|(_, t)| !t.lost.is_cancelled())
-            .map(|(k, _)| *k)
-            .collect();
+            .map(|(k, t)| (*k, t.secret.clone()))
+            .unzip();
         let interval = m.values().map(|t| t.interval_ms).min().unwrap_or(500);
-        (tokens, Duration::from_millis(interval))
+        (tokens, secrets, Duration::from_millis(interval))
     }
     /// Leases presumed lost although the cluster could not say so:
     /// - no renewal confirmed for a TTL and no node answered at all meanwhile (this worker is cut
@@ -355,8 +364,13 @@ impl Worker {
         for r in pending {
             tracing::info!(task = %r.task_id, token = r.lease_token, "replaying an unacknowledged report");
             // Keep the lease alive while the report goes out (a restart within the TTL).
-            w.leases
-                .track(r.lease_token, u64::MAX / 4, 300, Instant::now());
+            w.leases.track(
+                r.lease_token,
+                r.lease_secret.clone(),
+                u64::MAX / 4,
+                300,
+                Instant::now(),
+            );
             w.leases.mark_reported(r.lease_token);
             w.deliver(r);
         }
@@ -377,15 +391,11 @@ impl Worker {
     }
 
     /// Journals `outcome` for `lease` (fsync), then delivers it in the background.
-    pub async fn report(
-        &self,
-        task_id: &str,
-        token: u64,
-        outcome: Outcome,
-    ) -> Result<(), JournalError> {
+    pub async fn report(&self, ctx: &TaskContext, outcome: Outcome) -> Result<(), JournalError> {
         let report = Report {
-            task_id: task_id.to_string(),
-            lease_token: token,
+            task_id: ctx.task.id.clone(),
+            lease_token: ctx.lease.token,
+            lease_secret: ctx.lease_secret.clone(),
             outcome,
         };
         journal_then_deliver(
@@ -464,13 +474,18 @@ impl Worker {
             .unwrap_or(sent_at)
             .max(sent_at);
         self.leases.contact(now);
-        let lost = self
-            .leases
-            .track(lease.token, lease.ttl_ms, r.renew_interval_ms, started_at);
+        let lost = self.leases.track(
+            lease.token,
+            r.lease_secret.clone(),
+            lease.ttl_ms,
+            r.renew_interval_ms,
+            started_at,
+        );
         tracing::info!(task = %task.id, token = lease.token, attempt = lease.attempt, "claimed");
         Ok(Some(TaskContext {
             task,
             lease,
+            lease_secret: r.lease_secret,
             lost,
             stopping,
             leases: self.leases.clone(),
@@ -553,11 +568,10 @@ impl Worker {
             }
             match claimed {
                 Ok(Some(ctx)) if stop.is_cancelled() => {
-                    let (id, token) = (ctx.task.id.clone(), ctx.lease.token);
                     let release = Outcome::Release {
                         reason: "worker stopping before the task started".into(),
                     };
-                    if let Err(e) = self.report(&id, token, release).await {
+                    if let Err(e) = self.report(&ctx, release).await {
                         tracing::error!(error = %e, "cannot journal the release");
                     }
                 }
@@ -611,6 +625,7 @@ impl Worker {
         let acked = self.acked.clone();
         async move {
             let (task_id, token) = (ctx.task.id.clone(), ctx.lease.token);
+            let lease_secret = ctx.lease_secret.clone();
             let outcome = match tokio::spawn(handler(ctx)).await {
                 Ok(o) => o,
                 Err(e) => Outcome::Failure {
@@ -622,6 +637,7 @@ impl Worker {
             let report = Report {
                 task_id,
                 lease_token: token,
+                lease_secret,
                 outcome,
             };
             let (c, l) = (client.clone(), leases.clone());
@@ -669,6 +685,7 @@ async fn deliver_once(client: &Client, r: &Report) -> Result<(), Status> {
                 exit_code: 0,
                 result: result.clone(),
                 error: String::new(),
+                lease_secret: r.lease_secret.clone(),
             })
             .await
             .map(|_| ()),
@@ -684,10 +701,14 @@ async fn deliver_once(client: &Client, r: &Report) -> Result<(), Status> {
                 exit_code: *exit_code,
                 result: result.clone(),
                 error: error.clone(),
+                lease_secret: r.lease_secret.clone(),
             })
             .await
             .map(|_| ()),
-        Outcome::Release { reason } => client.release(r.lease_token, reason).await.map(|_| ()),
+        Outcome::Release { reason } => client
+            .release(r.lease_token, &r.lease_secret, reason)
+            .await
+            .map(|_| ()),
     }
 }
 
@@ -767,7 +788,7 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
     // The node the stream is (or was last) open on.
     let mut hb_node = client.node();
     loop {
-        let (tokens, interval) = leases.due();
+        let (tokens, secrets, interval) = leases.due();
         let jitter = interval.as_millis() as u64 / 10;
         let pause = interval + Duration::from_millis(rand::random::<u64>() % (2 * jitter + 1))
             - Duration::from_millis(jitter);
@@ -812,6 +833,7 @@ async fn heartbeats(client: Client, leases: Arc<Leases>, stop: CancellationToken
                 .send(pb::HeartbeatRequest {
                     seq,
                     lease_tokens: tokens.clone(),
+                    lease_secrets: secrets.clone(),
                 })
                 .await
                 .is_ok();

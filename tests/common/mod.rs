@@ -14,7 +14,10 @@ use std::time::Duration;
 
 pub struct Cluster {
     pub servers: Vec<Option<Server>>,
+    /// Client ports.
     pub addrs: Vec<String>,
+    /// Peer ports (what the membership records).
+    pub peer_addrs: Vec<String>,
     pub configs: Vec<NodeConfig>,
     pub dir: tempfile::TempDir,
 }
@@ -38,35 +41,36 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut listeners = Vec::new();
         for _ in 0..n {
-            listeners.push(
-                tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind"),
-            );
+            listeners.push((bind_loopback().await, bind_loopback().await));
         }
-        let addrs: Vec<String> = listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().to_string())
-            .collect();
-        let members: BTreeMap<u64, String> = addrs
+        let addr_of = |l: &tokio::net::TcpListener| l.local_addr().unwrap().to_string();
+        let addrs: Vec<String> = listeners.iter().map(|(c, _)| addr_of(c)).collect();
+        let peer_addrs: Vec<String> = listeners.iter().map(|(_, p)| addr_of(p)).collect();
+        let members: BTreeMap<u64, String> = peer_addrs
             .iter()
             .enumerate()
             .map(|(i, a)| (i as u64 + 1, a.clone()))
             .collect();
         let mut servers = Vec::new();
         let mut configs = Vec::new();
-        for (i, l) in listeners.into_iter().enumerate() {
+        for (i, (client, peer)) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
             let mut c = NodeConfig::for_tests(id, dir.path().join(format!("node-{id}")));
             c.listen = addrs[i].clone();
+            c.peer_listen = peer_addrs[i].clone();
             c.initial_cluster = members.clone();
             tweak(&mut c);
             configs.push(c.clone());
-            servers.push(Some(Server::start_on(c, l).await.expect("node starts")));
+            servers.push(Some(
+                Server::start_on(c, client, peer)
+                    .await
+                    .expect("node starts"),
+            ));
         }
         let c = Cluster {
             servers,
             addrs,
+            peer_addrs,
             configs,
             dir,
         };
@@ -138,7 +142,15 @@ pub fn claim_req(queue: &str, worker: &str) -> pb::ClaimTaskRequest {
     }
 }
 
-pub fn success(task_id: &str, token: u64) -> pb::CompleteTaskRequest {
+/// A TCP listener on 127.0.0.1, on a port the OS picks.
+pub async fn bind_loopback() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+}
+
+/// A success report for the lease `token`, proven with `secret`.
+pub fn success(task_id: &str, token: u64, secret: &[u8]) -> pb::CompleteTaskRequest {
     pb::CompleteTaskRequest {
         task_id: task_id.into(),
         lease_token: token,
@@ -146,6 +158,7 @@ pub fn success(task_id: &str, token: u64) -> pb::CompleteTaskRequest {
         exit_code: 0,
         result: b"ok".to_vec(),
         error: String::new(),
+        lease_secret: secret.to_vec(),
     }
 }
 

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 pub struct Procs {
     pub dir: tempfile::TempDir,
+    /// Client ports.
     pub addrs: Vec<String>,
+    /// Peer ports (what the membership records).
+    pub peer_addrs: Vec<String>,
     pub children: Vec<Option<Child>>,
     pub extra: Vec<String>,
     /// Extra environment per node (e.g. libfaketime for one node's clock).
@@ -32,15 +35,20 @@ impl Procs {
 
     /// Like `start`, with extra environment variables for each node.
     pub fn start_with_env(n: usize, extra: &[&str], envs: Vec<Vec<(String, String)>>) -> Procs {
-        let addrs: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
-        Self::start_at(addrs, None, extra, envs)
+        let ports = || -> Vec<String> {
+            (0..n)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect()
+        };
+        let (addrs, peer_addrs) = (ports(), ports());
+        Self::start_at(addrs, peer_addrs, None, extra, envs)
     }
 
-    /// Starts one node per address, node `i` inside `namespaces[i]` when given.
+    /// Starts one node per (client, peer) address pair, node `i` inside `namespaces[i]` when
+    /// given.
     pub fn start_at(
         addrs: Vec<String>,
+        peer_addrs: Vec<String>,
         namespaces: Option<Vec<String>>,
         extra: &[&str],
         envs: Vec<Vec<(String, String)>>,
@@ -49,6 +57,7 @@ impl Procs {
         let mut p = Procs {
             dir: tempfile::tempdir().unwrap(),
             addrs,
+            peer_addrs,
             children: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             envs,
@@ -63,7 +72,7 @@ impl Procs {
     pub fn spawn(&mut self, i: usize) {
         assert!(self.children[i].is_none(), "node {i} is running");
         let cluster: Vec<String> = self
-            .addrs
+            .peer_addrs
             .iter()
             .enumerate()
             .map(|(j, a)| format!("{}={a}", j + 1))
@@ -87,6 +96,8 @@ impl Procs {
                 &(i + 1).to_string(),
                 "--listen",
                 &self.addrs[i],
+                "--peer-listen",
+                &self.peer_addrs[i],
             ])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node-{}", i + 1)))
@@ -105,6 +116,10 @@ impl Procs {
             ])
             .args(&self.extra)
             .env("LEASEKEEPER_LOG", "info,openraft=warn")
+            .env(
+                "LEASEKEEPER_CLUSTER_SECRET",
+                leasekeeper::node::TEST_CLUSTER_SECRET,
+            )
             .envs(self.envs[i].iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
