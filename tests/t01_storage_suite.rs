@@ -12,7 +12,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let shared = Arc::new(Shared::new(Arc::new(SystemClock::default()), 1000, 64));
+        let shared = Arc::new(Shared::new(
+            Arc::new(SystemClock::default()),
+            1000,
+            1 << 20,
+            64,
+        ));
         let (log, sm) = store::open(dir.path(), shared)?;
         Ok((dir, log, sm))
     }

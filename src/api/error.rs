@@ -7,6 +7,7 @@ use tonic::Status;
 pub fn node(e: NodeError) -> Status {
     match e {
         NodeError::Raft(m) => Status::unavailable(format!("raft refused the request: {m}; retry")),
+        e @ NodeError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
         e => Status::unavailable(e.to_string()),
     }
 }

@@ -123,14 +123,18 @@ pub async fn serve(
         .add_service(
             v1::scheduler_server::SchedulerServer::new(scheduler::SchedulerSvc {
                 node: node.clone(),
+                watchers: validate::StreamSlots::new("watch", l.max_watchers),
             })
             .max_decoding_message_size(submit_max)
             .max_encoding_message_size(MAX_ANSWER_BYTES),
         )
         .add_service(
-            v1::worker_server::WorkerServer::new(worker::WorkerSvc { node: node.clone() })
-                .max_decoding_message_size(report_max)
-                .max_encoding_message_size(MAX_ANSWER_BYTES),
+            v1::worker_server::WorkerServer::new(worker::WorkerSvc {
+                node: node.clone(),
+                heartbeats: validate::StreamSlots::new("heartbeat", l.max_heartbeat_streams),
+            })
+            .max_decoding_message_size(report_max)
+            .max_encoding_message_size(MAX_ANSWER_BYTES),
         )
         .add_service(
             v1::admin_server::AdminServer::new(admin::AdminSvc { node: node.clone() })

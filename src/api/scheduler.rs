@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 pub struct SchedulerSvc {
     pub node: Arc<Node>,
+    pub watchers: Arc<validate::StreamSlots>,
 }
 
 /// A task id for a submit that named none (the Rust client chooses one itself, so that its
@@ -25,25 +26,34 @@ pub(crate) fn generate_id() -> String {
 }
 
 /// A page token is the hex of the last (queue, state, id) key of the previous page.
-fn encode_page(k: &(String, TaskState, String)) -> String {
+pub(crate) fn encode_page(k: &(String, TaskState, String)) -> String {
     crate::raft::codec::encode(k)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn decode_page(s: &str) -> Result<(String, TaskState, String), Status> {
+/// The longest page token this service hands out: a queue name and a task id at their
+/// limits, their lengths and the state, in hex.
+const MAX_PAGE_TOKEN_LEN: usize = 2 * (validate::MAX_NAME_LEN + validate::MAX_ID_LEN + 16);
+
+pub(crate) fn decode_page(s: &str) -> Result<(String, TaskState, String), Status> {
     let bad = || {
         Status::invalid_argument("page_token is not one this service returned: pass next_page_token unchanged, or empty for the first page")
     };
-    if s.len() % 2 != 0 {
+    if s.len() % 2 != 0 || s.len() > MAX_PAGE_TOKEN_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Err(bad());
     }
-    let bytes: Result<Vec<u8>, _> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
+    let bytes: Vec<u8> = s
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+            digit(pair[0]) << 4 | digit(pair[1])
+        })
         .collect();
-    crate::raft::codec::decode(&bytes.map_err(|_| bad())?).map_err(|_| bad())
+    crate::raft::codec::decode(&bytes).map_err(|_| bad())
 }
 
 type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
@@ -85,6 +95,12 @@ impl Scheduler for SchedulerSvc {
         };
         if initial > max {
             return Err(Status::invalid_argument(format!("retry.initial_backoff_ms {initial} exceeds retry.max_backoff_ms {max}: lower it or raise the maximum")));
+        }
+        if max > l.max_backoff_cap_ms {
+            return Err(Status::invalid_argument(format!(
+                "retry back-off {max} ms is above the limit {} ms: lower it",
+                l.max_backoff_cap_ms
+            )));
         }
         let spec = TaskSpec {
             id: id.into(),
@@ -159,14 +175,24 @@ impl Scheduler for SchedulerSvc {
             Some(decode_page(&r.page_token)?)
         };
         let queue = (!r.queue.is_empty()).then_some(r.queue.as_str());
+        let max_bytes = self.node.config.limits.max_page_bytes;
         let ((tasks, next), revision) = read(&self.node, r.consistency, |s| {
-            let (page, next) = s.list(queue, state, after.as_ref(), limit);
-            (
-                page.into_iter()
-                    .map(|t| convert::task_in(s, t))
-                    .collect::<Vec<_>>(),
-                next,
-            )
+            let (page, mut next) = s.list(queue, state, after.as_ref(), limit);
+            // Bounded in bytes as well as in count: a page of large tasks ends early, and the
+            // next page starts after its last task.
+            let mut tasks = Vec::with_capacity(page.len());
+            let mut bytes = 0;
+            let total = page.len();
+            for t in page {
+                let pb_task = convert::task_in(s, t);
+                bytes += prost::Message::encoded_len(&pb_task);
+                tasks.push(pb_task);
+                if bytes >= max_bytes && tasks.len() < total {
+                    next = Some((t.queue().to_string(), t.state, t.id().to_string()));
+                    break;
+                }
+            }
+            (tasks, next)
         })
         .await?;
         Ok(Response::new(pb::ListTasksResponse {
@@ -211,6 +237,8 @@ impl Scheduler for SchedulerSvc {
             validate::queue(&r.queue)?;
         }
         let kinds = validate::event_kinds(&r.kinds)?;
+        let slot = self.watchers.take()?;
+        let stall = std::time::Duration::from_millis(self.node.config.limits.stream_stall_ms);
         let compacted = |e: WatchError| Status::out_of_range(e.to_string());
         let (backlog, live, head) = {
             let ev = self.node.shared.events.lock().expect("lock");
@@ -226,6 +254,7 @@ impl Scheduler for SchedulerSvc {
         let node = self.node.clone();
         let mut stop = node.shutdown_signal();
         tokio::spawn(async move {
+            let _slot = slot;
             let wanted = |e: &crate::state::Event| {
                 (r.queue.is_empty() || *e.task.spec.queue == *r.queue)
                     && (r.task_id.is_empty() || *e.task.spec.id == *r.task_id)
@@ -247,12 +276,27 @@ impl Scheduler for SchedulerSvc {
                     } else {
                         (last_rev, seen_in_last) = (e.revision, 1);
                     }
-                    if wanted(&e) && tx.send(Ok(convert::event_to_pb(&e))).await.is_err() {
-                        return;
+                    if !wanted(&e) {
+                        continue;
+                    }
+                    match tokio::time::timeout(stall, tx.send(Ok(convert::event_to_pb(&e)))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            // The client has not read for `stall` with events waiting: it is
+                            // gone or stuck, and holds memory. It can resume from a revision.
+                            tracing::info!(
+                                stall_ms = stall.as_millis() as u64,
+                                "ending a watch whose client stopped reading"
+                            );
+                            return;
+                        }
                     }
                 }
                 let next = tokio::select! {
                     n = live.recv() => n,
+                    // The client went away while nothing happened: free its slot now.
+                    _ = tx.closed() => return,
                     _ = async { let _ = stop.wait_for(|s| *s).await; } => {
                         let _ = tx.send(Err(Status::unavailable("the node is shutting down: resume the watch on another node"))).await;
                         return;

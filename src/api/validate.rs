@@ -121,3 +121,50 @@ pub fn event_kinds(kinds: &[i32]) -> Result<Vec<crate::proto::v1::EventKind>, St
     out.dedup();
     Ok(out)
 }
+
+/// A per-node count of open streams of one kind, capped: a slot is held for a stream's life.
+pub struct StreamSlots {
+    what: &'static str,
+    open: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+/// One open stream's slot; freed when dropped.
+pub struct StreamSlot(std::sync::Arc<StreamSlots>);
+
+impl StreamSlots {
+    pub fn new(what: &'static str, max: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            what,
+            open: Default::default(),
+            max,
+        })
+    }
+
+    /// A slot, or RESOURCE_EXHAUSTED when `max` streams are open already.
+    pub fn take(self: &std::sync::Arc<Self>) -> Result<StreamSlot, Status> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let taken = self
+            .open
+            .fetch_update(SeqCst, SeqCst, |n| (n < self.max).then_some(n + 1));
+        match taken {
+            Ok(_) => Ok(StreamSlot(self.clone())),
+            Err(n) => Err(Status::resource_exhausted(format!(
+                "{n} {} streams are open on this node, the limit is {}: close idle ones, share one per process, or use another node",
+                self.what, self.max
+            ))),
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub struct WorkerSvc {
     pub node: Arc<Node>,
+    pub heartbeats: Arc<validate::StreamSlots>,
 }
 
 /// The renew interval a worker is told: about a third of the TTL, jittered by ±10% so that
@@ -280,10 +281,13 @@ impl Worker for WorkerSvc {
         &self,
         req: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<HeartbeatStream>, Status> {
+        let slot = self.heartbeats.take()?;
+        let stall = Duration::from_millis(self.node.config.limits.stream_stall_ms);
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let node = self.node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { return };
                 if msg.lease_tokens.len() > validate::MAX_TOKENS_PER_HEARTBEAT {
@@ -414,8 +418,10 @@ impl Worker for WorkerSvc {
                         renew_interval_ms: 0,
                     },
                 };
-                if tx.send(Ok(resp)).await.is_err() {
-                    return;
+                // A client that stopped reading answers holds the stream's slot and memory.
+                match tokio::time::timeout(stall, tx.send(Ok(resp))).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
                 }
             }
         });

@@ -16,11 +16,14 @@ const MAX_COMMANDS: usize = if MAX_BATCH_COMMANDS < 4096 {
 };
 /// Upper bound on the payload bytes of one entry.
 const MAX_BYTES: usize = 8 << 20;
+/// Commands waiting for an entry at most; past it a proposal is refused at once (the node is
+/// overloaded) instead of queueing without bound.
+pub(super) const MAX_QUEUED: usize = 16_384;
 
 type Reply = oneshot::Sender<Result<Response, NodeError>>;
 
 pub(super) struct Proposer {
-    tx: mpsc::UnboundedSender<(Command, Reply)>,
+    tx: mpsc::Sender<(Command, Reply)>,
 }
 
 /// Roughly the bytes `cmd` adds to an entry.
@@ -37,38 +40,44 @@ fn weight(cmd: &Command) -> usize {
 
 impl Proposer {
     pub fn new(node: Weak<Node>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(MAX_QUEUED);
         tokio::spawn(run(node, rx));
         Self { tx }
     }
 
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send((cmd, reply))
-            .map_err(|_| NodeError::Stopped("proposer stopped".into()))?;
+        self.tx.try_send((cmd, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => NodeError::Overloaded(MAX_QUEUED),
+            mpsc::error::TrySendError::Closed(_) => NodeError::Stopped("proposer stopped".into()),
+        })?;
         rx.await
             .map_err(|_| NodeError::Stopped("proposer stopped".into()))?
     }
 }
 
-async fn run(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
+async fn run(node: Weak<Node>, mut rx: mpsc::Receiver<(Command, Reply)>) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
         let Some(first) = rx.recv().await else { return };
-        let mut bytes = weight(&first.0);
-        let mut waiters = vec![first];
-        while waiters.len() < MAX_COMMANDS && bytes < MAX_BYTES {
-            match rx.try_recv() {
-                Ok(w) => {
-                    bytes += weight(&w.0);
-                    waiters.push(w);
-                }
-                Err(_) => break,
+        let mut bytes = 0;
+        let mut waiters = Vec::new();
+        let mut next = Some(first);
+        while let Some(w) = next.take() {
+            // A caller that has gone (its call cancelled or timed out) is not proposed for.
+            if !w.1.is_closed() {
+                bytes += weight(&w.0);
+                waiters.push(w);
             }
+            if waiters.len() < MAX_COMMANDS && bytes < MAX_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if waiters.is_empty() {
+            continue;
         }
         let Some(node) = node.upgrade() else { return };
         tokio::spawn(async move {

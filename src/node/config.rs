@@ -17,7 +17,19 @@ pub struct Limits {
     pub max_attempts_cap: u32,
     pub default_initial_backoff_ms: u64,
     pub default_max_backoff_ms: u64,
+    /// The longest retry back-off a task may ask for (initial or maximum).
+    pub max_backoff_cap_ms: u64,
     pub max_wait_ms: u64,
+    /// Watch streams open on this node at most; past it WatchTasks answers RESOURCE_EXHAUSTED.
+    pub max_watchers: usize,
+    /// Heartbeat streams open on this node at most; past it Heartbeat answers
+    /// RESOURCE_EXHAUSTED.
+    pub max_heartbeat_streams: usize,
+    /// A watch whose client has not taken an event for this long, while events wait for it,
+    /// is ended (it holds memory for a reader that is gone or stuck).
+    pub stream_stall_ms: u64,
+    /// A ListTasks page holds at most about this many bytes of tasks (and always one task).
+    pub max_page_bytes: usize,
 }
 
 impl Default for Limits {
@@ -32,7 +44,12 @@ impl Default for Limits {
             max_attempts_cap: 100,
             default_initial_backoff_ms: 1_000,
             default_max_backoff_ms: 60_000,
+            max_backoff_cap_ms: 24 * 3_600_000,
             max_wait_ms: 30_000,
+            max_watchers: 1024,
+            max_heartbeat_streams: 8192,
+            stream_stall_ms: 30_000,
+            max_page_bytes: 4 << 20,
         }
     }
 }
@@ -118,6 +135,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Change events kept in memory for watchers to resume from.
     pub event_retention: usize,
+    /// The most bytes (estimated) the retained events may take; the oldest go first.
+    pub event_retention_bytes: usize,
     /// Events buffered per node for live watchers; a watcher that falls further behind is
     /// resumed from the retained events (slower, but nothing is skipped).
     pub watch_live_buffer: usize,
@@ -145,6 +164,7 @@ impl Default for NodeConfig {
             raft: RaftTiming::default(),
             limits: Limits::default(),
             event_retention: 100_000,
+            event_retention_bytes: 256 << 20,
             watch_live_buffer: 4096,
             terminal_retention_ms: 7 * 24 * 3600 * 1000,
             request_timeout_ms: 5_000,
@@ -229,6 +249,14 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(format!(
                 "ttl bounds need min_ttl_ms ({}) <= default_ttl_ms ({}) <= max_ttl_ms ({})",
                 l.min_ttl_ms, l.default_ttl_ms, l.max_ttl_ms
+            )));
+        }
+        if l.default_initial_backoff_ms > l.max_backoff_cap_ms
+            || l.default_max_backoff_ms > l.max_backoff_cap_ms
+        {
+            return Err(ConfigError::Invalid(format!(
+                "default back-offs ({} / {} ms) must not exceed max_backoff_cap_ms ({})",
+                l.default_initial_backoff_ms, l.default_max_backoff_ms, l.max_backoff_cap_ms
             )));
         }
         if l.default_max_attempts == 0 || l.default_max_attempts > l.max_attempts_cap {

@@ -36,6 +36,8 @@ pub enum NodeError {
     Stopped(String),
     #[error("raft refused the request: {0}")]
     Raft(String),
+    #[error("this node is overloaded: {0} requests are already waiting to be committed; retry with back-off, or spread the load over more nodes")]
+    Overloaded(usize),
 }
 
 /// A forwarded proposal's answer (encoded once and sent; never kept around).
@@ -120,6 +122,7 @@ impl Node {
         Arc::new(Shared::new(
             clock,
             config.event_retention,
+            config.event_retention_bytes,
             config.watch_live_buffer,
         ))
     }
@@ -378,20 +381,23 @@ impl Node {
                 Err(e) => return Ok(Err(e)),
             }
         };
-        let Some(snapshot) = finished else {
+        let Some(mut snapshot) = finished else {
             return Ok(Ok(openraft::raft::InstallSnapshotResponse { vote: mine }));
         };
-        if let Err(e) = crate::state::State::check_snapshot_bytes(snapshot.snapshot.get_ref()) {
+        // Decoded and checked (CRC, invariants) before Raft sees it: a storage error in the
+        // install would stop this node's Raft core for good.
+        let id = snapshot.meta.snapshot_id.clone();
+        let data = std::mem::take(snapshot.snapshot.get_mut());
+        let (data, checked) = self.shared.check_received(id.clone(), data).await;
+        if let Err(e) = checked {
             tracing::warn!(
-                snapshot = %snapshot.meta.snapshot_id,
+                snapshot = %id,
                 error = %e,
                 "refused a damaged snapshot from the leader; keeping this node's state, it is sent again"
             );
-            return Err(format!(
-                "snapshot {} refused: {e}",
-                snapshot.meta.snapshot_id
-            ));
+            return Err(format!("snapshot {id} refused: {e}"));
         }
+        *snapshot.snapshot.get_mut() = data;
         match self.raft.install_full_snapshot(vote, snapshot).await {
             Ok(r) => Ok(Ok(openraft::raft::InstallSnapshotResponse { vote: r.vote })),
             Err(f) => Ok(Err(RaftError::Fatal(f))),

@@ -8,49 +8,57 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Batches in flight at once; while all are in flight, new renewals queue up and go together.
 const IN_FLIGHT: usize = 4;
-/// Upper bound on tokens in one entry.
-const MAX_BATCH: usize = 20_000;
+/// Upper bound on the tokens of one entry.
+const MAX_TOKENS: usize = 20_000;
+/// Renewal requests waiting for an entry at most; past it a renewal is refused at once.
+const MAX_QUEUED: usize = 16_384;
 
 type Reply = oneshot::Sender<Result<Vec<(Token, RenewOutcome)>, NodeError>>;
 
 pub(super) struct Renewer {
-    tx: mpsc::UnboundedSender<(Vec<Token>, Reply)>,
+    tx: mpsc::Sender<(Vec<Token>, Reply)>,
 }
 
 impl Renewer {
     pub fn new(node: Weak<Node>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(MAX_QUEUED);
         tokio::spawn(run(node, rx));
         Self { tx }
     }
 
     pub async fn renew(&self, tokens: Vec<Token>) -> Result<Vec<(Token, RenewOutcome)>, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send((tokens, reply))
-            .map_err(|_| NodeError::Stopped("renewer stopped".into()))?;
+        self.tx.try_send((tokens, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => NodeError::Overloaded(MAX_QUEUED),
+            mpsc::error::TrySendError::Closed(_) => NodeError::Stopped("renewer stopped".into()),
+        })?;
         rx.await
             .map_err(|_| NodeError::Stopped("renewer stopped".into()))?
     }
 }
 
-async fn run(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<(Vec<Token>, Reply)>) {
+async fn run(node: Weak<Node>, mut rx: mpsc::Receiver<(Vec<Token>, Reply)>) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
         let Some(first) = rx.recv().await else { return };
-        let mut waiters = vec![first];
-        let mut count = waiters[0].0.len();
-        while count < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => {
-                    count += w.0.len();
-                    waiters.push(w);
-                }
-                Err(_) => break,
+        let mut count = 0;
+        let mut waiters = Vec::new();
+        let mut next = Some(first);
+        while let Some(w) = next.take() {
+            // A caller that has gone (its call cancelled or timed out) is not proposed for.
+            if !w.1.is_closed() {
+                count += w.0.len();
+                waiters.push(w);
             }
+            if count < MAX_TOKENS {
+                next = rx.try_recv().ok();
+            }
+        }
+        if waiters.is_empty() {
+            continue;
         }
         let Some(node) = node.upgrade() else { return };
         tokio::spawn(async move {

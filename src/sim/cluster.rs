@@ -671,11 +671,15 @@ impl Cluster {
     fn config(&self, id: NodeId) -> NodeConfig {
         let mut c = NodeConfig {
             id,
-            listen: addr(id),
             data_dir: self.dir.join(format!("n{id}")),
             initial_cluster: self.world.ids.iter().map(|i| (*i, addr(*i))).collect(),
             request_timeout_ms: 2_000,
             terminal_retention_ms: 0,
+            peer_listen: addr(id),
+            listen: format!("sim-client-{id}:1"),
+            cluster_secret: Some(crate::node::ClusterSecret::new(
+                crate::node::TEST_CLUSTER_SECRET,
+            )),
             ..Default::default()
         };
         c.raft.heartbeat_ms = 50;

@@ -38,16 +38,30 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// The last applied index, for waiters (long-poll claims, follower reads).
     pub applied_index: watch::Sender<u64>,
+    /// A snapshot received from the leader, decoded and checked before Raft was asked to
+    /// install it (by snapshot id): the install takes it instead of decoding it again.
+    received: Mutex<Option<(String, State)>>,
+    /// Decode snapshots inline instead of on a blocking thread (the simulation).
+    inline: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
-    pub fn new(clock: Arc<dyn Clock>, event_retention: usize, live_buffer: usize) -> Self {
+    /// `event_retention` events of at most `event_bytes` (estimated) in all are kept for
+    /// watchers to resume from; `live_buffer` are buffered for live ones.
+    pub fn new(
+        clock: Arc<dyn Clock>,
+        event_retention: usize,
+        event_bytes: usize,
+        live_buffer: usize,
+    ) -> Self {
         Self {
             applied: RwLock::new(Applied::default()),
-            events: Mutex::new(EventLog::new(event_retention, live_buffer)),
+            events: Mutex::new(EventLog::new(event_retention, event_bytes, live_buffer)),
             timers: Mutex::new(LeaseTimers::default()),
             clock,
             applied_index: watch::channel(0).0,
+            received: Mutex::new(None),
+            inline: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -56,6 +70,35 @@ impl Shared {
     /// as the build runs.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.applied.read_recursive()
+    }
+
+    /// Decodes and checks a snapshot received from a peer, off the runtime. A sound one is kept
+    /// for the install that follows; the bytes come back either way.
+    pub async fn check_received(
+        self: &Arc<Self>,
+        snapshot_id: String,
+        data: Vec<u8>,
+    ) -> (Vec<u8>, Result<(), crate::state::SnapshotError>) {
+        let inline = self.inline.load(std::sync::atomic::Ordering::Relaxed);
+        let this = self.clone();
+        let check = move || {
+            let res = State::from_bytes(&data);
+            let ok = res.map(|state| {
+                *this.received.lock().expect("lock") = Some((snapshot_id, state));
+            });
+            (data, ok)
+        };
+        if inline {
+            check()
+        } else {
+            match tokio::task::spawn_blocking(check).await {
+                Ok(r) => r,
+                Err(e) => (
+                    Vec::new(),
+                    Err(crate::state::SnapshotError::Inconsistent(e.to_string())),
+                ),
+            }
+        }
     }
 
     /// Replaces the whole state (start-up from a snapshot, or a snapshot install).
@@ -136,6 +179,9 @@ impl StateMachineStore {
     /// Builds snapshots on the calling task instead of a blocking thread (for the simulation).
     pub fn inline_snapshots(mut self) -> Self {
         self.blocking = false;
+        self.shared
+            .inline
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self
     }
 
@@ -327,7 +373,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let (this, m) = (self.clone(), meta.clone());
         let bytes = off_runtime(self.blocking, move || {
-            let state = State::from_bytes(&data).map_err(read_err)?;
+            let checked = this.shared.received.lock().expect("lock").take();
+            let state = match checked {
+                Some((id, state)) if id == m.snapshot_id => state,
+                _ => State::from_bytes(&data).map_err(read_err)?,
+            };
             this.write_file(&m, &data)?;
             this.shared.replace(state, &m);
             Ok::<_, StorageError>(data.len())
@@ -385,7 +435,7 @@ mod tests {
     fn an_apply_behind_a_snapshot_build_leaves_the_thread_running() {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock::default());
-        let shared = Arc::new(Shared::new(clock, 100, 100));
+        let shared = Arc::new(Shared::new(clock, 100, 1 << 20, 100));
         let mut sm =
             StateMachineStore::open(dir.path().join("snapshot"), shared.clone()).expect("open");
         // The "build": holds a read lock until the runtime says it ran on while the apply
