@@ -19,12 +19,15 @@ cleanup() {
 }
 trap cleanup EXIT
 addr() { echo "127.0.0.1:$((27500 + $1))"; }
-CLUSTER="1=$(addr 1),2=$(addr 2),3=$(addr 3)"
+peer() { echo "127.0.0.1:$((27520 + $1))"; }
+CLUSTER="1=$(peer 1),2=$(peer 2),3=$(peer 3)"
+# Members prove themselves to each other with a secret they share.
+export LEASEKEEPER_CLUSTER_SECRET="bench-scale-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 EPS="$(addr 1),$(addr 2),$(addr 3)"
 start() { # id [no-init]
   local init=(--initial-cluster "$CLUSTER")
   [ "${2:-}" = no-init ] && init=()
-  "$LK" server --id "$1" --listen "$(addr "$1")" --data-dir "$WORK/node-$1" "${init[@]}" \
+  "$LK" server --id "$1" --listen "$(addr "$1")" --peer-listen "$(peer "$1")" --data-dir "$WORK/node-$1" "${init[@]}" \
     --max-ttl-ms 86400000 >>"$WORK/node-$1.log" 2>&1 &
   pid[$1]=$!
 }
@@ -86,11 +89,11 @@ rm -rf "$WORK/node-$f"
 "$LK" node remove "$f" --endpoints "$EPS" >/dev/null
 target=$(leader_commit)
 new=$((f + 3))
-"$LK" server --id "$new" --listen "$(addr "$f")" --data-dir "$WORK/node-$new" --max-ttl-ms 86400000 >>"$WORK/node-$new.log" 2>&1 &
+"$LK" server --id "$new" --listen "$(addr "$f")" --peer-listen "$(peer "$f")" --data-dir "$WORK/node-$new" --max-ttl-ms 86400000 >>"$WORK/node-$new.log" 2>&1 &
 pid[$new]=$!
 unset "pid[$f]"
 t0=$(date +%s%N)
-"$LK" node add "$new" "$(addr "$f")" --endpoints "$EPS" >/dev/null
+"$LK" node add "$new" "$(peer "$f")" --endpoints "$EPS" >/dev/null
 for _ in $(seq 1 6000); do [ "$(field "$new" applied_index)" -ge "$target" ] 2>/dev/null && break; sleep 0.05; done
 echo "wiped node rejoined as node $new and caught up by snapshot to index $target in $(ms_since "$t0") ms"
 report

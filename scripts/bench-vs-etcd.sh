@@ -58,7 +58,7 @@ leader=${leader#http://}
 etcd_eps="$leader,$ETCD_EPS"
 
 # ---------------------------------------------------------------- leasekeeper, three nodes
-"$LK" dev --dir "$WORK/lk" --base-port 27301 >"$WORK/lk.log" 2>&1 &
+"$LK" dev --dir "$WORK/lk" --base-port 27301 --peer-base-port 27311 >"$WORK/lk.log" 2>&1 &
 pids+=($!)
 LK_EPS=127.0.0.1:27301,127.0.0.1:27302,127.0.0.1:27303
 for _ in $(seq 1 100); do "$LK" status --endpoints "$LK_EPS" >/dev/null 2>&1 && break; sleep 0.2; done

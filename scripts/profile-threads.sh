@@ -22,7 +22,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-"$LK" dev --dir "$WORK/lk" --base-port 27601 >"$WORK/dev.log" 2>&1 &
+"$LK" dev --dir "$WORK/lk" --base-port 27601 --peer-base-port 27611 >"$WORK/dev.log" 2>&1 &
 DEV=$!
 EPS=127.0.0.1:27601,127.0.0.1:27602,127.0.0.1:27603
 for _ in $(seq 1 100); do "$LK" status --endpoints "$EPS" >/dev/null 2>&1 && break; sleep 0.2; done

@@ -2,7 +2,7 @@
 use super::{convert, error, read, validate};
 use crate::node::Node;
 use crate::proto::v1::{self as pb, scheduler_server::Scheduler};
-use crate::state::{Command, Response as SmResponse, TaskSpec, TaskState};
+use crate::state::{Command, Response as SmResponse, TaskSpec};
 use crate::store::WatchError;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,37 +23,6 @@ pub(crate) fn generate_id() -> String {
         rand::random::<u64>(),
         rand::random::<u64>()
     )
-}
-
-/// A page token is the hex of the last (queue, state, id) key of the previous page.
-pub(crate) fn encode_page(k: &(String, TaskState, String)) -> String {
-    crate::raft::codec::encode(k)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The longest page token this service hands out: a queue name and a task id at their
-/// limits, their lengths and the state, in hex.
-const MAX_PAGE_TOKEN_LEN: usize = 2 * (validate::MAX_NAME_LEN + validate::MAX_ID_LEN + 16);
-
-pub(crate) fn decode_page(s: &str) -> Result<(String, TaskState, String), Status> {
-    let bad = || {
-        Status::invalid_argument("page_token is not one this service returned: pass next_page_token unchanged, or empty for the first page")
-    };
-    if s.len() % 2 != 0 || s.len() > MAX_PAGE_TOKEN_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return Err(bad());
-    }
-    let bytes: Vec<u8> = s
-        .as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
-            digit(pair[0]) << 4 | digit(pair[1])
-        })
-        .collect();
-    crate::raft::codec::decode(&bytes).map_err(|_| bad())
 }
 
 type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
@@ -172,7 +141,7 @@ impl Scheduler for SchedulerSvc {
         let after = if r.page_token.is_empty() {
             None
         } else {
-            Some(decode_page(&r.page_token)?)
+            Some(validate::decode_page(&r.page_token)?)
         };
         let queue = (!r.queue.is_empty()).then_some(r.queue.as_str());
         let max_bytes = self.node.config.limits.max_page_bytes;
@@ -197,7 +166,7 @@ impl Scheduler for SchedulerSvc {
         .await?;
         Ok(Response::new(pb::ListTasksResponse {
             tasks,
-            next_page_token: next.as_ref().map(encode_page).unwrap_or_default(),
+            next_page_token: next.as_ref().map(validate::encode_page).unwrap_or_default(),
             revision,
         }))
     }

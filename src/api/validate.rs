@@ -1,5 +1,6 @@
 //! Checks of request fields against the node's limits, before anything is proposed.
 use crate::node::Limits;
+use crate::state::TaskState;
 use tonic::Status;
 
 pub const MAX_NAME_LEN: usize = 128;
@@ -167,4 +168,35 @@ impl Drop for StreamSlot {
             .open
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// A page token is the hex of the last (queue, state, id) key of the previous page.
+pub fn encode_page(k: &(String, TaskState, String)) -> String {
+    crate::raft::codec::encode(k)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The longest page token this service hands out: a queue name and a task id at their
+/// limits, their lengths and the state, in hex.
+const MAX_PAGE_TOKEN_LEN: usize = 2 * (MAX_NAME_LEN + MAX_ID_LEN + 16);
+
+pub fn decode_page(s: &str) -> Result<(String, TaskState, String), Status> {
+    let bad = || {
+        Status::invalid_argument("page_token is not one this service returned: pass next_page_token unchanged, or empty for the first page")
+    };
+    if s.len() % 2 != 0 || s.len() > MAX_PAGE_TOKEN_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = s
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+            digit(pair[0]) << 4 | digit(pair[1])
+        })
+        .collect();
+    crate::raft::codec::decode(&bytes).map_err(|_| bad())
 }
