@@ -2,6 +2,7 @@
 mod common;
 use common::*;
 use leasekeeper::proto::v1 as pb;
+use std::time::Duration;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,5 +103,142 @@ async fn bad_requests_get_actionable_statuses() {
     let t = c.get("kept").await.unwrap();
     assert_eq!(t.state, pb::TaskState::Pending as i32);
     assert_eq!(t.payload, b"payload");
+    cluster.shutdown().await;
+}
+
+/// The largest legal task — 1 MiB each of payload, progress and result — still submits, claims,
+/// reads, lists and watches through the bundled client; a page of such tasks is cut by bytes
+/// and the listing still sees every task once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_largest_legal_tasks_read_watch_claim_and_list_in_bounded_pages() {
+    // Production Raft timing: a 1 MiB entry must replicate within one heartbeat interval, and
+    // the tests' 50 ms is tight for that in a debug build.
+    let cluster = Cluster::start_with(3, |c| {
+        c.raft = leasekeeper::node::RaftTiming::default();
+        c.limits.min_ttl_ms = 2_000;
+    })
+    .await;
+    let c = cluster.client();
+    let mib = 1 << 20;
+    for i in 0..6 {
+        c.submit(pb::SubmitTaskRequest {
+            payload: vec![b'p'; mib],
+            ..submit_req(&format!("big-{i}"), "big", 3000)
+        })
+        .await
+        .unwrap();
+    }
+    let claim = c
+        .claim(pb::ClaimTaskRequest {
+            task_id: "big-0".into(),
+            ..claim_req("big", "w")
+        })
+        .await
+        .unwrap();
+    let token = claim.lease.as_ref().unwrap().token;
+    assert_eq!(claim.task.as_ref().unwrap().payload.len(), mib);
+    c.progress(token, &claim.lease_secret, vec![b'g'; mib])
+        .await
+        .unwrap();
+    c.complete(pb::CompleteTaskRequest {
+        result: vec![b'r'; mib],
+        ..success("big-0", token, &claim.lease_secret)
+    })
+    .await
+    .unwrap();
+    let t = c.get("big-0").await.unwrap();
+    assert_eq!(
+        (t.payload.len(), t.progress.len(), t.result.len()),
+        (mib, mib, mib)
+    );
+    let mut w = c
+        .watch(pb::WatchTasksRequest {
+            from_revision: 1,
+            task_id: "big-0".into(),
+            kinds: vec![pb::EventKind::Succeeded as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ev = w.message().await.unwrap().unwrap();
+    assert_eq!(ev.task.unwrap().result.len(), mib);
+    // Pages of 1000 are cut at about 4 MiB, and continue where they stopped.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = c
+            .list(pb::ListTasksRequest {
+                queue: "big".into(),
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            page.tasks.len() <= 4,
+            "{} tasks in a page",
+            page.tasks.len()
+        );
+        seen.extend(page.tasks.into_iter().map(|t| t.id));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let want: Vec<String> = (0..6).map(|i| format!("big-{i}")).collect();
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(sorted, want, "every task once");
+    assert!(pages >= 2);
+    cluster.shutdown().await;
+}
+
+/// A node whose Raft core has stopped says so on grpc.health.v1 instead of taking calls that
+/// can only time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_raft_stopped_answers_not_serving() {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    let cluster = Cluster::start(3).await;
+    let check = |addr: String| async move {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        HealthClient::new(ch)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+    assert_eq!(
+        check(cluster.addrs[2].clone()).await,
+        ServingStatus::Serving as i32
+    );
+    // The core stops (as after a storage error); the gRPC server stays up.
+    cluster.servers[2]
+        .as_ref()
+        .unwrap()
+        .node()
+        .raft
+        .shutdown()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "NOT_SERVING", || {
+        let addr = cluster.addrs[2].clone();
+        async move { (check(addr).await == ServingStatus::NotServing as i32).then_some(()) }
+    })
+    .await;
+    // The others serve on.
+    assert_eq!(
+        check(cluster.addrs[0].clone()).await,
+        ServingStatus::Serving as i32
+    );
     cluster.shutdown().await;
 }

@@ -131,10 +131,11 @@ pub fn status(s: &pb::ClusterStatusResponse, as_json: bool) {
             .iter()
             .map(|m| {
                 let st = m.status.clone().unwrap_or_default();
-                json!({"node_id": m.node_id, "addr": m.addr, "voter": m.voter, "reachable": m.reachable,
+                json!({"node_id": m.node_id, "addr": m.addr, "peer_addr": m.peer_addr, "voter": m.voter, "reachable": m.reachable,
                        "role": st.role, "term": st.term, "last_log_index": st.last_log_index,
                        "applied_index": st.applied_index, "snapshot_index": st.snapshot_index,
-                       "live_leases": st.live_leases, "tasks": st.tasks})
+                       "live_leases": st.live_leases, "tasks": st.tasks,
+                       "refused_peer_calls": st.refused_peer_calls})
             })
             .collect();
         println!(
@@ -148,22 +149,27 @@ pub fn status(s: &pb::ClusterStatusResponse, as_json: bool) {
         s.leader_id, s.leader_addr, s.term
     );
     println!(
-        "{:<6} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8}",
-        "node", "addr", "role", "last_log", "applied", "snapshot", "leases"
+        "{:<6} {:<22} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "node", "addr", "peer addr", "role", "last_log", "applied", "snapshot", "leases", "refused"
     );
     for m in &s.members {
         match &m.status {
             Some(st) => println!(
-                "{:<6} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8}",
+                "{:<6} {:<22} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8} {:>8}",
                 m.node_id,
                 m.addr,
+                m.peer_addr,
                 st.role,
                 st.last_log_index,
                 st.applied_index,
                 st.snapshot_index,
-                st.live_leases
+                st.live_leases,
+                st.refused_peer_calls
             ),
-            None => println!("{:<6} {:<22} {:<10}", m.node_id, m.addr, "unreachable"),
+            None => println!(
+                "{:<6} {:<22} {:<22} {:<10}",
+                m.node_id, "-", m.peer_addr, "unreachable"
+            ),
         }
     }
 }

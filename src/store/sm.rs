@@ -392,10 +392,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(None);
         };
         if let Err(e) = State::check_snapshot_bytes(&data) {
-            // Never sent on: a follower would refuse it anyway. The state in memory is sound,
-            // so Raft builds a new snapshot from it.
-            tracing::error!(path = %self.path.display(), error = %e, "the snapshot file is damaged; not sending it");
-            return Ok(None);
+            // Never sent on (a follower would refuse it). The state in memory is sound: build a
+            // new snapshot from it, which also replaces the damaged file.
+            tracing::error!(path = %self.path.display(), error = %e, "the snapshot file is damaged; building a new one from the state in memory");
+            return self.build_snapshot().await.map(Some);
         }
         Ok(Some(Snapshot {
             meta,
@@ -474,6 +474,52 @@ mod tests {
             build.join().expect("build thread"),
             "the runtime stood still while the apply waited for the build"
         );
+    }
+
+    /// A damaged snapshot file is never served: the node builds a sound one from its state in
+    /// memory (and replaces the file); a node started on a damaged file refuses, naming it.
+    #[test]
+    fn a_damaged_snapshot_file_is_rebuilt_not_sent_and_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snapshot");
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let shared = Arc::new(Shared::new(clock.clone(), 100, 1 << 20, 100));
+            let mut sm = StateMachineStore::open(path.clone(), shared.clone()).expect("open");
+            sm.apply((1..=5).map(|i| submit_entry(i, &format!("t{i}"))))
+                .await
+                .expect("apply");
+            sm.build_snapshot().await.expect("build");
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 3;
+            bytes[last] ^= 0x55;
+            std::fs::write(&path, &bytes).unwrap();
+            let served = sm
+                .get_current_snapshot()
+                .await
+                .expect("no storage error")
+                .expect("a snapshot");
+            let state = State::from_bytes(served.snapshot.get_ref()).expect("sound");
+            assert_eq!(state.task_count(), 5);
+            // The file was replaced by the sound one.
+            assert!(sm
+                .read_file()
+                .unwrap()
+                .is_some_and(|(_, d)| d == *served.snapshot.get_ref()));
+            // Damaged again, and opened at start: refused with the path.
+            std::fs::write(&path, &bytes).unwrap();
+            let e = StateMachineStore::open(
+                path.clone(),
+                Arc::new(Shared::new(clock, 100, 1 << 20, 100)),
+            )
+            .err()
+            .expect("refused");
+            assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
+        });
     }
 
     #[test]
