@@ -139,10 +139,7 @@ async fn retried_claim_with_the_same_key_gets_the_same_lease() {
     assert_eq!(named.state, pb::TaskState::Pending as i32);
     // Claiming a task by id that someone else runs is refused with a clear status.
     let e = c
-        .claim(pb::ClaimTaskRequest {
-            task_id: "only".into(),
-            ..claim_req("idem", "w-2")
-        })
+        .claim(claim_task_req("idem", "w-2", "only"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
@@ -157,21 +154,12 @@ async fn finished_tasks_are_forgotten_after_retention() {
     for id in ["done", "waiting", "running"] {
         c.submit(submit_req(id, "ret", 3000)).await.unwrap();
     }
-    let r = c
-        .claim(pb::ClaimTaskRequest {
-            task_id: "done".into(),
-            ..claim_req("ret", "w")
-        })
-        .await
-        .unwrap();
+    let r = c.claim(claim_task_req("ret", "w", "done")).await.unwrap();
     c.complete(success("done", r.lease.unwrap().token, &r.lease_secret))
         .await
         .unwrap();
     let running = c
-        .claim(pb::ClaimTaskRequest {
-            task_id: "running".into(),
-            ..claim_req("ret", "w")
-        })
+        .claim(claim_task_req("ret", "w", "running"))
         .await
         .unwrap();
     let (running, running_secret) = (running.lease.unwrap().token, running.lease_secret);

@@ -128,13 +128,7 @@ async fn the_largest_legal_tasks_read_watch_claim_and_list_in_bounded_pages() {
         .await
         .unwrap();
     }
-    let claim = c
-        .claim(pb::ClaimTaskRequest {
-            task_id: "big-0".into(),
-            ..claim_req("big", "w")
-        })
-        .await
-        .unwrap();
+    let claim = c.claim(claim_task_req("big", "w", "big-0")).await.unwrap();
     let token = claim.lease.as_ref().unwrap().token;
     assert_eq!(claim.task.as_ref().unwrap().payload.len(), mib);
     c.progress(token, &claim.lease_secret, vec![b'g'; mib])

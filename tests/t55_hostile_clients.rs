@@ -100,19 +100,13 @@ async fn a_hostile_client_can_neither_forge_crash_wedge_nor_steal() {
     c.submit(submit_req("victim", "q", 60_000)).await.unwrap();
     c.submit(submit_req("done", "q", 60_000)).await.unwrap();
     let claim = c
-        .claim(pb::ClaimTaskRequest {
-            task_id: "victim".into(),
-            ..claim_req("q", "w-good")
-        })
+        .claim(claim_task_req("q", "w-good", "victim"))
         .await
         .unwrap();
     let token = claim.lease.as_ref().unwrap().token;
     let secret = claim.lease_secret.clone();
     let done = c
-        .claim(pb::ClaimTaskRequest {
-            task_id: "done".into(),
-            ..claim_req("q", "w-good")
-        })
+        .claim(claim_task_req("q", "w-good", "done"))
         .await
         .unwrap();
     c.complete(success(

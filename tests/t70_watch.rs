@@ -171,10 +171,7 @@ async fn a_watch_for_outcomes_gets_only_outcomes_and_resumes_with_them() {
                 .await
                 .expect("submit");
             let claim = client
-                .claim(pb::ClaimTaskRequest {
-                    task_id: id.into(),
-                    ..claim_req("q", "w")
-                })
+                .claim(claim_task_req("q", "w", id))
                 .await
                 .expect("claim");
             let token = claim.lease.expect("lease").token;

@@ -80,14 +80,7 @@ async fn renewing_and_silent(
     }
     let claim = |id: &'static str| {
         let c = c.clone();
-        async move {
-            c.claim(pb::ClaimTaskRequest {
-                task_id: id.into(),
-                ..claim_req("clock", "w")
-            })
-            .await
-            .unwrap()
-        }
+        async move { c.claim(claim_task_req("clock", "w", id)).await.unwrap() }
     };
     let live = claim("live").await;
     let (live, live_secret) = (live.lease.unwrap().token, live.lease_secret);

@@ -64,6 +64,15 @@ fn incoming(
     )
 }
 
+/// The settings both ports share: Nagle off, HTTP/2 pings, a cap on streams per connection.
+fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+}
+
 /// Serves the peer port: the internal Raft service, to members only, until the node shuts
 /// down.
 pub async fn serve_peer(
@@ -71,11 +80,7 @@ pub async fn serve_peer(
     listener: tokio::net::TcpListener,
 ) -> Result<(), tonic::transport::Error> {
     let mut stop = node.shutdown_signal();
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+    server_builder()
         .add_service(
             RaftServer::new(raft_service::RaftSvc { node: node.clone() })
                 .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
@@ -113,11 +118,7 @@ pub async fn serve(
         .expect("descriptors are valid");
     tokio::spawn(health_watch::watch_raft(node.clone(), health.clone()));
     let mut stop = node.shutdown_signal();
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+    server_builder()
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(

@@ -16,6 +16,18 @@ use tonic::transport::{Channel, Endpoint};
 /// Answers up to this size are accepted: any answer a legal task can produce (see
 /// [`crate::api::MAX_ANSWER_BYTES`]).
 pub const MAX_ANSWER_BYTES: usize = crate::api::MAX_ANSWER_BYTES;
+
+fn scheduler_client(c: Channel) -> SchedulerClient<Channel> {
+    SchedulerClient::new(c).max_decoding_message_size(MAX_ANSWER_BYTES)
+}
+
+fn worker_client(c: Channel) -> WorkerClient<Channel> {
+    WorkerClient::new(c).max_decoding_message_size(MAX_ANSWER_BYTES)
+}
+
+fn admin_client(c: Channel) -> AdminClient<Channel> {
+    AdminClient::new(c).max_decoding_message_size(MAX_ANSWER_BYTES)
+}
 use tonic::{Code, Response, Status, Streaming};
 
 #[derive(Clone)]
@@ -241,12 +253,7 @@ impl Client {
         }
         self.call(|c| {
             let req = req.clone();
-            async move {
-                SchedulerClient::new(c)
-                    .max_decoding_message_size(MAX_ANSWER_BYTES)
-                    .submit_task(req)
-                    .await
-            }
+            async move { scheduler_client(c).submit_task(req).await }
         })
         .await
     }
@@ -267,12 +274,7 @@ impl Client {
         let r = self
             .call(|c| {
                 let req = req.clone();
-                async move {
-                    SchedulerClient::new(c)
-                        .max_decoding_message_size(MAX_ANSWER_BYTES)
-                        .get_task(req)
-                        .await
-                }
+                async move { scheduler_client(c).get_task(req).await }
             })
             .await?;
         r.task
@@ -282,12 +284,7 @@ impl Client {
     pub async fn list(&self, req: pb::ListTasksRequest) -> Result<pb::ListTasksResponse, Status> {
         self.call(|c| {
             let req = req.clone();
-            async move {
-                SchedulerClient::new(c)
-                    .max_decoding_message_size(MAX_ANSWER_BYTES)
-                    .list_tasks(req)
-                    .await
-            }
+            async move { scheduler_client(c).list_tasks(req).await }
         })
         .await
     }
@@ -300,12 +297,7 @@ impl Client {
         let r = self
             .call(|c| {
                 let req = req.clone();
-                async move {
-                    SchedulerClient::new(c)
-                        .max_decoding_message_size(MAX_ANSWER_BYTES)
-                        .cancel_task(req)
-                        .await
-                }
+                async move { scheduler_client(c).cancel_task(req).await }
             })
             .await?;
         r.task
@@ -320,12 +312,7 @@ impl Client {
     ) -> Result<Streaming<pb::TaskEvent>, Status> {
         self.call(|c| {
             let req = req.clone();
-            async move {
-                SchedulerClient::new(c)
-                    .max_decoding_message_size(MAX_ANSWER_BYTES)
-                    .watch_tasks(req)
-                    .await
-            }
+            async move { scheduler_client(c).watch_tasks(req).await }
         })
         .await
     }
@@ -343,12 +330,7 @@ impl Client {
         }
         self.call_waiting(Duration::from_millis(req.wait_ms), |c| {
             let req = req.clone();
-            async move {
-                WorkerClient::new(c)
-                    .max_decoding_message_size(MAX_ANSWER_BYTES)
-                    .claim_task(req)
-                    .await
-            }
+            async move { worker_client(c).claim_task(req).await }
         })
         .await
     }
@@ -365,12 +347,7 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move {
-                WorkerClient::new(c)
-                    .max_decoding_message_size(MAX_ANSWER_BYTES)
-                    .renew_lease(req)
-                    .await
-            }
+            async move { worker_client(c).renew_lease(req).await }
         })
         .await
     }
@@ -388,12 +365,7 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move {
-                WorkerClient::new(c)
-                    .max_decoding_message_size(MAX_ANSWER_BYTES)
-                    .report_progress(req)
-                    .await
-            }
+            async move { worker_client(c).report_progress(req).await }
         })
         .await
     }
@@ -404,12 +376,7 @@ impl Client {
     ) -> Result<pb::CompleteTaskResponse, Status> {
         self.call(|c| {
             let req = req.clone();
-            async move {
-                WorkerClient::new(c)
-                    .max_decoding_message_size(MAX_ANSWER_BYTES)
-                    .complete_task(req)
-                    .await
-            }
+            async move { worker_client(c).complete_task(req).await }
         })
         .await
     }
@@ -427,12 +394,7 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move {
-                WorkerClient::new(c)
-                    .max_decoding_message_size(MAX_ANSWER_BYTES)
-                    .release_task(req)
-                    .await
-            }
+            async move { worker_client(c).release_task(req).await }
         })
         .await
     }
@@ -444,15 +406,14 @@ impl Client {
 
     /// A raw worker client on node `i`.
     pub fn worker_on(&self, i: usize) -> WorkerClient<Channel> {
-        WorkerClient::new(self.channel_of(i)).max_decoding_message_size(MAX_ANSWER_BYTES)
+        worker_client(self.channel_of(i))
     }
 
     // ---------------------------------------------------------------- admin
 
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
         self.call(|c| async move {
-            AdminClient::new(c)
-                .max_decoding_message_size(MAX_ANSWER_BYTES)
+            admin_client(c)
                 .cluster_status(pb::ClusterStatusRequest {})
                 .await
         })
@@ -472,20 +433,14 @@ impl Client {
         };
         self.call(|c| {
             let req = req.clone();
-            async move {
-                AdminClient::new(c)
-                    .max_decoding_message_size(MAX_ANSWER_BYTES)
-                    .add_node(req)
-                    .await
-            }
+            async move { admin_client(c).add_node(req).await }
         })
         .await
     }
 
     pub async fn remove_node(&self, node_id: u64) -> Result<pb::RemoveNodeResponse, Status> {
         self.call(|c| async move {
-            AdminClient::new(c)
-                .max_decoding_message_size(MAX_ANSWER_BYTES)
+            admin_client(c)
                 .remove_node(pb::RemoveNodeRequest { node_id })
                 .await
         })

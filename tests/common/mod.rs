@@ -142,6 +142,14 @@ pub fn claim_req(queue: &str, worker: &str) -> pb::ClaimTaskRequest {
     }
 }
 
+/// A claim of task `task_id` only, from `queue`.
+pub fn claim_task_req(queue: &str, worker: &str, task_id: &str) -> pb::ClaimTaskRequest {
+    pb::ClaimTaskRequest {
+        task_id: task_id.into(),
+        ..claim_req(queue, worker)
+    }
+}
+
 /// A TCP listener on 127.0.0.1, on a port the OS picks.
 pub async fn bind_loopback() -> tokio::net::TcpListener {
     tokio::net::TcpListener::bind("127.0.0.1:0")
