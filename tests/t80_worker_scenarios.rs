@@ -1,4 +1,4 @@
-//! The five rows of SCENARIOS.md, times scaled down (1 s → 17 ms), run by a real
+//! The five rows of docs/SCENARIOS.md, times scaled down (1 s → 17 ms), run by a real
 //! `leasekeeper worker` process against a real three-node cluster, through fault-injecting
 //! proxies. Every row must end SUCCEEDED exactly once, with the command run once.
 mod common;

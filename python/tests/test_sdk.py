@@ -1,5 +1,5 @@
 """The Python SDK against a real cluster: a task's whole life seen by a watcher, the journal's
-crash rules, and SCENARIOS.md row S003 (no heartbeats in the task) with the leader killed."""
+crash rules, and docs/SCENARIOS.md row S003 (no heartbeats in the task) with the leader killed."""
 import os
 import threading
 import time

@@ -106,7 +106,7 @@ pub fn succeeded_records(t: &pb::Task) -> usize {
         .count()
 }
 
-/// The scenarios of SCENARIOS.md, seconds scaled to `ms_per_s` milliseconds: (id, runs for,
+/// The scenarios of docs/SCENARIOS.md, seconds scaled to `ms_per_s` milliseconds: (id, runs for,
 /// lease TTL), both in ms. The old heartbeat interval does not matter: renewals go out at the
 /// interval the cluster advises.
 pub fn scenario_rows(ms_per_s: u64) -> Vec<(&'static str, u64, u64)> {
