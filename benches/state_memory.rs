@@ -43,7 +43,7 @@ fn main() {
             now_unix_ms: 1,
             cmd: Command::Submit(spec),
         };
-        state.apply(i + 1, &req, &voters, &mut fx);
+        state.apply_entry(i + 1, &req, &voters, &mut fx);
     }
     let used = rss_bytes().saturating_sub(before);
     println!(

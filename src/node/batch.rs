@@ -14,8 +14,10 @@ const MAX_COMMANDS: usize = if MAX_BATCH_COMMANDS < 4096 {
 } else {
     4096
 };
-/// Upper bound on the payload bytes of one entry.
-const MAX_BYTES: usize = 8 << 20;
+/// An entry is closed once its commands weigh this much. The largest single command (a 1 MiB
+/// payload or result with its 64 KiB error) is about 1.1 MiB, so an entry holds at most about
+/// 3.1 MiB: see `raft::network::MAX_MESSAGE_BYTES` for why that bound matters.
+pub(crate) const MAX_BYTES: usize = 2 << 20;
 /// Commands waiting for an entry at most; past it a proposal is refused at once (the node is
 /// overloaded) instead of queueing without bound.
 pub(super) const MAX_QUEUED: usize = 16_384;

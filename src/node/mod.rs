@@ -149,6 +149,10 @@ impl Node {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every_entries),
             max_in_snapshot_log_to_keep: t.keep_after_snapshot,
             snapshot_max_chunk_size: 1 << 20,
+            // Bounds an AppendEntries in bytes: entries of at most ~3.1 MiB (`batch::MAX_BYTES`)
+            // times this stays under the peer port's message limit, so a lagging follower is
+            // never sent a message it must refuse (and then sent it again, forever).
+            max_payload_entries: crate::raft::network::MAX_APPEND_ENTRIES,
             install_snapshot_timeout: 2_000,
             ..Default::default()
         }

@@ -49,10 +49,13 @@ impl Channels {
     }
 }
 
-/// The largest peer message: an append batch or snapshot chunk (1 MiB) plus headroom. A
-/// batch entry holds at most 8 MiB of commands (`node::batch`), and openraft sends entries in
-/// batches, so appends are sized to the largest legal entries a batch can carry.
+/// The largest peer message. An AppendEntries carries at most [`MAX_APPEND_ENTRIES`] entries of
+/// at most about 3.1 MiB each (`node::batch` closes an entry at 2 MiB; one command is at most
+/// about 1.1 MiB): 62 MiB. A snapshot chunk is 1 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Entries one AppendEntries carries at most (openraft's `max_payload_entries`).
+pub const MAX_APPEND_ENTRIES: u64 = 20;
 
 /// The node-to-node calls: Raft's own RPCs, a follower's forwarding to the leader, and the
 /// admin fan-out (status, membership changes run on the leader).

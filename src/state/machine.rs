@@ -3,36 +3,7 @@
 //! No I/O, no clocks, no randomness: the same commands in the same order give the same state
 //! and the same answers on every node. Time-like inputs travel inside the commands.
 use super::types::*;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// `assert!` that returns the failure instead of panicking (invariants are also checked on
-/// snapshots loaded from disk or a peer, which must be refused, not crash the node).
-macro_rules! ensure {
-    ($c:expr) => {
-        if !$c {
-            return Err(format!("invariant broken: {}", stringify!($c)));
-        }
-    };
-    ($c:expr, $($m:tt)+) => {
-        if !$c {
-            return Err(format!($($m)+));
-        }
-    };
-}
-
-macro_rules! ensure_eq {
-    ($a:expr, $b:expr) => {
-        if $a != $b {
-            return Err(format!("invariant broken: {} != {}", stringify!($a), stringify!($b)));
-        }
-    };
-    ($a:expr, $b:expr, $($m:tt)+) => {
-        if $a != $b {
-            return Err(format!($($m)+));
-        }
-    };
-}
 
 /// Attempt records kept per task; older ones are dropped (their tokens then read as unknown).
 pub const HISTORY_LIMIT: usize = 64;
@@ -88,115 +59,38 @@ struct ClaimArgs<'a> {
 /// Claim keys remembered after their lease ended (the most recent ones).
 pub const USED_CLAIMS_KEPT: usize = 65_536;
 
-/// The persisted part of the state; indexes are rebuilt on load. Written after
-/// [`SNAPSHOT_MAGIC`] and the CRC-32 of these bytes.
-#[derive(Deserialize)]
-struct Persisted {
-    tasks: Vec<Task>,
-    leases: Vec<Lease>,
-    last_token: Token,
-    last_revision: Revision,
-    /// (worker_id, claim_id, token), oldest first.
-    used_claims: Vec<(String, String, Token)>,
-    /// The secrets of the tokens in task histories (none for leases claimed before secrets).
-    secrets: Vec<(Token, LeaseSecret)>,
-}
-
-/// Snapshots written before secrets and checksums: no magic, no CRC.
-#[derive(Deserialize)]
-struct PersistedV1 {
-    tasks: Vec<Task>,
-    leases: Vec<Lease>,
-    last_token: Token,
-    last_revision: Revision,
-    used_claims: Vec<(String, String, Token)>,
-}
-
-/// What a snapshot of the state starts with, followed by the CRC-32 (little endian) of the rest.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"LKSTATE2";
-
-/// Why snapshot bytes were refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("snapshot is damaged: its CRC-32 is {found:#010x}, its header says {expected:#010x}")]
-    Checksum { expected: u32, found: u32 },
-    #[error("snapshot does not decode: {0}")]
-    Decode(#[from] postcard::Error),
-    #[error("snapshot is inconsistent: {0}")]
-    Inconsistent(String),
-}
-
-/// Snapshots written before claim keys were remembered past their lease.
-#[derive(Deserialize)]
-struct PersistedV0 {
-    tasks: Vec<Task>,
-    leases: Vec<Lease>,
-    last_token: Token,
-    last_revision: Revision,
-}
-
-/// The same encoding as [`Persisted`], borrowing the state instead of copying it (a snapshot
-/// of a million tasks must not hold a second copy of them in memory).
-#[derive(Serialize)]
-struct PersistedRef<'a> {
-    tasks: Vec<&'a Task>,
-    leases: Vec<&'a Lease>,
-    last_token: Token,
-    last_revision: Revision,
-    used_claims: Vec<(&'a str, &'a str, Token)>,
-    secrets: Vec<(Token, LeaseSecret)>,
-}
-
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct State {
     /// Boxed: a B-tree node keeps its entries inline and is on average a third empty, so a
     /// 300-byte task inline would waste about 100 bytes a task (measured: docs/PERFORMANCE.md).
-    tasks: BTreeMap<Name, Box<Task>>,
-    leases: BTreeMap<Token, Lease>,
+    pub(super) tasks: BTreeMap<Name, Box<Task>>,
+    pub(super) leases: BTreeMap<Token, Lease>,
     /// Every token still in some task's history → that task, and the lease's secret.
-    tokens: BTreeMap<Token, Owner>,
+    pub(super) tokens: BTreeMap<Token, Owner>,
     /// (finished_at_unix_ms, id) of terminal tasks, oldest first, for retention.
-    finished: BTreeSet<(u64, Name)>,
+    pub(super) finished: BTreeSet<(u64, Name)>,
     /// (worker_id, claim_id) → token of the live lease that claim created.
-    claims: BTreeMap<(String, String), Token>,
+    pub(super) claims: BTreeMap<(String, String), Token>,
     /// The same for the last `USED_CLAIMS_KEPT` claims whose lease ended, oldest first in
     /// `used_order`: a claim key makes one lease, ever. A duplicate of a claim that arrives late
     /// (a forwarded proposal re-sent, an attempt the worker gave up on) must not make a second
     /// lease, on another task, that nobody knows of and that expires as a failed attempt.
-    used_claims: BTreeMap<(String, String), Token>,
-    used_order: std::collections::VecDeque<(String, String)>,
+    pub(super) used_claims: BTreeMap<(String, String), Token>,
+    pub(super) used_order: std::collections::VecDeque<(String, String)>,
     /// Queue → (state, id), for listing (the queue name kept once per queue, not per task).
-    by_queue_state: BTreeMap<Name, BTreeSet<(TaskState, Name)>>,
+    pub(super) by_queue_state: BTreeMap<Name, BTreeSet<(TaskState, Name)>>,
     /// Claimable order per queue: (not_before_unix_ms, updated_rev, id) of PENDING tasks.
-    ready: BTreeMap<Name, BTreeSet<(u64, Revision, Name)>>,
-    last_token: Token,
-    last_revision: Revision,
+    pub(super) ready: BTreeMap<Name, BTreeSet<(u64, Revision, Name)>>,
+    pub(super) last_token: Token,
+    pub(super) last_revision: Revision,
 }
 
 /// The task a token was a lease of, and that lease's secret (kept as long as the attempt is in
 /// the task's history, so that a late report can still prove itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Owner {
-    task: Name,
-    secret: LeaseSecret,
-}
-
-/// The body of a snapshot after its magic, once its CRC-32 matches.
-fn snapshot_body(rest: &[u8]) -> Result<&[u8], SnapshotError> {
-    let (crc, body) = rest.split_at_checked(4).ok_or(SnapshotError::Checksum {
-        expected: 0,
-        found: 0,
-    })?;
-    let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let found = crc32fast::hash(body);
-    if expected != found {
-        return Err(SnapshotError::Checksum { expected, found });
-    }
-    Ok(body)
-}
-
-fn ready_key(t: &Task) -> (u64, Revision, Name) {
-    (t.not_before_unix_ms, t.updated_rev, t.spec.id.clone())
+pub(super) struct Owner {
+    pub(super) task: Name,
+    pub(super) secret: LeaseSecret,
 }
 
 fn quorum(votes: &BTreeSet<NodeId>, configs: &VoterConfigs) -> bool {
@@ -253,198 +147,6 @@ impl State {
         self.last_revision
     }
 
-    /// Whether a claim on `queue` at `now_unix_ms` would find a task (lets a leader skip writing
-    /// an entry that would only answer "no task").
-    pub fn has_claimable(&self, queue: &str, now_unix_ms: u64) -> bool {
-        self.first_claimable(queue, now_unix_ms).is_some()
-    }
-
-    /// The pending task of `queue` that a claim stamped `now_unix_ms` takes: the one whose
-    /// not-before passed first; failing that, the one with the latest not-before if it lies
-    /// further ahead than that task's longest back-off. Only a proposer whose wall clock runs
-    /// ahead of this claim's stamps such a not-before (a node an hour ahead deciding an expiry),
-    /// and a retry must not wait for one node's clock.
-    fn first_claimable(&self, queue: &str, now_unix_ms: u64) -> Option<&Name> {
-        let ready = self.ready.get(queue)?;
-        let (nb, _, id) = ready.first()?;
-        if *nb <= now_unix_ms {
-            return Some(id);
-        }
-        let (nb, _, id) = ready.last()?;
-        let longest_backoff_ms = self
-            .tasks
-            .get(id)
-            .map_or(0, |t| t.spec.max_backoff_ms.max(t.spec.initial_backoff_ms));
-        (nb.saturating_sub(now_unix_ms) > longest_backoff_ms).then_some(id)
-    }
-
-    /// Earliest not-before instant of a pending task in `queue`.
-    pub fn next_ready_at(&self, queue: &str) -> Option<u64> {
-        self.ready
-            .get(queue)
-            .and_then(|r| r.first())
-            .map(|(nb, _, _)| *nb)
-    }
-
-    /// Tasks ordered by (queue, state, id), starting after `after`, filtered, at most `limit`.
-    /// Returns the page and the key to continue from, if more may follow.
-    pub fn list(
-        &self,
-        queue: Option<&str>,
-        state: Option<TaskState>,
-        after: Option<&(String, TaskState, String)>,
-        limit: usize,
-    ) -> (Vec<&Task>, Option<(String, TaskState, String)>) {
-        use std::ops::Bound::{self, *};
-        // Where to start: a queue, and where within it.
-        let (start, within): (Bound<&str>, Bound<(TaskState, Name)>) = match (after, queue, state) {
-            (Some(k), _, _) => (Included(k.0.as_str()), Excluded((k.1, k.2.as_str().into()))),
-            (None, Some(q), Some(s)) => (Included(q), Included((s, "".into()))),
-            (None, Some(q), None) => (Included(q), Unbounded),
-            (None, None, _) => (Unbounded, Unbounded),
-        };
-        let mut out = Vec::new();
-        let mut last = None;
-        let mut within = Some(within);
-        for (q, entries) in self.by_queue_state.range::<str, _>((start, Unbounded)) {
-            if queue.is_some_and(|want| **q != *want) {
-                break;
-            }
-            // The bound within a queue applies to the queue the listing starts at only.
-            let lower = match (start, within.take()) {
-                (Included(sq), Some(w)) if sq == &**q => w,
-                _ => Unbounded,
-            };
-            for (st, id) in entries.range((lower, Unbounded)) {
-                if let Some(s) = state {
-                    if *st != s {
-                        if queue.is_some() && *st > s {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-                if out.len() == limit {
-                    return (out, last);
-                }
-                out.push(&*self.tasks[id]);
-                last = Some((q.to_string(), *st, id.to_string()));
-            }
-        }
-        (out, None)
-    }
-
-    // ------------------------------------------------------------------ snapshots
-
-    /// The state as snapshot bytes: [`SNAPSHOT_MAGIC`], a CRC-32 of the body, the body.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let p = PersistedRef {
-            tasks: self.tasks.values().map(|t| &**t).collect(),
-            leases: self.leases.values().collect(),
-            last_token: self.last_token,
-            last_revision: self.last_revision,
-            used_claims: self
-                .used_order
-                .iter()
-                .map(|k| (k.0.as_str(), k.1.as_str(), self.used_claims[k]))
-                .collect(),
-            secrets: self
-                .tokens
-                .iter()
-                .filter(|(_, o)| o.secret != 0)
-                .map(|(t, o)| (*t, o.secret))
-                .collect(),
-        };
-        let mut out = Vec::with_capacity(64 + 400 * self.tasks.len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&[0; 4]);
-        let body = postcard::to_extend(&p, out).expect("state serializes");
-        let mut out = body;
-        let crc = crc32fast::hash(&out[SNAPSHOT_MAGIC.len() + 4..]);
-        out[SNAPSHOT_MAGIC.len()..SNAPSHOT_MAGIC.len() + 4].copy_from_slice(&crc.to_le_bytes());
-        out
-    }
-
-    /// Checks snapshot bytes' CRC without decoding them (older snapshots, which carry none,
-    /// pass).
-    pub fn check_snapshot_bytes(bytes: &[u8]) -> Result<(), SnapshotError> {
-        match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
-            None => Ok(()),
-            Some(rest) => snapshot_body(rest).map(|_| ()),
-        }
-    }
-
-    /// Loads snapshot bytes, refusing damaged ones (CRC) and ones that break an invariant.
-    /// Snapshots of older versions (no magic, no CRC) still load.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let p: Persisted = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
-            Some(rest) => postcard::from_bytes(snapshot_body(rest)?)?,
-            // postcard ignores trailing bytes, so the newer layout is tried first.
-            None => match postcard::from_bytes::<PersistedV1>(bytes) {
-                Ok(v1) => Persisted {
-                    tasks: v1.tasks,
-                    leases: v1.leases,
-                    last_token: v1.last_token,
-                    last_revision: v1.last_revision,
-                    used_claims: v1.used_claims,
-                    secrets: Vec::new(),
-                },
-                Err(e) => match postcard::from_bytes::<PersistedV0>(bytes) {
-                    Ok(v0) => Persisted {
-                        tasks: v0.tasks,
-                        leases: v0.leases,
-                        last_token: v0.last_token,
-                        last_revision: v0.last_revision,
-                        used_claims: Vec::new(),
-                        secrets: Vec::new(),
-                    },
-                    Err(_) => return Err(e.into()),
-                },
-            },
-        };
-        let secrets: BTreeMap<Token, LeaseSecret> = p.secrets.into_iter().collect();
-        let mut s = State {
-            last_token: p.last_token,
-            last_revision: p.last_revision,
-            ..Default::default()
-        };
-        for (worker, claim, token) in p.used_claims {
-            s.remember_used_claim((worker, claim), token);
-        }
-        for l in p.leases {
-            if !l.claim_id.is_empty() {
-                s.claims
-                    .insert((l.worker_id.clone(), l.claim_id.clone()), l.token);
-            }
-            s.leases.insert(l.token, l);
-        }
-        for mut t in p.tasks {
-            // Names shared as `submit` shares them: one allocation per queue.
-            if let Some((queue, _)) = s.by_queue_state.get_key_value(&*t.spec.queue) {
-                t.spec.queue = queue.clone();
-            }
-            for r in &t.history {
-                let secret = secrets.get(&r.lease_token).copied().unwrap_or(0);
-                s.tokens.insert(
-                    r.lease_token,
-                    Owner {
-                        task: t.spec.id.clone(),
-                        secret,
-                    },
-                );
-            }
-            s.index(&t);
-            s.tasks.insert(t.spec.id.clone(), Box::new(t));
-        }
-        for l in s.leases.values_mut() {
-            if let Some((id, _)) = s.tasks.get_key_value(&*l.task_id) {
-                l.task_id = id.clone();
-            }
-        }
-        s.validate().map_err(SnapshotError::Inconsistent)?;
-        Ok(s)
-    }
-
     // ------------------------------------------------------------------ apply
 
     /// Applies log entry `index`: its command, or each command of a batch, at revisions
@@ -484,7 +186,9 @@ impl State {
         self.note_revision(entry_revision(index));
     }
 
-    /// Applies one command at revision `rev`.
+    /// Applies one command at revision `rev` (tests drive single commands this way; the node
+    /// applies whole entries with [`State::apply_entry`]).
+    #[cfg(test)]
     pub fn apply(
         &mut self,
         rev: Revision,
@@ -580,53 +284,6 @@ impl State {
     pub fn note_revision(&mut self, rev: Revision) {
         if rev > self.last_revision {
             self.last_revision = rev;
-        }
-    }
-
-    fn index(&mut self, t: &Task) {
-        match self.by_queue_state.get_mut(&t.spec.queue) {
-            Some(entries) => entries.insert((t.state, t.spec.id.clone())),
-            None => self
-                .by_queue_state
-                .entry(t.spec.queue.clone())
-                .or_default()
-                .insert((t.state, t.spec.id.clone())),
-        };
-        if t.state.is_terminal() {
-            self.finished
-                .insert((t.updated_at_unix_ms, t.spec.id.clone()));
-        }
-        if t.state == TaskState::Pending {
-            self.ready
-                .entry(t.spec.queue.clone())
-                .or_default()
-                .insert(ready_key(t));
-        }
-    }
-
-    /// Removes a task from the listing index (and its queue, once empty).
-    fn unlist(&mut self, queue: &str, state: TaskState, id: &Name) {
-        if let Some(entries) = self.by_queue_state.get_mut(queue) {
-            entries.remove(&(state, id.clone()));
-            if entries.is_empty() {
-                self.by_queue_state.remove(queue);
-            }
-        }
-    }
-
-    fn unindex(&mut self, t: &Task) {
-        self.unlist(&t.spec.queue, t.state, &t.spec.id);
-        if t.state.is_terminal() {
-            self.finished
-                .remove(&(t.updated_at_unix_ms, t.spec.id.clone()));
-        }
-        if t.state == TaskState::Pending {
-            if let Some(r) = self.ready.get_mut(&t.spec.queue) {
-                r.remove(&ready_key(t));
-                if r.is_empty() {
-                    self.ready.remove(&t.spec.queue);
-                }
-            }
         }
     }
 
@@ -820,7 +477,7 @@ impl State {
         self.tokens.get(&token).map(|o| o.secret)
     }
 
-    fn remember_used_claim(&mut self, key: (String, String), token: Token) {
+    pub(super) fn remember_used_claim(&mut self, key: (String, String), token: Token) {
         if self.used_claims.insert(key.clone(), token).is_none() {
             self.used_order.push_back(key);
         }
@@ -1170,134 +827,5 @@ impl State {
             expired.push(token);
         }
         Response::Voted { expired }
-    }
-
-    // ------------------------------------------------------------------ invariants
-
-    /// Panics if an invariant does not hold. Cheap enough for debug builds and tests only.
-    pub fn check_invariants(&self) {
-        if let Err(e) = self.validate() {
-            panic!("{e}");
-        }
-    }
-
-    /// Whether every invariant holds; the first that does not, if any. Loaded snapshots are
-    /// checked with it, so a damaged one is refused instead of half-loaded.
-    pub fn validate(&self) -> Result<(), String> {
-        ensure_eq!(self.used_claims.len(), self.used_order.len());
-        ensure!(self.used_order.len() <= USED_CLAIMS_KEPT);
-        for k in &self.used_order {
-            ensure!(self.used_claims.contains_key(k), "used claim {k:?} indexed");
-            ensure!(
-                !self.claims.contains_key(k),
-                "claim {k:?} both live and used"
-            );
-        }
-        for ((worker, claim), token) in &self.claims {
-            let l = self
-                .leases
-                .get(token)
-                .ok_or_else(|| format!("claim {claim:?} points at ended lease {token}"))?;
-            ensure!(&l.worker_id == worker && &l.claim_id == claim);
-        }
-        ensure_eq!(
-            self.finished.len(),
-            self.tasks
-                .values()
-                .filter(|t| t.state.is_terminal())
-                .count(),
-            "every terminal task is in the retention index"
-        );
-        for (at, id) in &self.finished {
-            let t = self
-                .tasks
-                .get(id)
-                .ok_or_else(|| format!("finished {id} has no task"))?;
-            ensure_eq!(t.updated_at_unix_ms, *at);
-        }
-        ensure_eq!(
-            self.claims.len(),
-            self.leases
-                .values()
-                .filter(|l| !l.claim_id.is_empty())
-                .count()
-        );
-        let mut live_tasks = BTreeSet::new();
-        for (token, l) in &self.leases {
-            ensure_eq!(*token, l.token);
-            ensure!(
-                *token <= self.last_token,
-                "lease {token} above last token {}",
-                self.last_token
-            );
-            let t = self
-                .tasks
-                .get(&l.task_id)
-                .ok_or_else(|| format!("lease {token} without task"))?;
-            ensure_eq!(
-                t.state,
-                TaskState::Running,
-                "lease {token} on a {:?} task",
-                t.state
-            );
-            ensure_eq!(
-                t.lease,
-                Some(*token),
-                "task {} does not point at its lease {token}",
-                t.spec.id
-            );
-            ensure!(
-                live_tasks.insert(l.task_id.clone()),
-                "two live leases for task {}",
-                l.task_id
-            );
-        }
-        let mut pending = 0;
-        for (id, t) in &self.tasks {
-            ensure_eq!(id, &t.spec.id);
-            ensure!(self
-                .by_queue_state
-                .get(&t.spec.queue)
-                .is_some_and(|e| e.contains(&(t.state, id.clone()))));
-            match t.state {
-                TaskState::Running => {
-                    let tok = t
-                        .lease
-                        .ok_or_else(|| format!("running task {id} without lease"))?;
-                    ensure!(self.leases.contains_key(&tok));
-                }
-                s => ensure!(t.lease.is_none(), "{s:?} task {id} holds a lease"),
-            }
-            if t.state == TaskState::Pending {
-                pending += 1;
-                ensure!(self
-                    .ready
-                    .get(&t.spec.queue)
-                    .is_some_and(|r| r.contains(&ready_key(t))));
-            }
-            let running = t
-                .history
-                .iter()
-                .filter(|r| r.outcome == Outcome::Running)
-                .count();
-            ensure!(
-                running <= 1 && (running == 1) == (t.state == TaskState::Running),
-                "task {id}: {running} running attempts in {:?}",
-                t.state
-            );
-            for w in t.history.windows(2) {
-                ensure!(
-                    w[0].lease_token < w[1].lease_token,
-                    "task {id}: tokens in history only grow"
-                );
-            }
-        }
-        ensure_eq!(
-            self.by_queue_state.values().map(|e| e.len()).sum::<usize>(),
-            self.tasks.len()
-        );
-        ensure!(self.by_queue_state.values().all(|e| !e.is_empty()));
-        ensure_eq!(self.ready.values().map(|r| r.len()).sum::<usize>(), pending);
-        Ok(())
     }
 }

@@ -2,13 +2,17 @@
 //!
 //! This module decides; it performs no I/O and reads no clock, so every node that applies the
 //! same log reaches the same state. Storage, network and time live outside and call in.
+mod index;
+mod invariants;
 mod machine;
+mod snapshot;
 mod types;
 
 pub use machine::{
-    backoff_ms, entry_revision, last_revision_of_entry, Effects, SnapshotError, State,
-    VoterConfigs, HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY, SNAPSHOT_MAGIC,
+    backoff_ms, entry_revision, last_revision_of_entry, Effects, State, VoterConfigs,
+    HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
 };
+pub use snapshot::{SnapshotError, SNAPSHOT_MAGIC};
 pub use types::*;
 
 #[cfg(test)]

@@ -1074,3 +1074,24 @@ fn logs_and_snapshots_from_before_lease_secrets_load() {
     let back = State::from_bytes(&postcard::to_stdvec(&v1).unwrap()).unwrap();
     assert_eq!(back, sm.s);
 }
+
+/// Byte fields encode as bytes, which in postcard is the same as the sequence of u8 they were
+/// encoded as before: logs and snapshots of older versions read alike.
+#[test]
+fn byte_fields_keep_their_encoding() {
+    #[derive(serde::Serialize)]
+    struct Plain {
+        payload: Vec<u8>,
+    }
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Bytes {
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    }
+    let v: Vec<u8> = (0..=255).cycle().take(70_000).collect();
+    let plain = postcard::to_stdvec(&Plain { payload: v.clone() }).unwrap();
+    let bytes = postcard::to_stdvec(&Bytes { payload: v.clone() }).unwrap();
+    assert_eq!(plain, bytes);
+    let back: Bytes = postcard::from_bytes(&plain).unwrap();
+    assert_eq!(back.payload, v);
+}

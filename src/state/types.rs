@@ -91,15 +91,21 @@ pub struct AttemptRecord {
 pub struct Report {
     pub success: bool,
     pub exit_code: i32,
+    #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
     pub error: String,
 }
+
+// Byte fields are encoded as bytes (serde_bytes): the same postcard encoding as a sequence of
+// u8 (a length, then the bytes), so logs and snapshots of either form read alike, but copied in
+// one go instead of byte by byte — a 1 MiB payload must replicate within a heartbeat interval.
 
 /// What a scheduler asked for; identical specs make a submit idempotent.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct TaskSpec {
     pub id: Name,
     pub queue: Name,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub max_attempts: u32,
     pub lease_ttl_ms: u64,
@@ -115,7 +121,9 @@ pub struct Task {
     pub attempt: u32,
     /// Attempts that failed or expired: retries are exhausted when this reaches `max_attempts`.
     pub failures: u32,
+    #[serde(with = "serde_bytes")]
     pub progress: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
     pub exit_code: Option<i32>,
     pub error: String,
@@ -196,6 +204,7 @@ pub enum Command {
     },
     Progress {
         token: Token,
+        #[serde(with = "serde_bytes")]
         progress: Vec<u8>,
     },
     Complete {

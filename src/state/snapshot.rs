@@ -1,0 +1,191 @@
+//! Snapshot bytes of the state: the current layout behind a magic and a CRC-32, and the
+//! layouts of older versions, which still load. Loading rebuilds the indexes and checks every
+//! invariant, so a damaged or inconsistent snapshot is refused, never half-loaded.
+use super::machine::{Owner, State};
+use super::types::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The persisted part of the state; indexes are rebuilt on load. Written after
+/// [`SNAPSHOT_MAGIC`] and the CRC-32 of these bytes.
+#[derive(Deserialize)]
+struct Persisted {
+    tasks: Vec<Task>,
+    leases: Vec<Lease>,
+    last_token: Token,
+    last_revision: Revision,
+    /// (worker_id, claim_id, token), oldest first.
+    used_claims: Vec<(String, String, Token)>,
+    /// The secrets of the tokens in task histories (none for leases claimed before secrets).
+    secrets: Vec<(Token, LeaseSecret)>,
+}
+
+/// Snapshots written before secrets and checksums: no magic, no CRC.
+#[derive(Deserialize)]
+struct PersistedV1 {
+    tasks: Vec<Task>,
+    leases: Vec<Lease>,
+    last_token: Token,
+    last_revision: Revision,
+    used_claims: Vec<(String, String, Token)>,
+}
+
+/// What a snapshot of the state starts with, followed by the CRC-32 (little endian) of the rest.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"LKSTATE2";
+
+/// Why snapshot bytes were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot is damaged: its CRC-32 is {found:#010x}, its header says {expected:#010x}")]
+    Checksum { expected: u32, found: u32 },
+    #[error("snapshot does not decode: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// Snapshots written before claim keys were remembered past their lease.
+#[derive(Deserialize)]
+struct PersistedV0 {
+    tasks: Vec<Task>,
+    leases: Vec<Lease>,
+    last_token: Token,
+    last_revision: Revision,
+}
+
+/// The same encoding as [`Persisted`], borrowing the state instead of copying it (a snapshot
+/// of a million tasks must not hold a second copy of them in memory).
+#[derive(Serialize)]
+struct PersistedRef<'a> {
+    tasks: Vec<&'a Task>,
+    leases: Vec<&'a Lease>,
+    last_token: Token,
+    last_revision: Revision,
+    used_claims: Vec<(&'a str, &'a str, Token)>,
+    secrets: Vec<(Token, LeaseSecret)>,
+}
+
+/// The body of a snapshot after its magic, once its CRC-32 matches.
+fn snapshot_body(rest: &[u8]) -> Result<&[u8], SnapshotError> {
+    let (crc, body) = rest.split_at_checked(4).ok_or(SnapshotError::Checksum {
+        expected: 0,
+        found: 0,
+    })?;
+    let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let found = crc32fast::hash(body);
+    if expected != found {
+        return Err(SnapshotError::Checksum { expected, found });
+    }
+    Ok(body)
+}
+
+impl State {
+    /// The state as snapshot bytes: [`SNAPSHOT_MAGIC`], a CRC-32 of the body, the body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let p = PersistedRef {
+            tasks: self.tasks.values().map(|t| &**t).collect(),
+            leases: self.leases.values().collect(),
+            last_token: self.last_token,
+            last_revision: self.last_revision,
+            used_claims: self
+                .used_order
+                .iter()
+                .map(|k| (k.0.as_str(), k.1.as_str(), self.used_claims[k]))
+                .collect(),
+            secrets: self
+                .tokens
+                .iter()
+                .filter(|(_, o)| o.secret != 0)
+                .map(|(t, o)| (*t, o.secret))
+                .collect(),
+        };
+        let mut out = Vec::with_capacity(64 + 400 * self.tasks.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&[0; 4]);
+        let body = postcard::to_extend(&p, out).expect("state serializes");
+        let mut out = body;
+        let crc = crc32fast::hash(&out[SNAPSHOT_MAGIC.len() + 4..]);
+        out[SNAPSHOT_MAGIC.len()..SNAPSHOT_MAGIC.len() + 4].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Checks snapshot bytes' CRC without decoding them (older snapshots, which carry none,
+    /// pass).
+    pub fn check_snapshot_bytes(bytes: &[u8]) -> Result<(), SnapshotError> {
+        match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            None => Ok(()),
+            Some(rest) => snapshot_body(rest).map(|_| ()),
+        }
+    }
+
+    /// Loads snapshot bytes, refusing damaged ones (CRC) and ones that break an invariant.
+    /// Snapshots of older versions (no magic, no CRC) still load.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let p: Persisted = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            Some(rest) => postcard::from_bytes(snapshot_body(rest)?)?,
+            // postcard ignores trailing bytes, so the newer layout is tried first.
+            None => match postcard::from_bytes::<PersistedV1>(bytes) {
+                Ok(v1) => Persisted {
+                    tasks: v1.tasks,
+                    leases: v1.leases,
+                    last_token: v1.last_token,
+                    last_revision: v1.last_revision,
+                    used_claims: v1.used_claims,
+                    secrets: Vec::new(),
+                },
+                Err(e) => match postcard::from_bytes::<PersistedV0>(bytes) {
+                    Ok(v0) => Persisted {
+                        tasks: v0.tasks,
+                        leases: v0.leases,
+                        last_token: v0.last_token,
+                        last_revision: v0.last_revision,
+                        used_claims: Vec::new(),
+                        secrets: Vec::new(),
+                    },
+                    Err(_) => return Err(e.into()),
+                },
+            },
+        };
+        let secrets: BTreeMap<Token, LeaseSecret> = p.secrets.into_iter().collect();
+        let mut s = State {
+            last_token: p.last_token,
+            last_revision: p.last_revision,
+            ..Default::default()
+        };
+        for (worker, claim, token) in p.used_claims {
+            s.remember_used_claim((worker, claim), token);
+        }
+        for l in p.leases {
+            if !l.claim_id.is_empty() {
+                s.claims
+                    .insert((l.worker_id.clone(), l.claim_id.clone()), l.token);
+            }
+            s.leases.insert(l.token, l);
+        }
+        for mut t in p.tasks {
+            // Names shared as `submit` shares them: one allocation per queue.
+            if let Some((queue, _)) = s.by_queue_state.get_key_value(&*t.spec.queue) {
+                t.spec.queue = queue.clone();
+            }
+            for r in &t.history {
+                let secret = secrets.get(&r.lease_token).copied().unwrap_or(0);
+                s.tokens.insert(
+                    r.lease_token,
+                    Owner {
+                        task: t.spec.id.clone(),
+                        secret,
+                    },
+                );
+            }
+            s.index(&t);
+            s.tasks.insert(t.spec.id.clone(), Box::new(t));
+        }
+        for l in s.leases.values_mut() {
+            if let Some((id, _)) = s.tasks.get_key_value(&*l.task_id) {
+                l.task_id = id.clone();
+            }
+        }
+        s.validate().map_err(SnapshotError::Inconsistent)?;
+        Ok(s)
+    }
+}
