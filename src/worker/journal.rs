@@ -11,41 +11,13 @@
 //! than dropping every report after it. A write that fails is cut back, so later appends never
 //! follow a torn record. When every report is acknowledged the file is truncated, so it stays
 //! small.
+use super::report::{Outcome, Report};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-
-/// What a worker reports for one attempt.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Success {
-        #[serde(with = "serde_bytes")]
-        result: Vec<u8>,
-    },
-    Failure {
-        exit_code: i32,
-        error: String,
-        #[serde(with = "serde_bytes")]
-        result: Vec<u8>,
-    },
-    /// Give the task back without counting an attempt against it (e.g. the worker is shutting
-    /// down before the work started or could finish).
-    Release { reason: String },
-}
-
-/// One final report, as journaled.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Report {
-    pub task_id: String,
-    pub lease_token: u64,
-    /// The lease's secret, so that a replayed report still proves itself.
-    #[serde(with = "serde_bytes")]
-    pub lease_secret: Vec<u8>,
-    pub outcome: Outcome,
-}
 
 /// A report as journaled before lease secrets (its lease has none).
 #[derive(Serialize, Deserialize, Debug)]

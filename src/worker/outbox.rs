@@ -1,0 +1,178 @@
+//! Final reports, journal first: a report is appended and fsynced to the journal before it is
+//! sent, sent to any node until the cluster acknowledges it (or refuses it for good), renewed
+//! meanwhile so the task is not handed to anyone else, and replayed at the next start if the
+//! worker stops first.
+use super::journal::{Journal, JournalError};
+use super::leases::Leases;
+use super::report::{Outcome, Report};
+use crate::client::Client;
+use crate::proto::v1 as pb;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+/// The journal and the deliveries of one worker.
+pub(super) struct Outbox {
+    client: Client,
+    journal: Mutex<Journal>,
+    leases: Arc<Leases>,
+    /// Wakes whoever waits for the journal to drain.
+    acked: Notify,
+}
+
+impl Outbox {
+    pub(super) fn new(client: Client, journal: Journal, leases: Arc<Leases>) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            journal: Mutex::new(journal),
+            leases,
+            acked: Notify::new(),
+        })
+    }
+
+    /// Sends again every report an earlier run left unacknowledged, renewing its lease until
+    /// the cluster acknowledges it (a restart within the TTL keeps the lease).
+    pub(super) fn replay(self: &Arc<Self>) {
+        let pending = self.journal.lock().expect("lock").pending();
+        for r in pending {
+            tracing::info!(task = %r.task_id, token = r.lease_token, "replaying an unacknowledged report");
+            self.leases.track(
+                r.lease_token,
+                r.lease_secret.clone(),
+                u64::MAX / 4,
+                300,
+                Instant::now(),
+            );
+            self.leases.mark_reported(r.lease_token);
+            tokio::spawn(self.clone().deliver(r));
+        }
+    }
+
+    /// Appends `report` to the journal (fsync), then delivers it in the background; the lease
+    /// is renewed until the cluster acknowledges the report. Without the journal (it cannot be
+    /// written) the report is still sent once, and the error returned.
+    pub(super) async fn report(self: &Arc<Self>, report: Report) -> Result<(), JournalError> {
+        let (this, r) = (self.clone(), report.clone());
+        let appended =
+            tokio::task::spawn_blocking(move || this.journal.lock().expect("lock").append(&r))
+                .await
+                .expect("journal append does not panic");
+        if let Err(e) = appended {
+            tracing::error!(error = %e, "cannot journal the report; sending it anyway");
+            let _ = deliver_once(&self.client, &report).await;
+            self.leases.untrack(report.lease_token);
+            return Err(e);
+        }
+        self.leases.mark_reported(report.lease_token);
+        tokio::spawn(self.clone().deliver(report));
+        Ok(())
+    }
+
+    /// Reports not yet acknowledged.
+    pub(super) fn undelivered(&self) -> usize {
+        self.journal.lock().expect("lock").pending_count()
+    }
+
+    /// Waits until every journaled report is acknowledged, or `timeout` passes; returns how
+    /// many are left.
+    pub(super) async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.acked.notified();
+            let left = self.undelivered();
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    /// Sends `r` until the cluster acknowledges it (or refuses it for good), then acks the
+    /// journal.
+    async fn deliver(self: Arc<Self>, r: Report) {
+        let mut backoff = Duration::from_millis(50);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            match deliver_once(&self.client, &r).await {
+                Ok(()) => {
+                    tracing::info!(task = %r.task_id, token = r.lease_token, tries, "report committed");
+                    break;
+                }
+                Err(s) if report_retryable(&s) => {
+                    tracing::warn!(task = %r.task_id, token = r.lease_token, code = ?s.code(), error = s.message(), "report not delivered yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(s) => {
+                    // Refused for good (the task was forgotten, or a release of a lease that
+                    // had ended): sending it again cannot change the answer.
+                    tracing::error!(task = %r.task_id, token = r.lease_token, code = ?s.code(), error = s.message(), "report refused; dropping it from the journal");
+                    break;
+                }
+            }
+        }
+        let token = r.lease_token;
+        let this = self.clone();
+        let res =
+            tokio::task::spawn_blocking(move || this.journal.lock().expect("lock").ack(token))
+                .await;
+        if let Ok(Err(e)) = res {
+            tracing::error!(error = %e, "cannot record the acknowledgement; the report is sent again at the next start (harmless)");
+        }
+        self.leases.untrack(token);
+        self.acked.notify_waiters();
+    }
+}
+
+/// Whether a failed report may succeed if sent again.
+fn report_retryable(s: &Status) -> bool {
+    crate::client::retryable(s)
+        || matches!(
+            s.code(),
+            Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::ResourceExhausted
+                | Code::Aborted
+                | Code::Internal
+        )
+}
+
+async fn deliver_once(client: &Client, r: &Report) -> Result<(), Status> {
+    match &r.outcome {
+        Outcome::Success { result } => client
+            .complete(pb::CompleteTaskRequest {
+                task_id: r.task_id.clone(),
+                lease_token: r.lease_token,
+                success: true,
+                exit_code: 0,
+                result: result.clone(),
+                error: String::new(),
+                lease_secret: r.lease_secret.clone(),
+            })
+            .await
+            .map(|_| ()),
+        Outcome::Failure {
+            exit_code,
+            error,
+            result,
+        } => client
+            .complete(pb::CompleteTaskRequest {
+                task_id: r.task_id.clone(),
+                lease_token: r.lease_token,
+                success: false,
+                exit_code: *exit_code,
+                result: result.clone(),
+                error: error.clone(),
+                lease_secret: r.lease_secret.clone(),
+            })
+            .await
+            .map(|_| ()),
+        Outcome::Release { reason } => client
+            .release(r.lease_token, &r.lease_secret, reason)
+            .await
+            .map(|_| ()),
+    }
+}
