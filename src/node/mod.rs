@@ -1,8 +1,7 @@
 //! One leasekeeper node: Raft, storage, the gRPC server, and the node's own duties (voting on
 //! expiry from its own clock, coalescing renewals, forwarding writes to the leader).
-mod batch;
+mod commit;
 mod config;
-mod renew;
 
 pub use config::{
     check_addr, ClusterSecret, ConfigError, Limits, NodeConfig, RaftTiming, TEST_CLUSTER_SECRET,
@@ -16,9 +15,9 @@ use crate::raft::{
 };
 use crate::state::{Command, RenewOutcome, Request, Response, Token};
 use crate::store::{self, Shared, StateMachineStore};
+use commit::{Coalescer, Commands, Renewals, Submitter};
 use openraft::network::snapshot_transport::{Chunked, SnapshotTransport, Streaming};
 use openraft::storage::RaftLogStorage;
-use renew::Renewer;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,12 +73,14 @@ pub struct Node {
     pub peer_key: PeerKey,
     /// Peer calls refused (non-members, wrong secret), counted and logged once per source.
     pub refusals: Refusals,
-    transport: Arc<dyn Transport>,
+    /// Proposes (leader) or forwards (follower) stamped requests: the end of the commit path.
+    submitter: Submitter,
+    /// The commit path: commands and votes, and renewals, each grouped by its own rule.
+    commands: Coalescer<Commands>,
+    renewals: Coalescer<Renewals>,
     /// A snapshot being received from the leader, chunk by chunk; verified before it is
     /// handed to Raft.
     snapshot_in: tokio::sync::Mutex<Option<Streaming<TypeConfig>>>,
-    renewer: Renewer,
-    proposer: batch::Proposer,
     shutdown: watch::Sender<bool>,
 }
 
@@ -168,17 +169,25 @@ impl Node {
         )
         .await?;
         let (shutdown, _) = watch::channel(false);
-        let node = Arc::new_cyclic(|weak| Node {
+        let submitter = Submitter {
+            id: config.id,
+            raft: raft.clone(),
+            transport,
+            clock: clock.clone(),
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            shutdown: shutdown.subscribe(),
+        };
+        let node = Arc::new(Node {
             id: config.id,
             raft,
             shared,
             clock,
             peer_key,
             refusals: Refusals::default(),
-            transport,
+            commands: Coalescer::new(submitter.clone()),
+            renewals: Coalescer::new(submitter.clone()),
+            submitter,
             snapshot_in: tokio::sync::Mutex::new(None),
-            renewer: Renewer::new(weak.clone()),
-            proposer: batch::Proposer::new(weak.clone()),
             shutdown,
             config,
         });
@@ -207,13 +216,9 @@ impl Node {
         self.raft.metrics().borrow().clone()
     }
 
-    /// The leader as this node last heard of it.
+    /// The leader as this node last heard of it, with its peer address.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let id = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
-        Some((id, addr))
+        self.submitter.leader()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -221,88 +226,13 @@ impl Node {
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_millis(self.config.request_timeout_ms)
-    }
-
-    async fn wait_leader(&self, deadline: Instant) -> Result<(NodeId, String), NodeError> {
-        let mut rx = self.raft.metrics();
-        loop {
-            if *self.shutdown.borrow() {
-                return Err(NodeError::Stopped("shutdown".into()));
-            }
-            if let Some(l) = self.leader() {
-                return Ok(l);
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return Err(NodeError::NoLeader(self.config.request_timeout_ms));
-            }
-        }
+        self.submitter.timeout
     }
 
     /// Commits `cmd` through the leader and returns the state machine's answer. Commands
-    /// proposed concurrently share one log entry (group commit, see `batch`).
+    /// proposed concurrently share one log entry (group commit, see `commit`).
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
-        self.proposer.propose(cmd).await
-    }
-
-    /// Stamps `cmd` with this node's wall clock and commits it as one entry, now.
-    pub(crate) async fn propose_now(&self, cmd: Command) -> Result<Response, NodeError> {
-        let req = Request {
-            now_unix_ms: self.clock.unix_ms(),
-            cmd,
-        };
-        self.submit(req).await
-    }
-
-    /// Commits an already stamped request (ours, or one a follower forwarded).
-    pub(crate) async fn submit(&self, req: Request) -> Result<Response, NodeError> {
-        let deadline = Instant::now() + self.timeout();
-        loop {
-            let (leader, addr) = self.wait_leader(deadline).await?;
-            if leader == self.id {
-                match self.raft.client_write(req.clone()).await {
-                    Ok(r) => return Ok(r.data),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {}
-                    Err(RaftError::APIError(e)) => return Err(NodeError::Raft(e.to_string())),
-                    Err(RaftError::Fatal(f)) => return Err(NodeError::Stopped(f.to_string())),
-                }
-            } else {
-                let sent = self
-                    .transport
-                    .call(
-                        &addr,
-                        PeerCall::Propose,
-                        codec::encode(&req),
-                        self.timeout(),
-                    )
-                    .await;
-                match sent {
-                    Ok(data) => match codec::decode::<ProposeReply>(&data) {
-                        Ok(ProposeReply::Applied(resp)) => return Ok(resp),
-                        Ok(ProposeReply::NotLeader) => {}
-                        Ok(ProposeReply::Failed(e)) => return Err(NodeError::Raft(e)),
-                        Err(e) => {
-                            return Err(NodeError::Unknown {
-                                leader,
-                                detail: e.to_string(),
-                            })
-                        }
-                    },
-                    // Not sent (connection refused): safe to try again.
-                    Err(PeerError::Unreachable(_)) => {}
-                    Err(PeerError::Failed(detail)) => {
-                        return Err(NodeError::Unknown { leader, detail })
-                    }
-                }
-            }
-            if Instant::now() + Duration::from_millis(20) >= deadline {
-                return Err(NodeError::NoLeader(self.config.request_timeout_ms));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.commands.write(cmd).await
     }
 
     /// Whether member `from` (its proof already verified) may call this node: it must be in
@@ -327,7 +257,10 @@ impl Node {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, PeerError> {
-        self.transport.call(addr, kind, body, timeout).await
+        self.submitter
+            .transport
+            .call(addr, kind, body, timeout)
+            .await
     }
 
     /// Answers one node-to-node call from member `from` (the server side of [`Transport`];
@@ -433,7 +366,7 @@ impl Node {
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
         let deadline = Instant::now() + self.timeout();
         loop {
-            let (leader, addr) = self.wait_leader(deadline).await?;
+            let (leader, addr) = self.submitter.wait_leader(deadline).await?;
             let index = if leader == self.id {
                 match self.read_index_local().await {
                     ReadIndexReply::Index(_) => return Ok(()),
@@ -442,6 +375,7 @@ impl Node {
                 }
             } else {
                 let sent = self
+                    .submitter
                     .transport
                     .call(&addr, PeerCall::ReadIndex, Vec::new(), self.timeout())
                     .await;
@@ -472,7 +406,7 @@ impl Node {
     /// Renews leases through the coalescer: renewals that arrive while earlier ones are being
     /// committed travel together in one `RenewBatch` entry.
     pub async fn renew(&self, tokens: Vec<Token>) -> Result<Vec<(Token, RenewOutcome)>, NodeError> {
-        self.renewer.renew(tokens).await
+        self.renewals.write(tokens).await
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {

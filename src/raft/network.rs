@@ -50,7 +50,7 @@ impl Channels {
 }
 
 /// The largest peer message. An AppendEntries carries at most [`MAX_APPEND_ENTRIES`] entries of
-/// at most about 3.1 MiB each (`node::batch` closes an entry at 2 MiB; one command is at most
+/// at most about 3.1 MiB each (`node::commit` closes an entry at 2 MiB; one command is at most
 /// about 1.1 MiB): 62 MiB. A snapshot chunk is 1 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
