@@ -1,6 +1,6 @@
 //! The state machine's apply path: `cargo bench --bench apply`.
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use leasekeeper::state::{Command, Effects, Report, Request, State, TaskSpec};
+use leasekeeper::state::{Command, Effects, Request, State, TaskSpec, WorkerReport};
 use std::collections::BTreeSet;
 
 const NOW: u64 = 1_800_000_000_000;
@@ -141,7 +141,7 @@ fn benches(c: &mut Criterion) {
                     let done = Command::Complete {
                         task_id: id,
                         token,
-                        report: Report {
+                        report: WorkerReport {
                             success: true,
                             exit_code: 0,
                             result: b"ok".to_vec(),

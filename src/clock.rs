@@ -54,7 +54,12 @@ pub struct LeaseTimers {
 impl LeaseTimers {
     /// Notes what one apply step did, at local time `now_ms`.
     pub fn apply(&mut self, fx: &Effects, now_ms: u64) {
-        for &(token, renewals, ttl_ms) in &fx.heard {
+        for &crate::state::HeardLease {
+            token,
+            renewals,
+            ttl_ms,
+        } in &fx.heard
+        {
             self.heard.insert(
                 token,
                 Heard {
@@ -140,7 +145,11 @@ mod tests {
     fn votes_once_per_revote_interval_and_forgets_renewed_leases() {
         let mut t = LeaseTimers::default();
         let fx = Effects {
-            heard: vec![(7, 0, 100)],
+            heard: vec![crate::state::HeardLease {
+                token: 7,
+                renewals: 0,
+                ttl_ms: 100,
+            }],
             ..Default::default()
         };
         t.apply(&fx, 0);
@@ -153,7 +162,11 @@ mod tests {
         assert_eq!(t.due(150, 50), vec![(7, 0)]);
         t.apply(
             &Effects {
-                heard: vec![(7, 1, 100)],
+                heard: vec![crate::state::HeardLease {
+                    token: 7,
+                    renewals: 1,
+                    ttl_ms: 100,
+                }],
                 ..Default::default()
             },
             160,

@@ -5,7 +5,7 @@ pub mod v1 {
     tonic::include_proto!("leasekeeper.v1");
 }
 
-/// Client stubs for the part of etcd's API that `leasekeeper bench --target etcd` uses.
+/// Client stubs for the part of etcd's API that `leasekeeper bench --etcd` uses.
 pub mod etcd {
     tonic::include_proto!("etcdserverpb");
 }

@@ -5,7 +5,7 @@
 //! decode allocates beyond the input's legal size.
 use leasekeeper::api::validate::{decode_page, encode_page};
 use leasekeeper::raft::{codec, Entry, TypeConfig};
-use leasekeeper::state::{Command, Report, Request, Response, State, TaskSpec, TaskState};
+use leasekeeper::state::{Command, Request, Response, State, TaskSpec, TaskState, WorkerReport};
 use leasekeeper::worker::{Journal, Outcome};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use proptest::prelude::*;
@@ -42,7 +42,7 @@ fn seeds() -> Vec<Vec<u8>> {
             Command::Complete {
                 task_id: "a".into(),
                 token: 65536,
-                report: Report {
+                report: WorkerReport {
                     success: true,
                     exit_code: 0,
                     result: b"ok".to_vec(),

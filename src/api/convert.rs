@@ -1,7 +1,7 @@
 //! Conversions between the state machine's types and the public proto messages.
 use crate::proto::v1 as pb;
 use crate::state::{
-    self, AttemptRecord, Event, EventKind, Lease, LostReason, Outcome, Task, TaskState,
+    self, AttemptOutcome, AttemptRecord, Event, EventKind, Lease, LostReason, Task, TaskState,
 };
 
 pub fn state_to_pb(s: TaskState) -> pb::TaskState {
@@ -25,14 +25,14 @@ pub fn state_from_pb(s: pb::TaskState) -> Option<TaskState> {
     }
 }
 
-fn outcome_to_pb(o: Outcome) -> pb::AttemptOutcome {
+fn outcome_to_pb(o: AttemptOutcome) -> pb::AttemptOutcome {
     match o {
-        Outcome::Running => pb::AttemptOutcome::Running,
-        Outcome::Succeeded => pb::AttemptOutcome::Succeeded,
-        Outcome::Failed => pb::AttemptOutcome::Failed,
-        Outcome::Expired => pb::AttemptOutcome::Expired,
-        Outcome::Released => pb::AttemptOutcome::Released,
-        Outcome::Cancelled => pb::AttemptOutcome::Cancelled,
+        AttemptOutcome::Running => pb::AttemptOutcome::Running,
+        AttemptOutcome::Succeeded => pb::AttemptOutcome::Succeeded,
+        AttemptOutcome::Failed => pb::AttemptOutcome::Failed,
+        AttemptOutcome::Expired => pb::AttemptOutcome::Expired,
+        AttemptOutcome::Released => pb::AttemptOutcome::Released,
+        AttemptOutcome::Cancelled => pb::AttemptOutcome::Cancelled,
     }
 }
 

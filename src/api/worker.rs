@@ -2,7 +2,9 @@
 use super::{convert, error, validate};
 use crate::node::Node;
 use crate::proto::v1::{self as pb, worker_server::Worker};
-use crate::state::{Command, LeaseSecret, RenewOutcome, Report, Response as SmResponse, Token};
+use crate::state::{
+    Command, LeaseSecret, RenewOutcome, Response as SmResponse, Token, WorkerReport,
+};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -471,7 +473,7 @@ impl Worker for WorkerSvc {
         )?;
         validate::bytes("error", r.error.len(), validate::MAX_ERROR_LEN)?;
         prove_one(&self.node, r.lease_token, &r.lease_secret).await?;
-        let report = Report {
+        let report = WorkerReport {
             success: r.success,
             exit_code: r.exit_code,
             result: r.result,

@@ -7,7 +7,7 @@ use crate::node::{Node, NodeConfig, NodeError, Parts};
 use crate::raft::network::PeerError;
 use crate::raft::NodeId;
 use crate::state::{
-    Command, Outcome, Rejection, RenewOutcome, Report, Response, TaskSpec, TaskState,
+    AttemptOutcome, Command, Rejection, RenewOutcome, Response, TaskSpec, TaskState, WorkerReport,
 };
 use crate::store::StateMachineStore;
 use rand::rngs::StdRng;
@@ -380,7 +380,7 @@ async fn complete(w: &World, client: u64, first: usize, id: &str, token: u64) ->
     let cmd = Command::Complete {
         task_id: id.to_string(),
         token,
-        report: Report {
+        report: WorkerReport {
             success: true,
             exit_code: 0,
             result: b"ok".to_vec(),
@@ -758,7 +758,7 @@ async fn observer(w: Arc<World>, nodes: Arc<Mutex<Vec<Arc<Node>>>>) {
                     continue;
                 };
                 l.closed = true;
-                if h.outcome != Outcome::Expired {
+                if h.outcome != AttemptOutcome::Expired {
                     continue;
                 }
                 *expirations += 1;
@@ -1149,7 +1149,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
             let t = a.state.task(&l.task);
             let ended = t.and_then(|t| t.history.iter().find(|h| h.lease_token == *token));
             if a.state.lease(*token).is_some()
-                || ended.map_or(true, |h| h.outcome == Outcome::Running)
+                || ended.map_or(true, |h| h.outcome == AttemptOutcome::Running)
             {
                 report
                     .violations

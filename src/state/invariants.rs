@@ -138,7 +138,7 @@ impl State {
             let running = t
                 .history
                 .iter()
-                .filter(|r| r.outcome == Outcome::Running)
+                .filter(|r| r.outcome == AttemptOutcome::Running)
                 .count();
             ensure!(
                 running <= 1 && (running == 1) == (t.state == TaskState::Running),

@@ -24,12 +24,20 @@ pub fn last_revision_of_entry(index: u64) -> Revision {
     entry_revision(index + 1) - 1
 }
 
+/// A lease claimed or renewed in an apply step, as of its renewal count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeardLease {
+    pub token: Token,
+    pub renewals: u64,
+    pub ttl_ms: u64,
+}
+
 /// What the node around the state machine must know about one apply step.
 #[derive(Debug, Default)]
 pub struct Effects {
     pub events: Vec<Event>,
     /// Leases claimed or renewed: the node notes its own monotonic time for them.
-    pub heard: Vec<(Token, u64, u64)>,
+    pub heard: Vec<HeardLease>,
     /// Leases that ended.
     pub gone: Vec<Token>,
 }
@@ -441,7 +449,7 @@ impl State {
             attempt: t.attempt,
             worker_id: worker_id.to_string(),
             lease_token: token,
-            outcome: Outcome::Running,
+            outcome: AttemptOutcome::Running,
             exit_code: None,
             error: String::new(),
             started_rev: rev,
@@ -462,7 +470,11 @@ impl State {
                 .insert((worker_id.to_string(), claim_id.to_string()), token);
         }
         self.leases.insert(token, lease.clone());
-        fx.heard.push((token, 0, lease.ttl_ms));
+        fx.heard.push(HeardLease {
+            token,
+            renewals: 0,
+            ttl_ms: lease.ttl_ms,
+        });
         let task = self.put(rev, now, t, Some(EventKind::Claimed), fx);
         Response::Claimed {
             task,
@@ -520,15 +532,17 @@ impl State {
             return LostReason::Unknown;
         };
         match task.record(token).map(|r| r.outcome) {
-            Some(Outcome::Expired) => LostReason::Expired {
+            Some(AttemptOutcome::Expired) => LostReason::Expired {
                 voters: task
                     .record(token)
                     .map(|r| r.expiry_voters.clone())
                     .unwrap_or_default(),
             },
-            Some(Outcome::Released) => LostReason::Released,
-            Some(Outcome::Failed) => LostReason::Failed,
-            Some(Outcome::Cancelled) if task.state == TaskState::Cancelled => LostReason::Cancelled,
+            Some(AttemptOutcome::Released) => LostReason::Released,
+            Some(AttemptOutcome::Failed) => LostReason::Failed,
+            Some(AttemptOutcome::Cancelled) if task.state == TaskState::Cancelled => {
+                LostReason::Cancelled
+            }
             Some(_) => LostReason::Finished { state: task.state },
             None => LostReason::Unknown,
         }
@@ -541,7 +555,11 @@ impl State {
         let l = self.leases.get_mut(&token).expect("checked");
         l.renewals += 1;
         l.votes.clear();
-        fx.heard.push((token, l.renewals, l.ttl_ms));
+        fx.heard.push(HeardLease {
+            token,
+            renewals: l.renewals,
+            ttl_ms: l.ttl_ms,
+        });
         Ok(l)
     }
 
@@ -580,7 +598,7 @@ impl State {
         rev: Revision,
         t: &mut Task,
         token: Token,
-        outcome: Outcome,
+        outcome: AttemptOutcome,
         fx: &mut Effects,
     ) -> Lease {
         let lease = self.leases.remove(&token).expect("live lease");
@@ -627,7 +645,7 @@ impl State {
         now: u64,
         task_id: &str,
         token: Token,
-        report: &Report,
+        report: &WorkerReport,
         fx: &mut Effects,
     ) -> Response {
         let Some(task) = self.tasks.get(task_id) else {
@@ -666,21 +684,21 @@ impl State {
         let kind;
         if live {
             if report.success {
-                self.end_lease(rev, &mut t, token, Outcome::Succeeded, fx);
+                self.end_lease(rev, &mut t, token, AttemptOutcome::Succeeded, fx);
                 t.state = TaskState::Succeeded;
                 t.result = report.result.clone();
                 t.exit_code = Some(report.exit_code);
                 t.error.clear();
                 kind = EventKind::Succeeded;
             } else {
-                self.end_lease(rev, &mut t, token, Outcome::Failed, fx);
+                self.end_lease(rev, &mut t, token, AttemptOutcome::Failed, fx);
                 kind =
                     self.after_failure(now, &mut t, Some(report.exit_code), report.error.clone());
             }
         } else if report.success {
             // The work did finish: accept it, and stop any newer attempt.
             if let Some(current) = t.lease {
-                self.end_lease(rev, &mut t, current, Outcome::Cancelled, fx);
+                self.end_lease(rev, &mut t, current, AttemptOutcome::Cancelled, fx);
                 if let Some(r) = t.record_mut(current) {
                     r.error =
                         format!("superseded: the attempt holding lease {token} reported success");
@@ -691,7 +709,7 @@ impl State {
             t.exit_code = Some(report.exit_code);
             t.error.clear();
             if let Some(r) = t.record_mut(token) {
-                r.outcome = Outcome::Succeeded;
+                r.outcome = AttemptOutcome::Succeeded;
                 r.late = true;
             }
             kind = EventKind::Succeeded;
@@ -730,7 +748,7 @@ impl State {
         };
         let id = lease.task_id.clone();
         let mut t = self.take(&id).expect("a live lease's task exists");
-        self.end_lease(rev, &mut t, token, Outcome::Released, fx);
+        self.end_lease(rev, &mut t, token, AttemptOutcome::Released, fx);
         if let Some(r) = t.record_mut(token) {
             r.error = reason.to_string();
         }
@@ -767,7 +785,7 @@ impl State {
         }
         let mut t = self.take(id).expect("present");
         if let Some(token) = t.lease {
-            self.end_lease(rev, &mut t, token, Outcome::Cancelled, fx);
+            self.end_lease(rev, &mut t, token, AttemptOutcome::Cancelled, fx);
         }
         t.state = TaskState::Cancelled;
         t.error = if reason.is_empty() {
@@ -810,7 +828,7 @@ impl State {
             let voters: Vec<NodeId> = lease.votes.iter().copied().collect();
             let id = lease.task_id.clone();
             let mut t = self.take(&id).expect("a live lease's task exists");
-            let lease = self.end_lease(rev, &mut t, token, Outcome::Expired, fx);
+            let lease = self.end_lease(rev, &mut t, token, AttemptOutcome::Expired, fx);
             if let Some(r) = t.record_mut(token) {
                 r.expiry_voters = voters.clone();
                 r.error = format!(

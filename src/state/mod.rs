@@ -9,7 +9,7 @@ mod snapshot;
 mod types;
 
 pub use machine::{
-    backoff_ms, entry_revision, last_revision_of_entry, Effects, State, VoterConfigs,
+    backoff_ms, entry_revision, last_revision_of_entry, Effects, HeardLease, State, VoterConfigs,
     HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
 };
 pub use snapshot::{SnapshotError, SNAPSHOT_MAGIC};

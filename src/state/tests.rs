@@ -69,7 +69,7 @@ impl Sm {
         self.run(Command::Complete {
             task_id: id.into(),
             token,
-            report: Report {
+            report: WorkerReport {
                 success,
                 exit_code: if success { 0 } else { 3 },
                 result: b"r".to_vec(),
@@ -95,7 +95,14 @@ fn lifecycle_submit_claim_renew_progress_complete() {
     let (task, lease) = sm.claim();
     assert_eq!(task.state, TaskState::Running);
     assert_eq!(lease.token, 2, "the token is the claim's log index");
-    assert_eq!(sm.fx.heard, vec![(2, 0, 3000)]);
+    assert_eq!(
+        sm.fx.heard,
+        vec![HeardLease {
+            token: 2,
+            renewals: 0,
+            ttl_ms: 3000
+        }]
+    );
     let r = sm.run(Command::RenewBatch {
         tokens: vec![2, 99],
     });
@@ -186,7 +193,7 @@ fn expiry_needs_a_majority_at_the_same_renewal_count() {
     let task = sm.s.task("a").unwrap();
     assert_eq!(task.state, TaskState::Pending);
     assert_eq!(task.not_before_unix_ms, NOW + 100);
-    assert_eq!(task.history[0].outcome, Outcome::Expired);
+    assert_eq!(task.history[0].outcome, AttemptOutcome::Expired);
     assert_eq!(task.history[0].expiry_voters, vec![2, 3]);
     assert_eq!(sm.fx.events[0].kind, EventKind::RetryScheduled);
     assert_eq!(
@@ -361,8 +368,8 @@ fn late_success_is_accepted_and_supersedes_a_newer_attempt() {
     assert!(late);
     assert_eq!(task.state, TaskState::Succeeded);
     assert!(task.history[0].late);
-    assert_eq!(task.history[0].outcome, Outcome::Succeeded);
-    assert_eq!(task.history[1].outcome, Outcome::Cancelled);
+    assert_eq!(task.history[0].outcome, AttemptOutcome::Succeeded);
+    assert_eq!(task.history[1].outcome, AttemptOutcome::Cancelled);
     // The newer attempt learns it at its next renewal.
     assert_eq!(
         sm.run(Command::RenewBatch {
@@ -547,7 +554,7 @@ fn purge_forgets_old_terminal_tasks_only() {
         Command::Complete {
             task_id: t.spec.id.to_string(),
             token: l.token,
-            report: Report {
+            report: WorkerReport {
                 success: true,
                 exit_code: 0,
                 result: vec![],
@@ -602,7 +609,7 @@ fn a_claim_key_makes_one_lease_ever() {
     let done = sm.run(Command::Complete {
         task_id: task.spec.id.to_string(),
         token: lease.token,
-        report: Report {
+        report: WorkerReport {
             success: true,
             exit_code: 0,
             result: Vec::new(),
@@ -744,7 +751,7 @@ fn arb_cmd() -> impl Strategy<Value = (u64, Command)> {
             Command::Complete {
                 task_id,
                 token,
-                report: Report {
+                report: WorkerReport {
                     success,
                     exit_code: if success { 0 } else { 1 },
                     result: vec![],

@@ -57,7 +57,7 @@ impl TaskState {
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum AttemptOutcome {
     Running,
     Succeeded,
     Failed,
@@ -73,7 +73,7 @@ pub struct AttemptRecord {
     pub attempt: u32,
     pub worker_id: String,
     pub lease_token: Token,
-    pub outcome: Outcome,
+    pub outcome: AttemptOutcome,
     pub exit_code: Option<i32>,
     pub error: String,
     pub started_rev: Revision,
@@ -81,14 +81,14 @@ pub struct AttemptRecord {
     /// The worker reported after the attempt had lost its lease.
     pub late: bool,
     /// The worker's own final report has been recorded (makes reports idempotent).
-    pub reported: Option<Report>,
+    pub reported: Option<WorkerReport>,
     /// For `Expired`: the voters whose clocks decided it.
     pub expiry_voters: Vec<NodeId>,
 }
 
 /// A worker's final report of an attempt, as recorded.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Report {
+pub struct WorkerReport {
     pub success: bool,
     pub exit_code: i32,
     #[serde(with = "serde_bytes")]
@@ -210,7 +210,7 @@ pub enum Command {
     Complete {
         task_id: String,
         token: Token,
-        report: Report,
+        report: WorkerReport,
     },
     Release {
         token: Token,
