@@ -9,35 +9,29 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The flags `worker` and `run` share: who runs, where its journal is, how its command is
+/// stopped and how long its reports are delivered for.
 #[derive(Args)]
-pub struct WorkerArgs {
+pub struct JobArgs {
     /// The queue to take tasks from.
     #[arg(long)]
     queue: String,
-    /// Tasks run at the same time.
-    #[arg(long, default_value_t = 1)]
-    concurrency: usize,
-    /// Names this worker; keep it stable across restarts (default: <hostname>-<queue>).
+    /// Names this worker; keep it stable across restarts (default: worker <hostname>-<queue>;
+    /// run <hostname>-run-<pid>).
     #[arg(long)]
     worker_id: Option<String>,
-    /// Lease TTL to ask for (default: each task's own).
-    #[arg(long, default_value_t = 0)]
-    lease_ttl_ms: u64,
     /// Journal of final reports (default: $LEASEKEEPER_JOURNAL_DIR or .leasekeeper/journal, then
-    /// the worker id).
+    /// the worker id; for run, run-<task id>).
     #[arg(long)]
     journal_dir: Option<PathBuf>,
-    /// After SIGTERM/SIGINT, how long running tasks may go on before they are stopped.
-    #[arg(long, default_value_t = 30_000)]
-    grace_ms: u64,
-    /// Between SIGTERM and SIGKILL when a task is stopped.
+    /// Milliseconds between SIGTERM and SIGKILL when the command is stopped.
     #[arg(long, default_value_t = 10_000)]
     kill_grace_ms: u64,
-    /// After a stop, how long to keep delivering reports before exiting with 75 (they stay in
-    /// the journal for the next start).
+    /// After a stop, milliseconds to keep delivering reports before exiting with 75 (they stay
+    /// in the journal for the next start).
     #[arg(long, default_value_t = 300_000)]
     drain_timeout_ms: u64,
-    /// The command run for each task (after `--`).
+    /// The command (after `--`): run for each task, its payload on stdin.
     #[arg(last = true, required = true)]
     command: Vec<String>,
     #[command(flatten)]
@@ -45,14 +39,27 @@ pub struct WorkerArgs {
 }
 
 #[derive(Args)]
+pub struct WorkerArgs {
+    /// Tasks run at the same time.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Lease TTL to ask for, in milliseconds (default 0: each task's own).
+    #[arg(long, default_value_t = 0)]
+    lease_ttl_ms: u64,
+    /// After SIGTERM/SIGINT, milliseconds running tasks may go on before they are stopped.
+    #[arg(long, default_value_t = 30_000)]
+    grace_ms: u64,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+#[derive(Args)]
 pub struct RunArgs {
-    #[arg(long)]
-    queue: String,
     /// The task's id: the same id is the same job (a repeat after success does not run it
     /// again). Default: a new id each time.
     #[arg(long)]
     task_id: Option<String>,
-    /// Lease TTL; renewals go out at about a third of it.
+    /// Lease TTL in milliseconds; renewals go out at about a third of it.
     #[arg(long, default_value_t = 30_000)]
     ttl_ms: u64,
     /// Attempts before the task is FAILED for good (retries are the outer scheduler's call).
@@ -61,19 +68,8 @@ pub struct RunArgs {
     /// Payload recorded with the task and passed on the command's stdin.
     #[arg(long, default_value = "")]
     payload: String,
-    #[arg(long)]
-    worker_id: Option<String>,
-    #[arg(long)]
-    journal_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 10_000)]
-    kill_grace_ms: u64,
-    #[arg(long, default_value_t = 300_000)]
-    drain_timeout_ms: u64,
-    /// The command (after `--`).
-    #[arg(last = true, required = true)]
-    command: Vec<String>,
     #[command(flatten)]
-    conn: Conn,
+    job: JobArgs,
 }
 
 pub fn hostname() -> String {
@@ -109,23 +105,24 @@ async fn signalled() {
 pub async fn worker(a: WorkerArgs) -> Result<(), BoxError> {
     hold_signals();
     init_logging("info,openraft=warn");
-    let worker_id = a
+    let j = a.job;
+    let worker_id = j
         .worker_id
-        .unwrap_or_else(|| format!("{}-{}", hostname(), a.queue));
-    let mut config = WorkerConfig::new(a.conn.endpoints.clone(), &a.queue, &worker_id);
+        .unwrap_or_else(|| format!("{}-{}", hostname(), j.queue));
+    let mut config = WorkerConfig::new(j.conn.endpoints.clone(), &j.queue, &worker_id);
     config.concurrency = a.concurrency;
     config.lease_ttl_ms = a.lease_ttl_ms;
-    if let Some(d) = a.journal_dir {
+    if let Some(d) = j.journal_dir {
         config.journal_dir = d;
     }
     config.shutdown_grace = Duration::from_millis(a.grace_ms);
-    config.drain_timeout = Duration::from_millis(a.drain_timeout_ms);
+    config.drain_timeout = Duration::from_millis(j.drain_timeout_ms);
     let exec_cfg = ExecConfig {
-        argv: a.command,
-        kill_grace: Duration::from_millis(a.kill_grace_ms),
+        argv: j.command,
+        kill_grace: Duration::from_millis(j.kill_grace_ms),
     };
     let w = Worker::start(config)?;
-    tracing::info!(worker = %worker_id, queue = %a.queue, concurrency = a.concurrency, "worker started");
+    tracing::info!(worker = %worker_id, queue = %j.queue, concurrency = a.concurrency, "worker started");
     let drained = w
         .run(
             move |ctx| {
@@ -146,15 +143,16 @@ pub async fn run(a: RunArgs) -> Result<(), BoxError> {
     let task_id = a
         .task_id
         .unwrap_or_else(|| format!("run-{:016x}", rand::random::<u64>()));
-    let worker_id = a
+    let j = a.job;
+    let worker_id = j
         .worker_id
         .unwrap_or_else(|| format!("{}-run-{}", hostname(), std::process::id()));
-    let mut config = WorkerConfig::new(a.conn.endpoints.clone(), &a.queue, &worker_id);
-    config.journal_dir = a
+    let mut config = WorkerConfig::new(j.conn.endpoints.clone(), &j.queue, &worker_id);
+    config.journal_dir = j
         .journal_dir
         .unwrap_or_else(|| crate::worker::default_journal_dir(&format!("run-{task_id}")));
     config.lease_ttl_ms = a.ttl_ms;
-    let drain_timeout = Duration::from_millis(a.drain_timeout_ms);
+    let drain_timeout = Duration::from_millis(j.drain_timeout_ms);
     let w = Worker::start(config)?;
     // A report an earlier run of this job left behind goes out first: it may finish the job.
     if w.drain(drain_timeout).await > 0 {
@@ -164,7 +162,7 @@ pub async fn run(a: RunArgs) -> Result<(), BoxError> {
     let submitted = c
         .submit(pb::SubmitTaskRequest {
             id: task_id.clone(),
-            queue: a.queue.clone(),
+            queue: j.queue.clone(),
             payload: a.payload.clone().into_bytes(),
             max_attempts: a.max_attempts,
             lease_ttl_ms: a.ttl_ms,
@@ -204,8 +202,8 @@ pub async fn run(a: RunArgs) -> Result<(), BoxError> {
         Err(s) => return Err(s.into()),
     };
     let exec_cfg = ExecConfig {
-        argv: a.command,
-        kill_grace: Duration::from_millis(a.kill_grace_ms),
+        argv: j.command,
+        kill_grace: Duration::from_millis(j.kill_grace_ms),
     };
     // SIGTERM/SIGINT to the wrapper stops the command (the job is then given back, not failed).
     let stop = ctx.stopping().clone();

@@ -1,0 +1,327 @@
+//! `leasekeeper dev` and `leasekeeper server`: run nodes, in this process or as one production
+//! node.
+use super::init_logging;
+use crate::node::{Limits, NodeConfig};
+use crate::server::{BoxError, Server};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Data directory (one sub-directory per node).
+    #[arg(long, default_value = ".leasekeeper/dev")]
+    dir: PathBuf,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Node i serves clients on base-port + i - 1.
+    #[arg(long, default_value_t = 7001)]
+    base_port: u16,
+    /// Node i serves its peers (Raft, members only) on peer-base-port + i - 1.
+    #[arg(long, default_value_t = 7101)]
+    peer_base_port: u16,
+    /// The address every node binds.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// TOML file with any of the settings below (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id, a positive number unique in the cluster (default 1).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Client port to bind, host:port: the public API, health and reflection (default
+    /// 127.0.0.1:7001).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address clients use, if not the listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Peer port to bind, host:port: Raft and forwarding, members only (default
+    /// 127.0.0.1:7101). Never the client port.
+    #[arg(long)]
+    peer_listen: Option<String>,
+    /// Address other members dial, if not the peer listen address: the one the membership
+    /// and --initial-cluster name.
+    #[arg(long)]
+    peer_advertise: Option<String>,
+    /// A file holding the cluster secret every member shares (16 bytes or more; surrounding
+    /// whitespace ignored). LEASEKEEPER_CLUSTER_SECRET may hold the secret itself instead.
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
+    /// The cluster's name (default "leasekeeper"): peers of another cluster are refused.
+    #[arg(long)]
+    cluster_name: Option<String>,
+    /// Where the log and snapshots live (default .leasekeeper/node-<id>).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Founding members by peer address: 1=host:7101,2=host:7101,3=host:7101. Omit to join
+    /// with `node add`.
+    #[arg(long, value_delimiter = ',')]
+    initial_cluster: Vec<String>,
+    /// Shortest lease TTL a task may ask for, in ms (default 2000; must exceed 3 × election-max-ms).
+    #[arg(long)]
+    min_ttl_ms: Option<u64>,
+    /// Longest lease TTL a task may ask for, in ms (default 86 400 000, a day).
+    #[arg(long)]
+    max_ttl_ms: Option<u64>,
+    /// Lease TTL of a task that names none, in ms (default 30 000).
+    #[arg(long)]
+    default_ttl_ms: Option<u64>,
+    /// Raft heartbeat interval, in ms (default 100).
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Shortest Raft election timeout, in ms (default 400).
+    #[arg(long)]
+    election_min_ms: Option<u64>,
+    /// Longest Raft election timeout, in ms (default 600).
+    #[arg(long)]
+    election_max_ms: Option<u64>,
+    /// Build a snapshot after this many log entries (default 20 000).
+    #[arg(long)]
+    snapshot_every_entries: Option<u64>,
+    /// Log entries kept behind a snapshot for followers that lag a little.
+    #[arg(long)]
+    keep_after_snapshot: Option<u64>,
+    /// Forget finished tasks this long after they finished (0 = keep forever; default 7 days).
+    #[arg(long)]
+    terminal_retention_ms: Option<u64>,
+    /// Threads running the node's event loop (gRPC, Raft, the state machine). 1, the default,
+    /// runs it on one thread; fsyncs, sled and snapshot builds have threads of their own.
+    /// 0 = one per core. See docs/PERFORMANCE.md ("One thread per node").
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
+    init_logging("info,openraft=warn,sled=warn");
+    let port = |base: u16, i: u64| format!("{}:{}", a.host, base as u64 + i - 1);
+    let clients: BTreeMap<u64, String> = (1..=a.nodes).map(|i| (i, port(a.base_port, i))).collect();
+    let members: BTreeMap<u64, String> = (1..=a.nodes)
+        .map(|i| (i, port(a.peer_base_port, i)))
+        .collect();
+    // Bind every port first, so that no node campaigns towards a peer that is not listening yet.
+    let bind = |addr: &str| -> Result<std::net::TcpListener, BoxError> {
+        let l = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    let mut listeners = Vec::new();
+    for id in members.keys() {
+        listeners.push((bind(&clients[id])?, bind(&members[id])?));
+    }
+    // One throwaway secret for the members of this cluster, which all live in this process.
+    let secret = crate::node::ClusterSecret::new(format!("{:032x}", rand::random::<u128>()));
+    let mut nodes = Vec::new();
+    for (id, listeners) in members.keys().zip(listeners) {
+        let config = NodeConfig {
+            id: *id,
+            listen: clients[id].clone(),
+            peer_listen: members[id].clone(),
+            cluster_secret: Some(secret.clone()),
+            data_dir: a.dir.join(format!("node-{id}")),
+            initial_cluster: members.clone(),
+            ..NodeConfig::default()
+        };
+        nodes.push(NodeThread::start(config, listeners).await?);
+    }
+    let endpoints: Vec<&str> = clients.values().map(String::as_str).collect();
+    println!(
+        "leasekeeper dev cluster: {} nodes, data in {}",
+        a.nodes,
+        a.dir.display()
+    );
+    for id in members.keys() {
+        println!(
+            "  node {id}: clients {}, peers {}",
+            clients[id], members[id]
+        );
+    }
+    println!("endpoints: {}", endpoints.join(","));
+    println!("try: leasekeeper task submit --queue demo --payload hello; leasekeeper status");
+    wait_for_signal().await;
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+/// A `dev` node on a thread and runtime of its own, as if it were its own `server` process
+/// (one event-loop thread each; see `ServerArgs::threads`).
+struct NodeThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl NodeThread {
+    async fn start(
+        config: NodeConfig,
+        (client, peer): (std::net::TcpListener, std::net::TcpListener),
+    ) -> Result<Self, BoxError> {
+        use tokio::sync::oneshot;
+        let (started_tx, started) = oneshot::channel::<Result<(), String>>();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (stopped_tx, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("node-{}", config.id))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(format!("cannot start a runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listeners = tokio::net::TcpListener::from_std(client)
+                        .and_then(|c| Ok((c, tokio::net::TcpListener::from_std(peer)?)));
+                    let (client, peer) = match listeners {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    match Server::start_on(config, client, peer).await {
+                        Ok(s) => {
+                            let _ = started_tx.send(Ok(()));
+                            let _ = stop_rx.await;
+                            s.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e.to_string()));
+                        }
+                    }
+                });
+                let _ = stopped_tx.send(());
+            })?;
+        started
+            .await
+            .map_err(|_| "the node's thread ended before it started")??;
+        Ok(Self { stop, stopped })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.stopped.await;
+    }
+}
+
+fn parse_members(v: &[String]) -> Result<BTreeMap<u64, String>, BoxError> {
+    let mut m = BTreeMap::new();
+    for item in v.iter().filter(|s| !s.is_empty()) {
+        let shown = crate::api::validate::clip(item);
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("initial-cluster entry {shown:?} is not id=host:port"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("initial-cluster entry {shown:?}: the id is not a number"))?;
+        crate::node::check_addr(addr)
+            .map_err(|e| format!("initial-cluster entry {shown:?}: {e}"))?;
+        if m.insert(id, addr.to_string()).is_some() {
+            return Err(format!("initial-cluster names node {id} twice").into());
+        }
+    }
+    Ok(m)
+}
+
+pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
+    init_logging("info,openraft=warn,sled=warn");
+    let mut c: NodeConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => NodeConfig::default(),
+    };
+    if let Some(v) = a.id {
+        c.id = v;
+        if a.data_dir.is_none() && a.config.is_none() {
+            c.data_dir = PathBuf::from(format!(".leasekeeper/node-{v}"));
+        }
+    }
+    if let Some(v) = a.listen {
+        c.listen = v;
+    }
+    if a.advertise.is_some() {
+        c.advertise = a.advertise;
+    }
+    if let Some(v) = a.peer_listen {
+        c.peer_listen = v;
+    }
+    if a.peer_advertise.is_some() {
+        c.peer_advertise = a.peer_advertise;
+    }
+    if let Some(v) = a.cluster_name {
+        c.cluster_name = v;
+    }
+    if a.cluster_secret_file.is_some() {
+        c.cluster_secret_file = a.cluster_secret_file;
+    }
+    if let Ok(v) = std::env::var("LEASEKEEPER_CLUSTER_SECRET") {
+        c.cluster_secret = Some(crate::node::ClusterSecret::new(v.trim()));
+    }
+    if let Some(v) = a.data_dir {
+        c.data_dir = v;
+    }
+    if !a.initial_cluster.is_empty() {
+        c.initial_cluster = parse_members(&a.initial_cluster)?;
+    }
+    let l: &mut Limits = &mut c.limits;
+    if let Some(v) = a.min_ttl_ms {
+        l.min_ttl_ms = v;
+    }
+    if let Some(v) = a.max_ttl_ms {
+        l.max_ttl_ms = v;
+    }
+    if let Some(v) = a.default_ttl_ms {
+        l.default_ttl_ms = v;
+    }
+    if let Some(v) = a.heartbeat_ms {
+        c.raft.heartbeat_ms = v;
+    }
+    if let Some(v) = a.election_min_ms {
+        c.raft.election_min_ms = v;
+    }
+    if let Some(v) = a.election_max_ms {
+        c.raft.election_max_ms = v;
+    }
+    if let Some(v) = a.snapshot_every_entries {
+        c.raft.snapshot_every_entries = v;
+    }
+    if let Some(v) = a.terminal_retention_ms {
+        c.terminal_retention_ms = v;
+    }
+    if let Some(v) = a.keep_after_snapshot {
+        c.raft.keep_after_snapshot = v;
+    }
+    let s = Server::start(c).await?;
+    println!(
+        "node {} serving clients on {}, peers on {}",
+        s.node().id,
+        s.addr(),
+        s.peer_addr()
+    );
+    wait_for_signal().await;
+    s.shutdown().await;
+    Ok(())
+}
