@@ -55,13 +55,13 @@ impl Effects {
 pub type VoterConfigs = [BTreeSet<NodeId>];
 
 /// What a claim asks for (from `Command::Claim` or the older `Command::ClaimV0`).
-struct ClaimArgs<'a> {
-    queue: &'a str,
-    worker_id: &'a str,
-    claim_id: &'a str,
-    ttl_override: Option<u64>,
-    task_id: Option<&'a str>,
-    secret: LeaseSecret,
+pub(super) struct ClaimArgs<'a> {
+    pub(super) queue: &'a str,
+    pub(super) worker_id: &'a str,
+    pub(super) claim_id: &'a str,
+    pub(super) ttl_override: Option<u64>,
+    pub(super) task_id: Option<&'a str>,
+    pub(super) secret: LeaseSecret,
 }
 
 /// Claim keys remembered after their lease ended (the most recent ones).
@@ -101,13 +101,6 @@ pub(super) struct Owner {
     pub(super) secret: LeaseSecret,
 }
 
-fn quorum(votes: &BTreeSet<NodeId>, configs: &VoterConfigs) -> bool {
-    !configs.is_empty()
-        && configs
-            .iter()
-            .all(|c| !c.is_empty() && c.iter().filter(|n| votes.contains(n)).count() * 2 > c.len())
-}
-
 /// Retry delay before the attempt after `failures` failures.
 pub fn backoff_ms(spec: &TaskSpec, failures: u32) -> u64 {
     let shift = failures.saturating_sub(1).min(32);
@@ -128,12 +121,6 @@ impl State {
     }
     pub fn lease(&self, token: Token) -> Option<&Lease> {
         self.leases.get(&token)
-    }
-    /// The live lease a claim with this idempotency key created, if any.
-    pub fn lease_of_claim(&self, worker_id: &str, claim_id: &str) -> Option<&Lease> {
-        self.claims
-            .get(&(worker_id.to_string(), claim_id.to_string()))
-            .and_then(|t| self.leases.get(t))
     }
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.leases.values()
@@ -296,7 +283,7 @@ impl State {
     }
 
     /// Takes a task out of the indexes for a change; `put` puts it back.
-    fn take(&mut self, id: &str) -> Option<Task> {
+    pub(super) fn take(&mut self, id: &str) -> Option<Task> {
         let t = *self.tasks.remove(id)?;
         debug_assert!(
             !t.state.is_terminal(),
@@ -306,7 +293,7 @@ impl State {
         Some(t)
     }
 
-    fn put(
+    pub(super) fn put(
         &mut self,
         rev: Revision,
         now: u64,
@@ -375,130 +362,6 @@ impl State {
         }
     }
 
-    fn claim(&mut self, rev: Revision, now: u64, args: ClaimArgs, fx: &mut Effects) -> Response {
-        let ClaimArgs {
-            queue,
-            worker_id,
-            claim_id,
-            ttl_override,
-            task_id,
-            secret,
-        } = args;
-        if !claim_id.is_empty() {
-            let key = (worker_id.to_string(), claim_id.to_string());
-            if let Some(lease) = self.claims.get(&key).and_then(|t| self.leases.get(t)) {
-                // A retry of a claim that was applied (its answer was lost): same lease, and
-                // the secret it was made with (the retry's own is not used).
-                let task = (*self.tasks[&lease.task_id]).clone();
-                return Response::Claimed {
-                    task,
-                    lease: lease.clone(),
-                    secret: self.secret_of(lease.token).unwrap_or(0),
-                };
-            }
-            if let Some(&token) = self.used_claims.get(&key) {
-                return Response::Rejected(Rejection::ClaimKeyUsed {
-                    claim_id: claim_id.to_string(),
-                    token,
-                });
-            }
-        }
-        let id = match task_id {
-            Some(id) => match self.tasks.get(id) {
-                None => return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() }),
-                Some(t) if *t.spec.queue != *queue => {
-                    return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() })
-                }
-                Some(t) if t.state.is_terminal() => {
-                    return Response::Rejected(Rejection::Terminal {
-                        id: id.to_string(),
-                        state: t.state,
-                    })
-                }
-                Some(t) if t.state != TaskState::Pending => {
-                    return Response::Rejected(Rejection::NotClaimable {
-                        id: id.to_string(),
-                        state: t.state,
-                    })
-                }
-                Some(t) => t.spec.id.clone(),
-            },
-            None => match self.first_claimable(queue, now) {
-                Some(id) => id.clone(),
-                None => return Response::NoTask,
-            },
-        };
-        let mut t = self.take(&id).expect("indexed task exists");
-        debug_assert!(rev > self.last_token, "tokens only grow");
-        self.last_token = rev;
-        let token = rev;
-        t.attempt += 1;
-        t.state = TaskState::Running;
-        t.lease = Some(token);
-        let lease = Lease {
-            token,
-            task_id: id.clone(),
-            attempt: t.attempt,
-            worker_id: worker_id.to_string(),
-            claim_id: claim_id.to_string(),
-            ttl_ms: ttl_override.unwrap_or(t.spec.lease_ttl_ms),
-            renewals: 0,
-            votes: BTreeSet::new(),
-        };
-        t.history.push(AttemptRecord {
-            attempt: t.attempt,
-            worker_id: worker_id.to_string(),
-            lease_token: token,
-            outcome: AttemptOutcome::Running,
-            exit_code: None,
-            error: String::new(),
-            started_rev: rev,
-            ended_rev: 0,
-            late: false,
-            reported: None,
-            expiry_voters: Vec::new(),
-        });
-        self.tokens.insert(
-            token,
-            Owner {
-                task: id.clone(),
-                secret,
-            },
-        );
-        if !claim_id.is_empty() {
-            self.claims
-                .insert((worker_id.to_string(), claim_id.to_string()), token);
-        }
-        self.leases.insert(token, lease.clone());
-        fx.heard.push(HeardLease {
-            token,
-            renewals: 0,
-            ttl_ms: lease.ttl_ms,
-        });
-        let task = self.put(rev, now, t, Some(EventKind::Claimed), fx);
-        Response::Claimed {
-            task,
-            lease,
-            secret,
-        }
-    }
-
-    /// The secret of the lease `token` made, while its attempt is in its task's history (0:
-    /// claimed before secrets existed).
-    pub fn secret_of(&self, token: Token) -> Option<LeaseSecret> {
-        self.tokens.get(&token).map(|o| o.secret)
-    }
-
-    pub(super) fn remember_used_claim(&mut self, key: (String, String), token: Token) {
-        if self.used_claims.insert(key.clone(), token).is_none() {
-            self.used_order.push_back(key);
-        }
-        while self.used_order.len() > USED_CLAIMS_KEPT {
-            let old = self.used_order.pop_front().expect("not empty");
-            self.used_claims.remove(&old);
-        }
-    }
-
     /// The oldest terminal task's finish time, for the retention sweeper.
     pub fn oldest_finished_unix_ms(&self) -> Option<u64> {
         self.finished.first().map(|(at, _)| *at)
@@ -522,103 +385,8 @@ impl State {
         Response::Purged { count }
     }
 
-    /// Why `token` holds no live lease.
-    pub fn lost_reason(&self, token: Token) -> LostReason {
-        let Some(task) = self
-            .tokens
-            .get(&token)
-            .and_then(|o| self.tasks.get(&o.task))
-        else {
-            return LostReason::Unknown;
-        };
-        match task.record(token).map(|r| r.outcome) {
-            Some(AttemptOutcome::Expired) => LostReason::Expired {
-                voters: task
-                    .record(token)
-                    .map(|r| r.expiry_voters.clone())
-                    .unwrap_or_default(),
-            },
-            Some(AttemptOutcome::Released) => LostReason::Released,
-            Some(AttemptOutcome::Failed) => LostReason::Failed,
-            Some(AttemptOutcome::Cancelled) if task.state == TaskState::Cancelled => {
-                LostReason::Cancelled
-            }
-            Some(_) => LostReason::Finished { state: task.state },
-            None => LostReason::Unknown,
-        }
-    }
-
-    fn touch(&mut self, token: Token, fx: &mut Effects) -> Result<&Lease, LostReason> {
-        if !self.leases.contains_key(&token) {
-            return Err(self.lost_reason(token));
-        }
-        let l = self.leases.get_mut(&token).expect("checked");
-        l.renewals += 1;
-        l.votes.clear();
-        fx.heard.push(HeardLease {
-            token,
-            renewals: l.renewals,
-            ttl_ms: l.ttl_ms,
-        });
-        Ok(l)
-    }
-
-    fn renew(&mut self, token: Token, fx: &mut Effects) -> RenewOutcome {
-        match self.touch(token, fx) {
-            Ok(l) => RenewOutcome::Alive {
-                renewals: l.renewals,
-            },
-            Err(reason) => RenewOutcome::Lost(reason),
-        }
-    }
-
-    fn progress(
-        &mut self,
-        rev: Revision,
-        now: u64,
-        token: Token,
-        progress: &[u8],
-        fx: &mut Effects,
-    ) -> Response {
-        let lease = match self.touch(token, fx) {
-            Ok(l) => l.clone(),
-            Err(reason) => return Response::Rejected(Rejection::LeaseLost { token, reason }),
-        };
-        let mut t = self
-            .take(&lease.task_id)
-            .expect("a live lease's task exists");
-        t.progress = progress.to_vec();
-        self.put(rev, now, t, Some(EventKind::Progress), fx);
-        Response::Progressed { lease }
-    }
-
-    /// Ends the live lease `token`, recording `outcome` on its attempt.
-    fn end_lease(
-        &mut self,
-        rev: Revision,
-        t: &mut Task,
-        token: Token,
-        outcome: AttemptOutcome,
-        fx: &mut Effects,
-    ) -> Lease {
-        let lease = self.leases.remove(&token).expect("live lease");
-        if !lease.claim_id.is_empty() {
-            let key = (lease.worker_id.clone(), lease.claim_id.clone());
-            self.claims.remove(&key);
-            self.remember_used_claim(key, token);
-        }
-        debug_assert_eq!(t.lease, Some(token));
-        t.lease = None;
-        if let Some(r) = t.record_mut(token) {
-            r.outcome = outcome;
-            r.ended_rev = rev;
-        }
-        fx.gone.push(token);
-        lease
-    }
-
     /// After a failed or expired attempt: retry later, or fail for good.
-    fn after_failure(
+    pub(super) fn after_failure(
         &mut self,
         now: u64,
         t: &mut Task,
@@ -795,55 +563,5 @@ impl State {
         };
         let task = self.put(rev, now, t, Some(EventKind::Cancelled), fx);
         Response::Cancelled { task }
-    }
-
-    fn vote(
-        &mut self,
-        rev: Revision,
-        now: u64,
-        voter: NodeId,
-        votes: &[(Token, u64)],
-        configs: &VoterConfigs,
-        fx: &mut Effects,
-    ) -> Response {
-        let mut expired = Vec::new();
-        if !configs.iter().any(|c| c.contains(&voter)) {
-            // Learners and removed nodes have no say.
-            return Response::Rejected(Rejection::Malformed {
-                why: format!("node {voter} is not a voter and cannot vote on expiry"),
-            });
-        }
-        for &(token, renewals_seen) in votes {
-            let Some(lease) = self.leases.get_mut(&token) else {
-                continue;
-            };
-            if lease.renewals != renewals_seen {
-                // A renewal was committed after the voter looked: it won the race.
-                continue;
-            }
-            lease.votes.insert(voter);
-            if !quorum(&lease.votes, configs) {
-                continue;
-            }
-            let voters: Vec<NodeId> = lease.votes.iter().copied().collect();
-            let id = lease.task_id.clone();
-            let mut t = self.take(&id).expect("a live lease's task exists");
-            let lease = self.end_lease(rev, &mut t, token, AttemptOutcome::Expired, fx);
-            if let Some(r) = t.record_mut(token) {
-                r.expiry_voters = voters.clone();
-                r.error = format!(
-                    "lease expired after {} renewals (ttl {} ms), by votes of nodes {voters:?}",
-                    lease.renewals, lease.ttl_ms
-                );
-            }
-            let error = format!(
-                "attempt {} lost its lease: no renewal within {} ms",
-                lease.attempt, lease.ttl_ms
-            );
-            let kind = self.after_failure(now, &mut t, None, error);
-            self.put(rev, now, t, Some(kind), fx);
-            expired.push(token);
-        }
-        Response::Voted { expired }
     }
 }

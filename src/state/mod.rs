@@ -4,6 +4,7 @@
 //! same log reaches the same state. Storage, network and time live outside and call in.
 mod index;
 mod invariants;
+mod leases;
 mod machine;
 mod snapshot;
 mod types;
