@@ -15,8 +15,11 @@
 //! submit, success or cancel lost or changed; every client history is linearizable
 //! ([`lincheck`]); every task finishes once the faults heal, and a dead worker's lease expires;
 //! all nodes converge on the same state.
+mod checks;
+mod clients;
 pub mod cluster;
 pub mod disk;
+mod faults;
 pub mod lincheck;
 pub mod net;
 
