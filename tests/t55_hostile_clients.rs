@@ -13,6 +13,17 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::Code;
 
+/// Every RPC of the peer service.
+const PEER_METHODS: [&str; 7] = [
+    "append",
+    "vote",
+    "snapshot",
+    "propose",
+    "read_index",
+    "status",
+    "membership",
+];
+
 /// A raw Raft client on `addr` (either port).
 async fn raft_client(addr: &str) -> RaftClient<Channel> {
     let ch = Channel::from_shared(format!("http://{addr}"))
@@ -120,14 +131,7 @@ async fn a_hostile_client_can_neither_forge_crash_wedge_nor_steal() {
 
     // 1. Raft is not served on the client port at all.
     for addr in &cluster.addrs {
-        for m in [
-            "append",
-            "vote",
-            "snapshot",
-            "propose",
-            "read_index",
-            "status",
-        ] {
+        for m in PEER_METHODS {
             let e = peer_call(addr, m, forged_expiry(token), None)
                 .await
                 .unwrap_err();
@@ -138,15 +142,7 @@ async fn a_hostile_client_can_neither_forge_crash_wedge_nor_steal() {
     //    before anything in the body is decoded.
     let wrong = "not the cluster secret, but long";
     for addr in &cluster.peer_addrs {
-        for m in [
-            "append",
-            "vote",
-            "snapshot",
-            "propose",
-            "read_index",
-            "status",
-            "membership",
-        ] {
+        for m in PEER_METHODS {
             for signed in [None, Some((wrong, 1)), Some((TEST_CLUSTER_SECRET, 9))] {
                 let e = peer_call(addr, m, forged_expiry(token), signed)
                     .await

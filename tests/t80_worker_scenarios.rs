@@ -71,10 +71,7 @@ async fn assert_rows_succeeded_once(c: &leasekeeper::client::Client, marks: &Pat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scenarios_succeed_with_the_link_dropped_including_during_the_report() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    marks_dir(dir.path());
+    let (cluster, c, dir, _marks) = worker_bed().await;
     submit_rows(&c, None).await;
     let px: Vec<Proxy> = proxies(&cluster.addrs).await;
     let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
@@ -145,10 +142,7 @@ async fn scenarios_succeed_with_the_leader_killed_during_the_task_and_the_report
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scenarios_succeed_with_sigterm_right_after_a_child_exits_0() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    marks_dir(dir.path());
+    let (cluster, c, dir, _marks) = worker_bed().await;
     // S005's command sends SIGTERM to its worker as it exits 0; the other rows are still
     // running then and get the grace period.
     submit_rows(&c, Some("S005")).await;

@@ -15,10 +15,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_after_exit_0_then_restart_commits_from_the_journal() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    let marks = marks_dir(dir.path());
+    let (cluster, c, dir, marks) = worker_bed().await;
     let journal = dir.path().join("journal");
     c.submit(pb::SubmitTaskRequest {
         id: "K".into(),
@@ -117,10 +114,7 @@ async fn sigkill_after_exit_0_then_restart_commits_from_the_journal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    let marks = marks_dir(dir.path());
+    let (cluster, c, dir, marks) = worker_bed().await;
     c.submit(pb::SubmitTaskRequest {
         id: "L".into(),
         queue: "late".into(),
@@ -217,10 +211,7 @@ async fn cut_off_beyond_the_ttl_stops_the_command_and_its_late_success_counts() 
 /// lease's TTL runs out on the nodes' clocks — the task runs once, and no attempt expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_node_a_worker_renews_through_cut_off_costs_no_lease() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    let marks = marks_dir(dir.path());
+    let (cluster, c, dir, marks) = worker_bed().await;
     submit(&c, "N", "cut", b"5\n", 1500).await;
     let px: Vec<Proxy> = proxies(&cluster.addrs).await;
     let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
@@ -243,10 +234,7 @@ async fn the_node_a_worker_renews_through_cut_off_costs_no_lease() {
 /// gets is fresh, and it keeps it (the time spent waiting does not count against the lease).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_claimed_after_a_long_wait_keeps_its_lease() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    let marks = marks_dir(dir.path());
+    let (cluster, c, dir, marks) = worker_bed().await;
     let w = plain_worker(&cluster.addrs, "idle", dir.path());
     w.wait_log("worker started").await;
     tokio::time::sleep(Duration::from_millis(3500)).await;
@@ -262,10 +250,7 @@ async fn a_task_claimed_after_a_long_wait_keeps_its_lease() {
 /// renews it before its TTL ends: the task runs once, and no attempt expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_claim_answered_into_a_cut_is_found_and_kept() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    let marks = marks_dir(dir.path());
+    let (cluster, c, dir, marks) = worker_bed().await;
     let px: Vec<Proxy> = proxies(&cluster.addrs).await;
     let endpoints: Vec<String> = px.iter().map(|p| p.addr.clone()).collect();
     let w = plain_worker(&endpoints, "orphan", dir.path());

@@ -38,10 +38,7 @@ async fn run_job(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_wraps_a_job_and_exits_with_its_code() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    let marks = marks_dir(dir.path());
+    let (cluster, c, dir, marks) = worker_bed().await;
     let j = |n: &str| dir.path().join(format!("journal-{n}"));
     let count = format!(r#"echo run >> "{}/$LEASEKEEPER_TASK_ID";"#, marks.display());
 
@@ -105,10 +102,7 @@ async fn run_wraps_a_job_and_exits_with_its_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelling_a_running_task_stops_its_command() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    let marks = marks_dir(dir.path());
+    let (cluster, c, dir, marks) = worker_bed().await;
     c.submit(pb::SubmitTaskRequest {
         id: "C".into(),
         queue: "cancel".into(),
@@ -143,10 +137,7 @@ async fn cancelling_a_running_task_stops_its_command() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stop_with_the_cluster_unreachable_exits_75_and_keeps_the_report() {
-    let cluster = Cluster::start(3).await;
-    let c = cluster.client();
-    let dir = tempfile::tempdir().unwrap();
-    let marks = marks_dir(dir.path());
+    let (cluster, c, dir, marks) = worker_bed().await;
     c.submit(pb::SubmitTaskRequest {
         id: "U".into(),
         queue: "unreachable".into(),

@@ -33,20 +33,25 @@ pub fn task_json(t: &pb::Task) -> Value {
     })
 }
 
+/// What one line about a task says: id, queue, state, attempt of attempts, revision.
+fn summary(t: &pb::Task) -> (&str, &str, String, u32, u32, u64) {
+    (
+        &t.id,
+        &t.queue,
+        state_name(t.state),
+        t.attempt,
+        t.max_attempts,
+        t.updated_rev,
+    )
+}
+
 pub fn task(t: &pb::Task, as_json: bool) {
     if as_json {
         println!("{}", task_json(t));
         return;
     }
-    println!(
-        "task {}  queue {}  {}  attempt {}/{}  rev {}",
-        t.id,
-        t.queue,
-        state_name(t.state),
-        t.attempt,
-        t.max_attempts,
-        t.updated_rev
-    );
+    let (id, queue, state, attempt, max, rev) = summary(t);
+    println!("task {id}  queue {queue}  {state}  attempt {attempt}/{max}  rev {rev}");
     if let Some(l) = &t.lease {
         println!(
             "  lease {} held by {} (ttl {} ms, {} renewals)",
@@ -85,15 +90,8 @@ pub fn tasks(ts: &[pb::Task], as_json: bool) {
         return;
     }
     for t in ts {
-        println!(
-            "{:<34} {:<16} {:<10} attempt {}/{}  rev {}",
-            t.id,
-            t.queue,
-            state_name(t.state),
-            t.attempt,
-            t.max_attempts,
-            t.updated_rev
-        );
+        let (id, queue, state, attempt, max, rev) = summary(t);
+        println!("{id:<34} {queue:<16} {state:<10} attempt {attempt}/{max}  rev {rev}");
     }
     println!("({} tasks)", ts.len());
 }

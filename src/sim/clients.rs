@@ -167,7 +167,7 @@ impl<T: std::fmt::Debug> HashDebug for T {
 /// Ids of the tasks taken by queue claims start with this.
 pub(super) const QUEUE_TASK: &str = "q-";
 
-pub(super) fn queue_of(id: &str) -> &'static str {
+fn queue_of(id: &str) -> &'static str {
     if id.starts_with(QUEUE_TASK) {
         "simq"
     } else {
@@ -175,7 +175,7 @@ pub(super) fn queue_of(id: &str) -> &'static str {
     }
 }
 
-pub(super) fn spec(id: &str, ttl_ms: u64) -> TaskSpec {
+fn spec(id: &str, ttl_ms: u64) -> TaskSpec {
     TaskSpec {
         id: id.into(),
         queue: queue_of(id).into(),
@@ -217,7 +217,7 @@ pub(super) async fn submit(w: &World, client: u64, first: usize, id: &str) -> bo
     acked
 }
 
-pub(super) fn phase_of_unexpected(w: &World, id: &str, r: Response) -> Phase {
+fn phase_of_unexpected(w: &World, id: &str, r: Response) -> Phase {
     w.violation(format!("task {id}: unexpected answer {r:?}"));
     Phase::Absent
 }
@@ -257,13 +257,7 @@ pub(super) async fn claim(w: &World, client: u64, first: usize, id: &str, key: u
     }
 }
 
-pub(super) async fn renew(
-    w: &World,
-    client: u64,
-    first: usize,
-    id: &str,
-    token: u64,
-) -> Option<bool> {
+async fn renew(w: &World, client: u64, first: usize, id: &str, token: u64) -> Option<bool> {
     let t0 = w.now_ms();
     let ret = w
         .call(
@@ -294,13 +288,7 @@ pub(super) async fn renew(
     alive
 }
 
-pub(super) async fn complete(
-    w: &World,
-    client: u64,
-    first: usize,
-    id: &str,
-    token: u64,
-) -> Option<bool> {
+async fn complete(w: &World, client: u64, first: usize, id: &str, token: u64) -> Option<bool> {
     let cmd = Command::Complete {
         task_id: id.to_string(),
         token,
@@ -366,7 +354,7 @@ pub(super) async fn cancel(w: &World, client: u64, first: usize, id: &str) {
     }
 }
 
-pub(super) fn phase(t: Option<&crate::state::Task>) -> Phase {
+fn phase(t: Option<&crate::state::Task>) -> Phase {
     match t.map(|t| t.state) {
         None => Phase::Absent,
         Some(TaskState::Pending) => Phase::Pending,

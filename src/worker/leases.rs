@@ -172,6 +172,15 @@ mod tests {
 
     const TTL_MS: u64 = 3000;
 
+    /// Lets `ms` pass, then applies the loss rules; `contact` says whether a node answered.
+    async fn after(l: &Leases, ms: u64, contact: bool) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+        if contact {
+            l.contact(Instant::now());
+        }
+        l.lose_unconfirmed(Instant::now());
+    }
+
     fn leases_with(token: u64) -> (Leases, CancellationToken) {
         let l = Leases::default();
         let lost = l.track(
@@ -187,11 +196,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cut_off_for_a_ttl_loses_the_lease() {
         let (l, lost) = leases_with(1);
-        tokio::time::advance(Duration::from_millis(TTL_MS)).await;
-        l.lose_unconfirmed(Instant::now());
+        after(&l, TTL_MS, false).await;
         assert!(!lost.is_cancelled(), "exactly one TTL is not yet past it");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        l.lose_unconfirmed(Instant::now());
+        after(&l, 1, false).await;
         assert!(lost.is_cancelled());
         assert!(l.reason(1).unwrap().contains("no node reachable"));
     }
@@ -201,17 +208,13 @@ mod tests {
         let (l, lost) = leases_with(1);
         // Nodes answer (an election: RETRY), but nothing commits.
         for _ in 0..20 {
-            tokio::time::advance(Duration::from_millis(TTL_MS / 10)).await;
-            l.contact(Instant::now());
-            l.lose_unconfirmed(Instant::now());
+            after(&l, TTL_MS / 10, true).await;
         }
         assert!(
             !lost.is_cancelled(),
             "an election alone never costs a lease"
         );
-        tokio::time::advance(Duration::from_millis(1)).await;
-        l.contact(Instant::now());
-        l.lose_unconfirmed(Instant::now());
+        after(&l, 1, true).await;
         assert!(lost.is_cancelled());
         assert!(l.reason(1).unwrap().contains("two lease TTLs"));
     }

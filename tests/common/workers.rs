@@ -93,6 +93,21 @@ impl WorkerProc {
 }
 
 /// `dir/marks`, created: where the task command notes its runs.
+/// What every worker test starts from: a real three-node cluster, a client of it, and a
+/// temporary directory holding the `marks` folder the test commands write to.
+pub async fn worker_bed() -> (
+    super::Cluster,
+    leasekeeper::client::Client,
+    tempfile::TempDir,
+    PathBuf,
+) {
+    let cluster = super::Cluster::start(3).await;
+    let c = cluster.client();
+    let dir = tempfile::tempdir().unwrap();
+    let marks = marks_dir(dir.path());
+    (cluster, c, dir, marks)
+}
+
 pub fn marks_dir(dir: &Path) -> PathBuf {
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
