@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import grpc
 
+from . import protocol as P
 from .client import RETRYABLE, Client
 from .journal import Journal, Outcome, Report
 from .v1 import leasekeeper_pb2 as pb
@@ -141,18 +142,18 @@ class Worker:
         concurrency: int = 1,
         lease_ttl_ms: int = 0,
         journal_dir: Optional[str] = None,
-        shutdown_grace: float = 30.0,
-        drain_timeout: float = 300.0,
+        shutdown_grace: float = P.SHUTDOWN_GRACE,
+        drain_timeout: float = P.DRAIN_TIMEOUT,
         claim_wait_ms: int = 1000,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.client = Client(endpoints)
         # Claims give up sooner: the claim loop retries anyway, and a stop must not wait long
-        # on an unreachable cluster. An attempt unanswered half a second past its long-poll wait
-        # moves on to another node (same claim id), so that a claim committed while its answer
-        # was cut off is found, and renewed, well within its TTL; the heartbeats move with it.
-        self._claims = self.client.derive(retry_for=3.0, attempt_timeout=0.5)
+        # on an unreachable cluster. An attempt unanswered a second past its long-poll wait moves
+        # on to another node (same claim id), so that a claim committed while its answer was cut
+        # off is found, and renewed, well within its TTL; the heartbeats move with it.
+        self._claims = self.client.derive(retry_for=P.CLAIM_RETRY_FOR, attempt_timeout=P.CLAIM_ATTEMPT_TIMEOUT)
         self.queue = queue
         self.worker_id = worker_id or f"{socket.gethostname()}-{queue}"
         self.concurrency = concurrency
@@ -248,7 +249,7 @@ class Worker:
         deadline = time.monotonic() + self.drain_timeout
         while self.undelivered() and not self._stop.is_set() and time.monotonic() < deadline:
             self.drain(0.2)
-        backoff = 0.05
+        backoff = P.CLAIM_BACKOFF_INITIAL
         # A claim key is kept until a claim under it returns a lease (or is refused for good): a
         # claim that failed in transit (or answered "none" while an earlier attempt of it was
         # still committing) may have made a lease all the same, and asking again under the same
@@ -260,7 +261,7 @@ class Worker:
                     continue
                 try:
                     ctx = self.claim(claim_id=claim_id)
-                    backoff = 0.05
+                    backoff = P.CLAIM_BACKOFF_INITIAL
                     if ctx is not None:
                         claim_id = uuid.uuid4().hex
                 except grpc.RpcError as e:
@@ -269,7 +270,7 @@ class Worker:
                         claim_id = uuid.uuid4().hex
                     log.warning("claim failed (%s); retrying", e.code())
                     self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    backoff = min(backoff * 2, P.CLAIM_BACKOFF_MAX)
                     continue
                 if ctx is None:
                     slots.release()
@@ -307,7 +308,7 @@ class Worker:
                 res = handler(ctx)
                 outcome = res if isinstance(res, Outcome) else Outcome.success(res or b"")
             except Exception as e:  # the task failed; the report says how
-                outcome = Outcome.failure(1, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+                outcome = Outcome.failure(P.CRASH_EXIT_CODE, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
             self.report(ctx, outcome)
         finally:
             slots.release()
@@ -385,14 +386,14 @@ class Worker:
             # cut off: the renewal must still have the time to go through another node.
             answer = stream.exchange(
                 pb.HeartbeatRequest(seq=seq, lease_tokens=tokens, lease_secrets=secrets),
-                timeout=min(max(interval, 0.2), 1.5),
+                timeout=min(max(interval, P.HEARTBEAT_SILENCE_MIN), P.HEARTBEAT_SILENCE_MAX),
             )
             if answer is None:
                 stream.close()
                 stream = None
                 self.client.move_from(hb_node)
                 self._hb_stop.wait(backoff)
-                backoff = min(backoff * 2, 0.5)
+                backoff = min(backoff * 2, P.HEARTBEAT_RECONNECT_BACKOFF_MAX)
                 continue
             backoff = 0.05
             retry = False
@@ -438,7 +439,7 @@ class Worker:
             )
 
     def _deliver(self, r: Report) -> None:
-        backoff = 0.05
+        backoff = P.REPORT_BACKOFF_INITIAL
         tries = 0
         while True:
             tries += 1
@@ -455,7 +456,7 @@ class Worker:
                 ):
                     log.warning("report not delivered yet (%s); retrying", e.code())
                     time.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    backoff = min(backoff * 2, P.REPORT_BACKOFF_MAX)
                     continue
                 log.error("report refused for good (%s: %s); dropping it", e.code(), e.details())
                 break

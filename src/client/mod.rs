@@ -66,14 +66,16 @@ fn uri(addr: &str) -> String {
 
 /// Whether another node (or the same one a little later) may answer differently.
 ///
-/// Besides UNAVAILABLE and UNKNOWN this covers a call cut short by its connection: a node killed
+/// Besides UNAVAILABLE, UNKNOWN and DEADLINE_EXCEEDED this covers a call cut short by its connection: a node killed
 /// mid-call surfaces as CANCELLED ("operation was canceled") whose *source* is the transport
 /// error ("connection closed"). A CANCELLED without a transport source came from the server or
 /// the caller and is final. Every call of this client is idempotent — submits and claims get
 /// their idempotency key here before the first attempt — so sending it again is safe.
 pub fn retryable(s: &Status) -> bool {
     match s.code() {
-        Code::Unavailable | Code::Unknown => true,
+        // DEADLINE_EXCEEDED: an attempt that went unanswered (the Python SDK sees its own
+        // deadline so; this client times attempts out itself, see docs/WORKER.md).
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded => true,
         Code::Cancelled => s.message().contains("connection") || cut_by_transport(s),
         _ => false,
     }

@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Bounds on how long a heartbeat waits for its answer before trying another node.
-const SILENCE_MIN: Duration = Duration::from_millis(200);
-const SILENCE_MAX: Duration = Duration::from_millis(1500);
+use super::protocol::{
+    HEARTBEAT_RECONNECT_BACKOFF_MAX, HEARTBEAT_SILENCE_MAX, HEARTBEAT_SILENCE_MIN,
+};
 
 /// One Heartbeat stream per worker: renews every tracked lease at the advised interval, moves to
 /// another node when the stream breaks, and reports lost leases to their handlers.
@@ -42,7 +42,7 @@ pub(super) async fn heartbeats(client: Client, leases: Arc<Leases>, stop: Cancel
         // shorter still — one renew interval (a third of the TTL): a renewal that finds its node
         // cut off must still have the time to go through another node before the lease's TTL
         // runs out on the nodes' clocks.
-        let wait = interval.clamp(SILENCE_MIN, SILENCE_MAX);
+        let wait = interval.clamp(HEARTBEAT_SILENCE_MIN, HEARTBEAT_SILENCE_MAX);
         if stream.is_none() {
             let (tx, rx) = mpsc::channel(4);
             hb_node = client.node();
@@ -118,7 +118,7 @@ pub(super) async fn heartbeats(client: Client, leases: Arc<Leases>, stop: Cancel
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff = (backoff * 2).min(HEARTBEAT_RECONNECT_BACKOFF_MAX);
                     continue;
                 }
             }

@@ -33,6 +33,7 @@ mod heartbeat;
 pub mod journal;
 mod leases;
 mod outbox;
+pub mod protocol;
 mod report;
 
 pub use journal::{Journal, JournalError};
@@ -83,8 +84,8 @@ impl WorkerConfig {
             concurrency: 1,
             lease_ttl_ms: 0,
             journal_dir: default_journal_dir(worker_id),
-            shutdown_grace: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(300),
+            shutdown_grace: protocol::SHUTDOWN_GRACE,
+            drain_timeout: protocol::DRAIN_TIMEOUT,
             claim_wait: Duration::from_secs(10),
         }
     }
@@ -195,7 +196,10 @@ impl Worker {
         let leases = Arc::new(Leases::default());
         let w = Worker {
             config,
-            claims: client.clone().with_attempt_timeout(CLAIM_ATTEMPT_TIMEOUT),
+            claims: client
+                .clone()
+                .with_attempt_timeout(protocol::CLAIM_ATTEMPT_TIMEOUT)
+                .with_retry_for(protocol::CLAIM_RETRY_FOR),
             outbox: Outbox::new(client.clone(), journal, leases.clone()),
             client,
             leases,
@@ -340,7 +344,7 @@ impl Worker {
                 _ = stop.cancelled() => {}
             }
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = protocol::CLAIM_BACKOFF_INITIAL;
         // A claim key is kept until a claim under it returns a lease (or is refused for good):
         // a claim that failed in transit (or answered "none" while an earlier attempt of it was
         // still committing) may have made a lease all the same, and asking again under the same
@@ -384,7 +388,7 @@ impl Worker {
                     }
                 }
                 Ok(Some(ctx)) => {
-                    backoff = Duration::from_millis(50);
+                    backoff = protocol::CLAIM_BACKOFF_INITIAL;
                     running.spawn(self.handle(handler.clone(), ctx, permit));
                 }
                 Ok(None) => {}
@@ -394,7 +398,7 @@ impl Worker {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(protocol::CLAIM_BACKOFF_MAX);
                 }
             }
         }
@@ -434,7 +438,7 @@ impl Worker {
             let outcome = match tokio::spawn(handler(ctx)).await {
                 Ok(o) => o,
                 Err(e) => Outcome::Failure {
-                    exit_code: -1,
+                    exit_code: protocol::CRASH_EXIT_CODE,
                     error: format!("handler panicked: {e}"),
                     result: Vec::new(),
                 },
@@ -461,6 +465,3 @@ impl Drop for Worker {
 fn new_claim_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
-
-/// How long a claim attempt may go unanswered beyond its long-poll wait.
-const CLAIM_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);

@@ -92,7 +92,7 @@ impl Outbox {
     /// Sends `r` until the cluster acknowledges it (or refuses it for good), then acks the
     /// journal.
     async fn deliver(self: Arc<Self>, r: Report) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = super::protocol::REPORT_BACKOFF_INITIAL;
         let mut tries = 0u32;
         loop {
             tries += 1;
@@ -104,7 +104,7 @@ impl Outbox {
                 Err(s) if report_retryable(&s) => {
                     tracing::warn!(task = %r.task_id, token = r.lease_token, code = ?s.code(), error = s.message(), "report not delivered yet; retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff = (backoff * 2).min(super::protocol::REPORT_BACKOFF_MAX);
                 }
                 Err(s) => {
                     // Refused for good (the task was forgotten, or a release of a lease that
