@@ -335,7 +335,11 @@ impl Node {
             return Err(format!("snapshot {id} refused: {e}"));
         }
         *snapshot.snapshot.get_mut() = data;
-        match self.raft.install_full_snapshot(vote, snapshot).await {
+        let installed = self.raft.install_full_snapshot(vote, snapshot).await;
+        // A snapshot Raft did not install (a newer vote, an older snapshot) must not keep a
+        // second copy of the state in memory.
+        self.shared.forget_received();
+        match installed {
             Ok(r) => Ok(Ok(openraft::raft::InstallSnapshotResponse { vote: r.vote })),
             Err(f) => Ok(Err(RaftError::Fatal(f))),
         }

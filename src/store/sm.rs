@@ -101,6 +101,11 @@ impl Shared {
         }
     }
 
+    /// Drops a checked snapshot that was not installed.
+    pub fn forget_received(&self) {
+        self.received.lock().expect("lock").take();
+    }
+
     /// Replaces the whole state (start-up from a snapshot, or a snapshot install).
     fn replace(&self, state: State, meta: &SnapshotMeta) {
         let idx = meta.last_log_id.map(|l| l.index).unwrap_or(0);
