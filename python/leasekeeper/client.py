@@ -22,6 +22,22 @@ RETRYABLE = frozenset(
 )
 
 
+class Interrupted(Exception):
+    """A call cut short by its `interrupt` event; its outcome is unknown."""
+
+
+def _interruptible(method, request, timeout: float, interrupt: threading.Event):
+    """Calls `method` and waits for its answer, cancelling the call once `interrupt` is set."""
+    fut = method.future(request, timeout=timeout)
+    while True:
+        try:
+            return fut.result(timeout=0.05)
+        except grpc.FutureTimeoutError:
+            if interrupt.is_set():
+                fut.cancel()
+                raise Interrupted(f"{request.DESCRIPTOR.name} interrupted")
+
+
 class Client:
     """Scheduler and worker calls against a cluster.
 
@@ -84,14 +100,17 @@ class Client:
     def rotate(self) -> None:
         self.move_from(self.node())
 
-    def _call(self, service: str, method: str, request, wait: float = 0.0):
+    def _call(self, service: str, method: str, request, wait: float = 0.0,
+              interrupt: Optional[threading.Event] = None):
         deadline = time.monotonic() + self.retry_for + wait
         backoff = 0.01
         while True:
             node = self.node()
             stub = getattr(rpc, service + "Stub")(self.channel(node))
             try:
-                return getattr(stub, method)(request, timeout=self.attempt_timeout + wait)
+                if interrupt is None:
+                    return getattr(stub, method)(request, timeout=self.attempt_timeout + wait)
+                return _interruptible(getattr(stub, method), request, self.attempt_timeout + wait, interrupt)
             except grpc.RpcError as e:
                 if e.code() in RETRYABLE and time.monotonic() + backoff < deadline:
                     self.move_from(node)
@@ -184,8 +203,11 @@ class Client:
         wait_ms: int = 0,
         task_id: str = "",
         claim_id: Optional[str] = None,
+        interrupt: Optional[threading.Event] = None,
     ) -> pb.ClaimTaskResponse:
-        """Claims a task; retries reuse one claim id, so a lost answer never orphans a lease."""
+        """Claims a task; retries reuse one claim id, so a lost answer never orphans a lease.
+        Setting `interrupt` cuts a long poll short: the call raises `Interrupted` (the claim may
+        have made a lease all the same; ask again under the same `claim_id` to learn it)."""
         req = pb.ClaimTaskRequest(
             queue=queue,
             worker_id=worker_id,
@@ -194,7 +216,7 @@ class Client:
             task_id=task_id,
             claim_id=claim_id or uuid.uuid4().hex,
         )
-        return self._call("Worker", "ClaimTask", req, wait=wait_ms / 1000.0)
+        return self._call("Worker", "ClaimTask", req, wait=wait_ms / 1000.0, interrupt=interrupt)
 
     def renew(self, lease_token: int, lease_secret: bytes) -> pb.RenewLeaseResponse:
         """Renews a lease, proving it with the `lease_secret` its claim returned."""

@@ -17,47 +17,28 @@ import json
 import logging
 import os
 import zlib
-from dataclasses import dataclass
 from typing import Dict, List
+
+from .report import Outcome, Report
 
 log = logging.getLogger("leasekeeper.journal")
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a worker reports for one attempt: `kind` is "success", "failure" or "release"."""
-
-    kind: str
-    result: bytes = b""
-    exit_code: int = 0
-    error: str = ""
-    reason: str = ""
-
-    @staticmethod
-    def success(result: bytes = b"") -> "Outcome":
-        return Outcome("success", result=result)
-
-    @staticmethod
-    def failure(exit_code: int = 1, error: str = "", result: bytes = b"") -> "Outcome":
-        return Outcome("failure", result=result, exit_code=exit_code, error=error)
-
-    @staticmethod
-    def release(reason: str = "") -> "Outcome":
-        return Outcome("release", reason=reason)
-
-
-@dataclass(frozen=True)
-class Report:
-    task_id: str
-    lease_token: int
-    outcome: Outcome
-    # The lease's secret, so that a replayed report still proves itself (b"" in journals
-    # written before lease secrets).
-    lease_secret: bytes = b""
-
-
 class JournalLocked(Exception):
     pass
+
+
+class JournalOfOtherSdk(Exception):
+    """The directory holds reports the Rust SDK has not delivered yet: this SDK does not read
+    its format, so it refuses to start over reports it would silently skip."""
+
+    def __init__(self, path: str):
+        super().__init__(
+            f"journal directory {os.path.dirname(path)} holds reports the Rust SDK has not "
+            f"delivered yet ({path}): run that worker until its journal is empty, or give this "
+            "worker another worker_id; replaying them is up to the SDK that wrote them"
+        )
+        self.path = path
 
 
 class JournalCorrupt(Exception):
@@ -127,6 +108,10 @@ class Journal:
                 f"journal {directory} is in use by another worker process: "
                 "give each worker its own journal_dir (or worker_id)"
             )
+        other = os.path.join(directory, "reports.journal")
+        if os.path.exists(other) and os.path.getsize(other) > 0:
+            self._lock.close()
+            raise JournalOfOtherSdk(other)
         self.path = os.path.join(directory, "reports.jsonl")
         self._f = open(self.path, "a+b")
         self._f.seek(0)

@@ -1,6 +1,8 @@
 """The numbers of the worker protocol, shared with the Rust SDK through docs/WORKER.md's table
 (python/tests/test_protocol.py reads it and fails when a constant differs from it). Seconds."""
 
+#: How long a claim long-polls for a task by default.
+CLAIM_WAIT = 10.0
 CLAIM_ATTEMPT_TIMEOUT = 1.0
 CLAIM_RETRY_FOR = 3.0
 CLAIM_BACKOFF_INITIAL = 0.05

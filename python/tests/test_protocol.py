@@ -7,6 +7,7 @@ from leasekeeper import protocol as P
 DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "WORKER.md")
 
 OURS = {
+    "claim_wait": P.CLAIM_WAIT * 1000,
     "claim_attempt_timeout": P.CLAIM_ATTEMPT_TIMEOUT * 1000,
     "claim_retry_for": P.CLAIM_RETRY_FOR * 1000,
     "claim_backoff_initial": P.CLAIM_BACKOFF_INITIAL * 1000,

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from leasekeeper import Journal, Outcome, Report, Worker
-from leasekeeper.journal import JournalCorrupt, JournalLocked
+from leasekeeper.journal import JournalCorrupt, JournalLocked, JournalOfOtherSdk
 from leasekeeper.v1 import leasekeeper_pb2 as pb
 
 
@@ -100,6 +100,36 @@ def test_journal_damaged_in_the_middle_is_refused_not_dropped(tmp_path):
     # The secret is journaled with the report, so a replay proves itself.
     open(path, "wb").write(data)
     assert Journal(d).pending()[0].lease_secret == b"s" * 16
+
+
+def test_pending_reports_of_the_rust_sdk_are_not_skipped_silently(tmp_path):
+    d = str(tmp_path / "j")
+    os.makedirs(d)
+    rust = os.path.join(d, "reports.journal")
+    open(rust, "wb").write(b"\x05\x00\x00\x00" + b"\x00" * 9)
+    with pytest.raises(JournalOfOtherSdk) as e:
+        Journal(d)
+    assert "Rust SDK" in str(e.value) and "worker_id" in str(e.value) and e.value.path == rust
+    # A drained one (empty) is no obstacle.
+    open(rust, "wb").close()
+    Journal(d).close()
+
+
+def test_a_stop_cuts_a_long_poll_short(cluster, tmp_path):
+    """The claim loop's long poll (30 s here, nothing to claim) ends with the stop, not after it."""
+    w = Worker(cluster.addrs, "idle", worker_id="w-idle", journal_dir=str(tmp_path / "j"),
+               claim_wait_ms=30_000)
+    done = threading.Event()
+    left = []
+    t = threading.Thread(target=lambda: (left.append(w.run(lambda ctx: b"", install_signal_handlers=False)), done.set()))
+    t.start()
+    time.sleep(1.0)  # the first claim is polling by now
+    stopped_at = time.monotonic()
+    w.stop()
+    assert done.wait(10), "run() still in its long poll long after the stop"
+    assert time.monotonic() - stopped_at < 10
+    assert left == [0]
+    w.close()
 
 
 def test_s003_row_succeeds_once_with_the_leader_killed(cluster, tmp_path):

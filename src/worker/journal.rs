@@ -47,7 +47,13 @@ pub enum JournalError {
     Locked(PathBuf),
     #[error("journal {path} is damaged at byte {offset} with records after it (not a crash's torn tail): move it aside to start without its reports, or repair it; nothing after it was dropped")]
     Corrupt { path: PathBuf, offset: u64 },
+    #[error("journal directory {} holds reports the Python SDK has not delivered yet ({}): run that worker until its journal is empty, or give this worker another --worker-id; replaying them is up to the SDK that wrote them", .0.parent().map(|p| p.display().to_string()).unwrap_or_default(), .0.display())]
+    OtherSdk(PathBuf),
 }
+
+/// The Python SDK's journal file, in the same directory layout: this SDK does not read its
+/// format, so it refuses to start over pending reports it would silently skip.
+const PYTHON_JOURNAL: &str = "reports.jsonl";
 
 pub struct Journal {
     path: PathBuf,
@@ -74,6 +80,10 @@ impl Journal {
         // SAFETY: flock on a file descriptor we own; no memory is touched.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(JournalError::Locked(dir.to_path_buf()));
+        }
+        let other = dir.join(PYTHON_JOURNAL);
+        if std::fs::metadata(&other).is_ok_and(|m| m.len() > 0) {
+            return Err(JournalError::OtherSdk(other));
         }
         let path = dir.join("reports.journal");
         let io = |err| JournalError::Io {
@@ -395,5 +405,24 @@ mod tests {
             Journal::open(dir.path()),
             Err(JournalError::Locked(_))
         ));
+    }
+
+    #[test]
+    fn pending_reports_of_the_python_sdk_are_not_skipped_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PYTHON_JOURNAL), b"0000 {}\n").unwrap();
+        match Journal::open(dir.path()) {
+            Err(e @ JournalError::OtherSdk(_)) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("Python SDK") && msg.contains("--worker-id"),
+                    "{msg}"
+                );
+            }
+            other => panic!("expected OtherSdk, got {:?}", other.map(|_| ())),
+        }
+        // An empty one (drained) is no obstacle.
+        std::fs::write(dir.path().join(PYTHON_JOURNAL), b"").unwrap();
+        Journal::open(dir.path()).expect("opens over a drained Python journal");
     }
 }

@@ -86,7 +86,7 @@ impl WorkerConfig {
             journal_dir: default_journal_dir(worker_id),
             shutdown_grace: protocol::SHUTDOWN_GRACE,
             drain_timeout: protocol::DRAIN_TIMEOUT,
-            claim_wait: Duration::from_secs(10),
+            claim_wait: protocol::CLAIM_WAIT,
         }
     }
 }

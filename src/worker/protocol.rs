@@ -2,6 +2,8 @@
 //! table (a test below reads it and fails when a constant differs from it).
 use std::time::Duration;
 
+/// How long a claim long-polls for a task by default (`Config::claim_wait`).
+pub const CLAIM_WAIT: Duration = Duration::from_millis(10_000);
 /// A claim attempt unanswered this long past its long-poll wait moves to another node.
 pub const CLAIM_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long one claim call keeps trying nodes before the claim loop sees its error.
@@ -34,6 +36,7 @@ mod tests {
             .expect("the table's end marker");
         let ms = |d: Duration| d.as_millis() as i64;
         let ours: &[(&str, i64)] = &[
+            ("claim_wait", ms(CLAIM_WAIT)),
             ("claim_attempt_timeout", ms(CLAIM_ATTEMPT_TIMEOUT)),
             ("claim_retry_for", ms(CLAIM_RETRY_FOR)),
             ("claim_backoff_initial", ms(CLAIM_BACKOFF_INITIAL)),
