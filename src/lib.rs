@@ -18,4 +18,5 @@ pub mod server;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod worker;

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 use crate::node::{Node, NodeConfig};
+use crate::tls::ServerTls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -52,12 +53,23 @@ impl Server {
     ) -> Result<Server, BoxError> {
         let addr = client.local_addr()?;
         let peer_addr = peer.local_addr()?;
+        // Loaded before Raft starts: a bad certificate is an error at start, not a node that
+        // runs but cannot be reached.
+        let client_tls = match config.client_tls()? {
+            Some(f) => Some(ServerTls::load(&f, "client port TLS")?),
+            None => None,
+        };
+        let peer_tls = match config.peer_tls()? {
+            Some(f) => Some(ServerTls::load(&f, "peer port TLS")?),
+            None => None,
+        };
+        let tls = (client_tls.is_some(), peer_tls.is_some());
         let node = Node::start(config).await?;
         let serving = vec![
-            tokio::spawn(crate::api::serve_peer(node.clone(), peer)),
-            tokio::spawn(crate::api::serve(node.clone(), client)),
+            tokio::spawn(crate::api::serve_peer(node.clone(), peer, peer_tls)),
+            tokio::spawn(crate::api::serve(node.clone(), client, client_tls)),
         ];
-        tracing::info!(id = node.id, %addr, %peer_addr, "serving clients and peers");
+        tracing::info!(id = node.id, %addr, %peer_addr, client_tls = tls.0, peer_tls = tls.1, "serving clients and peers");
         Ok(Server {
             node,
             addr,

@@ -15,6 +15,7 @@ pub use worker::advised_interval_ms;
 use crate::node::Node;
 use crate::proto::{self, raft_v1::raft_server::RaftServer, v1};
 use crate::state::State;
+use crate::tls::ServerTls;
 use std::sync::Arc;
 use tonic::Status;
 
@@ -78,18 +79,29 @@ fn server_builder() -> tonic::transport::Server {
 pub async fn serve_peer(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<ServerTls>>,
 ) -> Result<(), tonic::transport::Error> {
     let mut stop = node.shutdown_signal();
-    server_builder()
-        .add_service(
-            RaftServer::new(raft_service::RaftSvc { node: node.clone() })
-                .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+    let router = server_builder().add_service(
+        RaftServer::new(raft_service::RaftSvc { node: node.clone() })
+            .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES),
+    );
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::accept(listener, tls), stopped)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), stopped)
+                .await
+        }
+    }
 }
 
 /// Serves the client port (every public service, health and reflection) until the node
@@ -97,6 +109,7 @@ pub async fn serve_peer(
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<ServerTls>>,
 ) -> Result<(), tonic::transport::Error> {
     let l = &node.config.limits;
     let submit_max = l.max_payload_bytes + REQUEST_HEADROOM_BYTES;
@@ -118,7 +131,7 @@ pub async fn serve(
         .expect("descriptors are valid");
     tokio::spawn(health_watch::watch_raft(node.clone(), health.clone()));
     let mut stop = node.shutdown_signal();
-    server_builder()
+    let router = server_builder()
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(
@@ -141,9 +154,20 @@ pub async fn serve(
             v1::admin_server::AdminServer::new(admin::AdminSvc { node: node.clone() })
                 .max_decoding_message_size(ADMIN_MAX_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_ANSWER_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+        );
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::accept(listener, tls), stopped)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), stopped)
+                .await
+        }
+    }
 }

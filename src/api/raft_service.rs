@@ -4,6 +4,7 @@
 use crate::node::Node;
 use crate::proto::raft_v1::{raft_server::Raft as RaftRpc, RaftMessage};
 use crate::raft::network::PeerCall;
+use crate::raft::peer_auth::PeerRefusal;
 use crate::raft::NodeId;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -19,7 +20,8 @@ impl RaftSvc {
             .node
             .peer_key
             .verify(req.metadata())
-            .and_then(|from| self.node.check_peer(from).map(|()| from));
+            .and_then(|from| self.node.check_peer(from).map(|()| from))
+            .and_then(|from| self.check_certificate(req, from).map(|()| from));
         checked.map_err(|why| {
             let source = req
                 .remote_addr()
@@ -28,6 +30,21 @@ impl RaftSvc {
             self.node.refusals.note(&source, &why);
             Status::unauthenticated(format!("peer call refused: {why}"))
         })
+    }
+
+    /// With peer mTLS: the sender's certificate must name the member it claims to be. (The TLS
+    /// handshake already checked that it chains to the peer CA.)
+    fn check_certificate(
+        &self,
+        req: &Request<RaftMessage>,
+        from: NodeId,
+    ) -> Result<(), PeerRefusal> {
+        let c = &self.node.config;
+        if c.peer_cert_file.is_none() || !c.peer_client_cert_auth {
+            return Ok(());
+        }
+        let certs = req.peer_certs().unwrap_or_default();
+        crate::tls::names_member(&certs, from, &c.cluster_name).map_err(PeerRefusal::Certificate)
     }
 
     async fn handle(

@@ -36,6 +36,34 @@ struct Conn {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Talk TLS, trusting this CA (PEM) for the nodes' certificates (like etcdctl --cacert).
+    #[arg(long, env = "LEASEKEEPER_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for nodes that require one; with --key.
+    #[arg(long, env = "LEASEKEEPER_CERT", global = true, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM); with --cert.
+    #[arg(long, env = "LEASEKEEPER_KEY", global = true, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+}
+
+impl Conn {
+    /// TLS settings if any TLS flag is given (plaintext otherwise).
+    fn tls(&self) -> Option<crate::tls::ClientTlsFiles> {
+        (self.cacert.is_some() || self.cert.is_some()).then(|| crate::tls::ClientTlsFiles {
+            ca_file: self.cacert.clone(),
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+        })
+    }
+
+    /// A client for these endpoints, with TLS if asked.
+    fn client(&self) -> Result<Client, crate::client::ClientError> {
+        match self.tls() {
+            Some(t) => Client::with_tls(self.endpoints.clone(), &t),
+            None => Client::new(self.endpoints.clone()),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -43,7 +71,7 @@ enum Cmd {
     /// Start a local cluster in this process (three nodes on 127.0.0.1:7001-7003 by default).
     Dev(DevArgs),
     /// Run one production node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Submit, read, list, cancel and watch tasks.
     Task {
         #[command(subcommand)]
@@ -166,7 +194,7 @@ impl Cli {
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Cmd::Dev(a) => node::dev(a).await,
-        Cmd::Server(a) => node::server(a).await,
+        Cmd::Server(a) => node::server(*a).await,
         Cmd::Task { cmd, conn } => task::task(cmd, conn).await,
         Cmd::Worker(a) => work::worker(a).await,
         Cmd::Bench(a) => {
@@ -197,13 +225,13 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Cmd::Run(a) => work::run(a).await,
         Cmd::Status { conn } => {
-            let c = Client::new(conn.endpoints.clone())?;
+            let c = conn.client()?;
             let s = c.cluster_status().await?;
             output::status(&s, conn.json);
             Ok(())
         }
         Cmd::Node { cmd, conn } => {
-            let c = Client::new(conn.endpoints.clone())?;
+            let c = conn.client()?;
             let s = match cmd {
                 NodeCmd::Add { id, addr, learner } => c.add_node(id, &addr, learner).await?.status,
                 NodeCmd::Remove { id } => c.remove_node(id).await?.status,

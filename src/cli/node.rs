@@ -56,6 +56,37 @@ pub struct ServerArgs {
     /// The cluster's name (default "leasekeeper"): peers of another cluster are refused.
     #[arg(long)]
     cluster_name: Option<String>,
+    /// TLS on the client port: its certificate chain (PEM), with --key-file.
+    #[arg(long)]
+    cert_file: Option<PathBuf>,
+    /// The client port's private key (PEM).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The CA (PEM) that client certificates must chain to (for --client-cert-auth).
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require clients to present a certificate signed by --trusted-ca-file (default off).
+    #[arg(long)]
+    client_cert_auth: bool,
+    /// TLS on the peer port: this member's certificate (PEM), naming it as
+    /// node-<id>.<cluster-name> and by the host the others dial. Also its client certificate
+    /// towards the other members.
+    #[arg(long)]
+    peer_cert_file: Option<PathBuf>,
+    /// The peer certificate's private key (PEM).
+    #[arg(long)]
+    peer_key_file: Option<PathBuf>,
+    /// The CA (PEM) every member's certificate chains to (required with peer TLS).
+    #[arg(long)]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Require members to present their certificate on the peer port (default true with peer
+    /// TLS).
+    #[arg(long)]
+    peer_client_cert_auth: Option<bool>,
+    /// Serve plaintext on addresses other than loopback (refused otherwise): only on a network
+    /// nothing else shares.
+    #[arg(long)]
+    insecure: bool,
     /// Where the log and snapshots live (default .leasekeeper/node-<id>).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -283,6 +314,24 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
     if let Some(v) = a.data_dir {
         c.data_dir = v;
     }
+    for (flag, field) in [
+        (a.cert_file, &mut c.cert_file),
+        (a.key_file, &mut c.key_file),
+        (a.trusted_ca_file, &mut c.trusted_ca_file),
+        (a.peer_cert_file, &mut c.peer_cert_file),
+        (a.peer_key_file, &mut c.peer_key_file),
+        (a.peer_trusted_ca_file, &mut c.peer_trusted_ca_file),
+    ] {
+        if flag.is_some() {
+            *field = flag;
+        }
+    }
+    if a.client_cert_auth {
+        c.client_cert_auth = true;
+    }
+    if let Some(v) = a.peer_client_cert_auth {
+        c.peer_client_cert_auth = v;
+    }
     if !a.initial_cluster.is_empty() {
         c.initial_cluster = parse_members(&a.initial_cluster)?;
     }
@@ -314,6 +363,9 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
     if let Some(v) = a.keep_after_snapshot {
         c.raft.keep_after_snapshot = v;
     }
+    if !a.insecure {
+        secure_off_loopback(&c)?;
+    }
     let s = Server::start(c).await?;
     println!(
         "node {} serving clients on {}, peers on {}",
@@ -324,4 +376,71 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
     wait_for_signal().await;
     s.shutdown().await;
     Ok(())
+}
+
+/// Whether `addr` (host:port) binds loopback only.
+fn loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses plaintext on a port reachable from other machines (without `--insecure`).
+fn secure_off_loopback(c: &NodeConfig) -> Result<(), BoxError> {
+    let mut missing = Vec::new();
+    if !loopback(&c.listen) && c.cert_file.is_none() {
+        missing.push(format!(
+            "the client port {} is not loopback: add --cert-file and --key-file (and \
+             --trusted-ca-file with --client-cert-auth to require client certificates)",
+            c.listen
+        ));
+    }
+    if !loopback(&c.peer_listen) && c.peer_cert_file.is_none() {
+        missing.push(format!(
+            "the peer port {} is not loopback: add --peer-cert-file, --peer-key-file and \
+             --peer-trusted-ca-file",
+            c.peer_listen
+        ));
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve plaintext beyond this machine: {}. See docs/SECURITY.md; pass \
+         --insecure only on a network nothing else shares",
+        missing.join("; ")
+    )
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_refused_off_loopback_and_names_what_to_add() {
+        let mut c = NodeConfig::default();
+        assert!(secure_off_loopback(&c).is_ok(), "127.0.0.1 is loopback");
+        c.listen = "[::1]:7001".into();
+        c.peer_listen = "localhost:7101".into();
+        assert!(secure_off_loopback(&c).is_ok());
+        c.listen = "0.0.0.0:7001".into();
+        let e = secure_off_loopback(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("--cert-file") && !e.contains("--peer-cert-file"),
+            "{e}"
+        );
+        c.peer_listen = "10.0.0.1:7101".into();
+        let e = secure_off_loopback(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("--peer-cert-file") && e.contains("--insecure"),
+            "{e}"
+        );
+        c.cert_file = Some("c.pem".into());
+        c.peer_cert_file = Some("p.pem".into());
+        assert!(secure_off_loopback(&c).is_ok());
+    }
 }

@@ -1,6 +1,5 @@
 //! `leasekeeper task`: submit, read, list, cancel and watch tasks.
 use super::{output, Conn};
-use crate::client::Client;
 use crate::proto::v1 as pb;
 use crate::server::BoxError;
 use clap::Subcommand;
@@ -97,7 +96,7 @@ fn parse_state(s: &str) -> Result<pb::TaskState, BoxError> {
 }
 
 pub async fn task(cmd: TaskCmd, conn: Conn) -> Result<(), BoxError> {
-    let c = Client::new(conn.endpoints.clone())?;
+    let c = conn.client()?;
     match cmd {
         TaskCmd::Submit {
             queue,

@@ -54,11 +54,15 @@ pub enum ClientError {
     NoEndpoints,
     #[error("endpoint {0:?} is not a valid address: {1}")]
     BadEndpoint(String, String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
-fn uri(addr: &str) -> String {
+fn uri(addr: &str, tls: bool) -> String {
     if addr.contains("://") {
         addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
@@ -98,8 +102,35 @@ fn cut_by_transport(s: &Status) -> bool {
 }
 
 impl Client {
-    /// Connects lazily to `endpoints` (host:port of each node).
+    /// Connects lazily to `endpoints` (host:port of each node), in plaintext.
     pub fn new<I, S>(endpoints: I) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::connect(endpoints, None)
+    }
+
+    /// Connects lazily to `endpoints` with TLS: `tls.ca_file` is the CA the nodes' certificates
+    /// chain to, and a client certificate is presented where the nodes require one. The nodes'
+    /// certificates must name the host each endpoint gives (an IP address or a DNS name).
+    pub fn with_tls<I, S>(
+        endpoints: I,
+        tls: &crate::tls::ClientTlsFiles,
+    ) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let config = crate::tls::client_config(tls).map_err(ClientError::Tls)?;
+        Self::connect(endpoints, Some(config))
+    }
+
+    /// Plaintext without `tls`, else TLS.
+    pub fn connect<I, S>(
+        endpoints: I,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, ClientError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -110,8 +141,13 @@ impl Client {
         }
         let mut channels = Vec::new();
         for e in &endpoints {
-            let ep = Endpoint::from_shared(uri(e))
+            let mut ep = Endpoint::from_shared(uri(e, tls.is_some()))
                 .map_err(|err| ClientError::BadEndpoint(e.clone(), err.to_string()))?;
+            if let Some(t) = &tls {
+                ep = ep
+                    .tls_config(t.clone())
+                    .map_err(|err| ClientError::Tls(format!("endpoint {e}: {err}")))?;
+            }
             channels.push(
                 ep.connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)

@@ -146,6 +146,24 @@ pub struct NodeConfig {
     pub terminal_retention_ms: u64,
     /// How long a write or linearizable read waits for a leader before answering UNAVAILABLE.
     pub request_timeout_ms: u64,
+    /// TLS on the client port: its certificate chain (PEM). With `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client port's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The CA (PEM) client certificates must chain to.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `trusted_ca_file` on the client port.
+    pub client_cert_auth: bool,
+    /// TLS on the peer port: this member's certificate (PEM), which must name it as
+    /// `node-<id>.<cluster_name>` (and the host others dial) and serves both as its server and
+    /// its client certificate.
+    pub peer_cert_file: Option<PathBuf>,
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA (PEM) other members' certificates must chain to. Required with peer TLS.
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require members to present their certificate (mTLS). On by default with peer TLS; only
+    /// turn it off behind another layer that authenticates members.
+    pub peer_client_cert_auth: bool,
 }
 
 impl Default for NodeConfig {
@@ -168,7 +186,57 @@ impl Default for NodeConfig {
             watch_live_buffer: 4096,
             terminal_retention_ms: 7 * 24 * 3600 * 1000,
             request_timeout_ms: 5_000,
+            cert_file: None,
+            key_file: None,
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            peer_cert_file: None,
+            peer_key_file: None,
+            peer_trusted_ca_file: None,
+            peer_client_cert_auth: true,
         }
+    }
+}
+
+fn tls_files(
+    prefix: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    ca: &Option<PathBuf>,
+    client_cert_auth: bool,
+) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            if prefix.is_empty() && client_cert_auth && ca.is_none() {
+                return Err(ConfigError::Invalid(
+                    "client_cert_auth needs trusted_ca_file (--trusted-ca-file): the CA client \
+                     certificates must chain to"
+                        .into(),
+                ));
+            }
+            Ok(Some(crate::tls::TlsFiles {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                trusted_ca_file: ca.clone(),
+                client_cert_auth,
+            }))
+        }
+        (None, None) => {
+            if ca.is_some() || (prefix.is_empty() && client_cert_auth) {
+                return Err(ConfigError::Invalid(format!(
+                    "{prefix}trusted_ca_file / {prefix}client_cert_auth need TLS: add \
+                     {prefix}cert_file and {prefix}key_file (--{}cert-file, --{}key-file)",
+                    prefix.replace('_', "-"),
+                    prefix.replace('_', "-")
+                )));
+            }
+            Ok(None)
+        }
+        _ => Err(ConfigError::Invalid(format!(
+            "TLS needs both {prefix}cert_file and {prefix}key_file (--{}cert-file, --{}key-file)",
+            prefix.replace('_', "-"),
+            prefix.replace('_', "-")
+        ))),
     }
 }
 
@@ -192,6 +260,46 @@ impl NodeConfig {
         self.peer_advertise
             .clone()
             .unwrap_or_else(|| self.peer_listen.clone())
+    }
+
+    /// The client port's TLS settings, if it serves TLS.
+    pub fn client_tls(&self) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+        tls_files(
+            "",
+            &self.cert_file,
+            &self.key_file,
+            &self.trusted_ca_file,
+            self.client_cert_auth,
+        )
+    }
+
+    /// The peer port's TLS settings, if it serves TLS (members then dial each other with TLS
+    /// too, presenting the same certificate).
+    pub fn peer_tls(&self) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+        let t = tls_files(
+            "peer_",
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+            self.peer_client_cert_auth,
+        )?;
+        if t.as_ref().is_some_and(|t| t.trusted_ca_file.is_none()) {
+            return Err(ConfigError::Invalid(
+                "peer TLS needs peer_trusted_ca_file (--peer-trusted-ca-file): the CA every \
+                 member's certificate chains to"
+                    .into(),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// How this member dials the others' peer ports.
+    pub fn peer_client_tls(&self) -> Result<Option<crate::tls::ClientTlsFiles>, ConfigError> {
+        Ok(self.peer_tls()?.map(|t| crate::tls::ClientTlsFiles {
+            ca_file: t.trusted_ca_file,
+            cert_file: Some(t.cert_file),
+            key_file: Some(t.key_file),
+        }))
     }
 
     /// The cluster secret, from `cluster_secret` or else `cluster_secret_file`.
@@ -227,6 +335,8 @@ impl NodeConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.client_tls()?;
+        self.peer_tls()?;
         let r = &self.raft;
         if !(r.heartbeat_ms > 0
             && r.heartbeat_ms < r.election_min_ms

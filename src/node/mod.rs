@@ -101,7 +101,13 @@ impl Node {
         let parts = Parts {
             clock: clock.clone(),
             transport: Arc::new(GrpcTransport {
-                channels: Channels::default(),
+                channels: match config.peer_client_tls()? {
+                    Some(files) => Channels::with_tls(
+                        crate::tls::ClientTls::load(&files, "peer TLS (dialling members)")
+                            .map_err(ConfigError::Invalid)?,
+                    ),
+                    None => Channels::default(),
+                },
                 from: config.id,
                 key: Self::peer_key_of(&config)?,
             }),

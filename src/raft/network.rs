@@ -19,7 +19,16 @@ use tonic::transport::{Channel, Endpoint};
 /// forwarding and the admin fan-out.
 #[derive(Clone, Default)]
 pub struct Channels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<Mutex<ChannelCache>>,
+    /// With peer TLS: how members are dialled (reloaded when the files change).
+    tls: Option<Arc<crate::tls::ClientTls>>,
+}
+
+#[derive(Default)]
+struct ChannelCache {
+    channels: HashMap<String, Channel>,
+    /// The TLS generation the cached channels were made with.
+    tls_generation: u64,
 }
 
 /// Peer addresses whose channels are cached at most; past it the cache starts again (a
@@ -30,22 +39,53 @@ impl Channels {
     /// The channel to `addr`, or why `addr` cannot be dialled. Never panics: a membership
     /// entry written by an older version, or by a bug, must not take the node down.
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
-        if let Some(c) = self.inner.lock().get(addr) {
-            return Ok(c.clone());
+        let tls = self.tls.as_ref().map(|t| t.current());
+        let generation = tls.as_ref().map_or(0, |(_, g)| *g);
+        {
+            let mut m = self.inner.lock();
+            if m.tls_generation != generation {
+                // Renewed certificate files: new connections use them.
+                m.channels.clear();
+                m.tls_generation = generation;
+            }
+            if let Some(c) = m.channels.get(addr) {
+                return Ok(c.clone());
+            }
         }
         crate::node::check_addr(addr)?;
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("cannot dial {}: {e}", crate::api::validate::clip(addr)))?
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("cannot dial {}: {e}", crate::api::validate::clip(addr)))?;
+        if let Some((config, _)) = tls {
+            endpoint = endpoint.tls_config(config).map_err(|e| {
+                format!(
+                    "cannot dial {} with TLS: {e}",
+                    crate::api::validate::clip(addr)
+                )
+            })?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
         let mut m = self.inner.lock();
-        if m.len() >= MAX_CHANNELS {
-            m.clear();
+        if m.channels.len() >= MAX_CHANNELS {
+            m.channels.clear();
         }
-        Ok(m.entry(addr.to_string()).or_insert(channel).clone())
+        Ok(m.channels
+            .entry(addr.to_string())
+            .or_insert(channel)
+            .clone())
+    }
+
+    /// Channels that dial members with TLS as `tls` says.
+    pub fn with_tls(tls: Arc<crate::tls::ClientTls>) -> Self {
+        Self {
+            inner: Arc::default(),
+            tls: Some(tls),
+        }
     }
 }
 

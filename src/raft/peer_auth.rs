@@ -53,6 +53,9 @@ pub enum PeerRefusal {
     BadProof { from: NodeId },
     #[error("node {from} is not a member of this cluster")]
     NotMember { from: NodeId },
+    /// Peer mTLS: the certificate presented does not name the member the call claims.
+    #[error("{0}")]
+    Certificate(String),
 }
 
 impl PeerKey {

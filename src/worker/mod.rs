@@ -73,6 +73,8 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     /// Long-poll of one claim call.
     pub claim_wait: Duration,
+    /// TLS towards the nodes (None = plaintext).
+    pub tls: Option<crate::tls::ClientTlsFiles>,
 }
 
 impl WorkerConfig {
@@ -87,6 +89,7 @@ impl WorkerConfig {
             shutdown_grace: protocol::SHUTDOWN_GRACE,
             drain_timeout: protocol::DRAIN_TIMEOUT,
             claim_wait: protocol::CLAIM_WAIT,
+            tls: None,
         }
     }
 }
@@ -191,7 +194,10 @@ impl Worker {
         if config.concurrency == 0 {
             return Err(WorkerError::Concurrency);
         }
-        let client = Client::new(config.endpoints.clone())?;
+        let client = match &config.tls {
+            Some(t) => Client::with_tls(config.endpoints.clone(), t)?,
+            None => Client::new(config.endpoints.clone())?,
+        };
         let journal = Journal::open(&config.journal_dir)?;
         let leases = Arc::new(Leases::default());
         let w = Worker {
