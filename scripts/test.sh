@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
 command -v ip >/dev/null || missing+=(iproute2)
+# The Python SDK's TLS tests make their certificates with openssl.
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq

@@ -45,6 +45,9 @@ class Client:
     forward writes to the leader, so a call only moves to another node when one is unreachable,
     silent for `attempt_timeout` seconds, or answers UNAVAILABLE (no leader yet); it keeps
     trying for `retry_for` seconds. Every write is idempotent, so a retry is always safe.
+
+    With `ca_file` (and `cert_file`/`key_file` where the nodes require a client certificate) it
+    talks TLS; the nodes' certificates must name the hosts in `endpoints`.
     """
 
     def __init__(
@@ -52,6 +55,9 @@ class Client:
         endpoints: Union[str, Sequence[str]],
         retry_for: float = 15.0,
         attempt_timeout: float = 5.0,
+        ca_file: Optional[str] = None,
+        cert_file: Optional[str] = None,
+        key_file: Optional[str] = None,
     ):
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
@@ -62,7 +68,16 @@ class Client:
         self.attempt_timeout = attempt_timeout
         # Answers up to 16 MiB: any answer a legal task can produce (the server's limit too).
         options = [("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
-        self._channels = [grpc.insecure_channel(e, options=options) for e in self.endpoints]
+        if ca_file or cert_file:
+            # TLS: `ca_file` is the CA the nodes' certificates chain to (None = the system's);
+            # `cert_file`/`key_file` a client certificate where the nodes require one.
+            if bool(cert_file) != bool(key_file):
+                raise ValueError("a client certificate needs both cert_file and key_file")
+            read = lambda p: open(p, "rb").read() if p else None  # noqa: E731
+            creds = grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
+            self._channels = [grpc.secure_channel(e, creds, options=options) for e in self.endpoints]
+        else:
+            self._channels = [grpc.insecure_channel(e, options=options) for e in self.endpoints]
         # [index of the node in use], shared with the clients `derive` makes.
         self._current = [random.randrange(len(self._channels))]
         self._lock = threading.Lock()

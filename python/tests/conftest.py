@@ -20,9 +20,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def make_pki(d: str) -> dict:
+    """A CA, and one certificate per node for both ports (naming 127.0.0.1 and
+    node-<id>.leasekeeper) and a client certificate, made with openssl."""
+    def run(*args):
+        subprocess.run(args, check=True, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("openssl", "req", "-x509", *ec, "-days", "2", "-subj", "/CN=test-ca", "-keyout", "ca-key.pem", "-out", "ca.pem")
+    names = {f"node-{i}": f"IP:127.0.0.1,DNS:node-{i}.leasekeeper" for i in (1, 2, 3)}
+    names["client"] = None
+    for n, san in names.items():
+        ext = os.path.join(d, f"{n}.ext")
+        with open(ext, "w") as f:
+            if san:
+                f.write(f"subjectAltName={san}\n")
+            f.write("extendedKeyUsage=serverAuth,clientAuth\n")
+        run("openssl", "req", *ec, "-subj", f"/CN={n}", "-keyout", f"{n}-key.pem", "-out", f"{n}.csr")
+        run("openssl", "x509", "-req", "-in", f"{n}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+            "-days", "2", "-out", f"{n}.pem", "-extfile", ext)
+    return {k: os.path.join(d, k) for k in ("ca.pem", "client.pem", "client-key.pem")}
+
+
 class Cluster:
-    def __init__(self, tmp):
+    def __init__(self, tmp, tls: bool = False):
         self.tmp = tmp
+        self.tls = tls
         self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         self.peer_addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         self.procs = [None, None, None]
@@ -41,7 +64,7 @@ class Cluster:
                 "--initial-cluster", members,
                 "--heartbeat-ms", "50", "--election-min-ms", "150", "--election-max-ms", "300",
                 "--min-ttl-ms", "1000", "--default-ttl-ms", "3000",
-            ],
+            ] + self._tls_args(i),
             stdout=subprocess.DEVNULL,
             stderr=log,
             env={
@@ -51,6 +74,25 @@ class Cluster:
             },
         )
 
+    def _tls_args(self, i: int) -> list:
+        if not self.tls:
+            return []
+        me = lambda suffix: os.path.join(self.tmp, f"node-{i + 1}{suffix}")  # noqa: E731
+        ca = os.path.join(self.tmp, "ca.pem")
+        return [
+            "--cert-file", me(".pem"), "--key-file", me("-key.pem"),
+            "--trusted-ca-file", ca, "--client-cert-auth",
+            "--peer-cert-file", me(".pem"), "--peer-key-file", me("-key.pem"),
+            "--peer-trusted-ca-file", ca,
+        ]
+
+    def tls_kwargs(self) -> dict:
+        """What a client of this cluster passes: the CA, and the client certificate."""
+        if not self.tls:
+            return {}
+        p = lambda n: os.path.join(self.tmp, n)  # noqa: E731
+        return {"ca_file": p("ca.pem"), "cert_file": p("client.pem"), "key_file": p("client-key.pem")}
+
     def kill(self, i: int) -> None:
         p = self.procs[i]
         if p is not None:
@@ -59,7 +101,7 @@ class Cluster:
             self.procs[i] = None
 
     def client(self) -> Client:
-        return Client(self.addrs)
+        return Client(self.addrs, **self.tls_kwargs())
 
     def wait_leader(self, timeout: float = 15.0) -> int:
         """The 0-based index of the leader, once a running node names one."""
@@ -69,7 +111,7 @@ class Cluster:
                 if self.procs[i] is None:
                     continue
                 try:
-                    s = Client([a], retry_for=0.2, attempt_timeout=0.5).cluster_status()
+                    s = Client([a], retry_for=0.2, attempt_timeout=0.5, **self.tls_kwargs()).cluster_status()
                 except Exception:
                     continue
                 if s.leader_id and self.procs[s.leader_id - 1] is not None:
@@ -85,5 +127,14 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path):
     c = Cluster(str(tmp_path))
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def tls_cluster(tmp_path):
+    """The same cluster with TLS on both ports and client certificates required."""
+    make_pki(str(tmp_path))
+    c = Cluster(str(tmp_path), tls=True)
     yield c
     c.stop()
