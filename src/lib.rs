@@ -7,6 +7,7 @@
 // boxing them at every call site would only add allocations on the error path.
 #![allow(clippy::result_large_err)]
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;

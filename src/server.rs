@@ -63,11 +63,18 @@ impl Server {
             Some(f) => Some(ServerTls::load(&f, "peer port TLS")?),
             None => None,
         };
+        let auth = match &config.auth_file {
+            Some(p) => Some(crate::auth::Auth::load(p)?),
+            None => None,
+        };
         let tls = (client_tls.is_some(), peer_tls.is_some());
         let node = Node::start(config).await?;
+        if let Some(a) = &auth {
+            tokio::spawn(a.clone().watch(node.shutdown_signal()));
+        }
         let serving = vec![
             tokio::spawn(crate::api::serve_peer(node.clone(), peer, peer_tls)),
-            tokio::spawn(crate::api::serve(node.clone(), client, client_tls)),
+            tokio::spawn(crate::api::serve(node.clone(), client, client_tls, auth)),
         ];
         tracing::info!(id = node.id, %addr, %peer_addr, client_tls = tls.0, peer_tls = tls.1, "serving clients and peers");
         Ok(Server {

@@ -311,6 +311,17 @@ pub fn accept(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Whether `cert` names `name` (a DNS subject alternative name).
+pub fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
+    let (Ok(cert), Ok(name)) = (
+        webpki::EndEntityCert::try_from(cert),
+        ServerName::try_from(name),
+    ) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
 /// Whether the first of `certs` (a verified client chain) names member `id` of `cluster`.
 pub fn names_member(certs: &[CertificateDer<'_>], id: u64, cluster: &str) -> Result<(), String> {
     let want = member_name(id, cluster);

@@ -26,9 +26,9 @@ class Interrupted(Exception):
     """A call cut short by its `interrupt` event; its outcome is unknown."""
 
 
-def _interruptible(method, request, timeout: float, interrupt: threading.Event):
+def _interruptible(method, request, timeout: float, interrupt: threading.Event, metadata=()):
     """Calls `method` and waits for its answer, cancelling the call once `interrupt` is set."""
-    fut = method.future(request, timeout=timeout)
+    fut = method.future(request, timeout=timeout, metadata=metadata)
     while True:
         try:
             return fut.result(timeout=0.05)
@@ -47,7 +47,8 @@ class Client:
     trying for `retry_for` seconds. Every write is idempotent, so a retry is always safe.
 
     With `ca_file` (and `cert_file`/`key_file` where the nodes require a client certificate) it
-    talks TLS; the nodes' certificates must name the hosts in `endpoints`.
+    talks TLS; the nodes' certificates must name the hosts in `endpoints`. With `token`, every
+    call carries it (`authorization: Bearer`), for clusters with an auth file.
     """
 
     def __init__(
@@ -58,12 +59,15 @@ class Client:
         ca_file: Optional[str] = None,
         cert_file: Optional[str] = None,
         key_file: Optional[str] = None,
+        token: Optional[str] = None,
     ):
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
         if not endpoints:
             raise ValueError("no endpoints given: pass at least one node address (host:port)")
         self.endpoints = list(endpoints)
+        # Sent with every call, for clusters with an auth file (`leasekeeper auth add`).
+        self.metadata = (("authorization", f"Bearer {token.strip()}"),) if token else ()
         self.retry_for = retry_for
         self.attempt_timeout = attempt_timeout
         # Answers up to 16 MiB: any answer a legal task can produce (the server's limit too).
@@ -124,8 +128,9 @@ class Client:
             stub = getattr(rpc, service + "Stub")(self.channel(node))
             try:
                 if interrupt is None:
-                    return getattr(stub, method)(request, timeout=self.attempt_timeout + wait)
-                return _interruptible(getattr(stub, method), request, self.attempt_timeout + wait, interrupt)
+                    return getattr(stub, method)(request, timeout=self.attempt_timeout + wait, metadata=self.metadata)
+                return _interruptible(getattr(stub, method), request, self.attempt_timeout + wait, interrupt,
+                                      self.metadata)
             except grpc.RpcError as e:
                 if e.code() in RETRYABLE and time.monotonic() + backoff < deadline:
                     self.move_from(node)
@@ -185,7 +190,7 @@ class Client:
         while True:
             req = pb.WatchTasksRequest(from_revision=next_rev, queue=queue, task_id=task_id,
                                        kinds=list(kinds))
-            stream = rpc.SchedulerStub(self.channel()).WatchTasks(req)
+            stream = rpc.SchedulerStub(self.channel()).WatchTasks(req, metadata=self.metadata)
             skip = seen_in_rev if next_rev and next_rev == last_rev else 0
             try:
                 for ev in stream:

@@ -21,7 +21,7 @@ from .v1 import leasekeeper_pb2_grpc as rpc
 class _Stream:
     """One bidirectional Heartbeat call: requests from a queue, answers read by a thread."""
 
-    def __init__(self, channel: grpc.Channel):
+    def __init__(self, channel: grpc.Channel, metadata=()):
         self._requests: "queue.Queue[Optional[pb.HeartbeatRequest]]" = queue.Queue()
         self._answers: "queue.Queue[Optional[pb.HeartbeatResponse]]" = queue.Queue()
 
@@ -32,7 +32,7 @@ class _Stream:
                     return
                 yield r
 
-        self._call = rpc.WorkerStub(channel).Heartbeat(requests())
+        self._call = rpc.WorkerStub(channel).Heartbeat(requests(), metadata=metadata)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
@@ -79,7 +79,7 @@ def heartbeats(client: Client, leases: Leases, stop: threading.Event) -> None:
             continue
         if stream is None:
             hb_node = client.node()
-            stream = _Stream(client.channel(hb_node))
+            stream = _Stream(client.channel(hb_node), client.metadata)
         seq += 1
         sent_at = time.monotonic()
         # Nodes answer within about a second (RETRY when they cannot commit in time), so silence

@@ -92,12 +92,13 @@ class Worker:
         ca_file: Optional[str] = None,
         cert_file: Optional[str] = None,
         key_file: Optional[str] = None,
+        token: Optional[str] = None,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         # TLS as for `Client`: the CA the nodes' certificates chain to, and a client certificate
-        # where the nodes require one.
-        self.client = Client(endpoints, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        # where the nodes require one; `token` for clusters with an auth file.
+        self.client = Client(endpoints, ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token)
         # Claims give up sooner: the claim loop retries anyway, and a stop must not wait long
         # on an unreachable cluster. An attempt unanswered a second past its long-poll wait moves
         # on to another node (same claim id), so that a claim committed while its answer was cut

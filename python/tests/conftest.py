@@ -43,9 +43,12 @@ def make_pki(d: str) -> dict:
 
 
 class Cluster:
-    def __init__(self, tmp, tls: bool = False):
+    def __init__(self, tmp, tls: bool = False, extra=(), token=None):
         self.tmp = tmp
         self.tls = tls
+        self.extra = list(extra)
+        # The token the harness itself uses (an admin's), with an auth file.
+        self.token = token
         self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         self.peer_addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         self.procs = [None, None, None]
@@ -64,7 +67,7 @@ class Cluster:
                 "--initial-cluster", members,
                 "--heartbeat-ms", "50", "--election-min-ms", "150", "--election-max-ms", "300",
                 "--min-ttl-ms", "1000", "--default-ttl-ms", "3000",
-            ] + self._tls_args(i),
+            ] + self._tls_args(i) + self.extra,
             stdout=subprocess.DEVNULL,
             stderr=log,
             env={
@@ -101,7 +104,7 @@ class Cluster:
             self.procs[i] = None
 
     def client(self) -> Client:
-        return Client(self.addrs, **self.tls_kwargs())
+        return Client(self.addrs, token=self.token, **self.tls_kwargs())
 
     def wait_leader(self, timeout: float = 15.0) -> int:
         """The 0-based index of the leader, once a running node names one."""
@@ -111,7 +114,8 @@ class Cluster:
                 if self.procs[i] is None:
                     continue
                 try:
-                    s = Client([a], retry_for=0.2, attempt_timeout=0.5, **self.tls_kwargs()).cluster_status()
+                    s = Client([a], retry_for=0.2, attempt_timeout=0.5, token=self.token,
+                               **self.tls_kwargs()).cluster_status()
                 except Exception:
                     continue
                 if s.leader_id and self.procs[s.leader_id - 1] is not None:
@@ -127,6 +131,31 @@ class Cluster:
 @pytest.fixture
 def cluster(tmp_path):
     c = Cluster(str(tmp_path))
+    yield c
+    c.stop()
+
+
+def auth_add(auth_file: str, name: str, *grants: str) -> str:
+    """Adds a principal with `leasekeeper auth add`; returns its token."""
+    args = [BIN, "auth", "add", "--file", auth_file, "--name", name]
+    for g in grants:
+        args += ["--grant", g]
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def secure_cluster(tmp_path):
+    """TLS on both ports, client certificates required, and an auth file; `tokens` holds a
+    token for the scheduler (etl/) and the worker (etl/)."""
+    make_pki(str(tmp_path))
+    auth = os.path.join(str(tmp_path), "auth.toml")
+    tokens = {
+        "admin": auth_add(auth, "root", "admin"),
+        "scheduler": auth_add(auth, "airflow", "scheduler:etl/", "reader"),
+        "worker": auth_add(auth, "etl-workers", "worker:etl/"),
+    }
+    c = Cluster(str(tmp_path), tls=True, extra=["--auth-file", auth], token=tokens["admin"])
+    c.tokens = tokens
     yield c
     c.stop()
 

@@ -40,3 +40,35 @@ def test_plaintext_and_clients_without_a_certificate_are_refused(tls_cluster):
         no_cert.cluster_status()
     with pytest.raises(ValueError):
         Client(tls_cluster.addrs, ca_file=kw["ca_file"], cert_file=kw["cert_file"])
+
+
+def test_roles_over_tls_a_worker_of_etl_runs_etl_and_cannot_claim_ml(secure_cluster, tmp_path):
+    kw = secure_cluster.tls_kwargs()
+    tok = secure_cluster.tokens
+    sched = Client(secure_cluster.addrs, token=tok["scheduler"], **kw)
+    sched.submit("etl/daily", id="py-auth", payload=b"x", lease_ttl_ms=3000)
+    with pytest.raises(grpc.RpcError) as e:
+        sched.submit("ml/train", id="py-ml")
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "scheduler role on queue" in e.value.details()
+
+    w = Worker(secure_cluster.addrs, "etl/daily", worker_id="w-auth", journal_dir=str(tmp_path / "j"),
+               claim_wait_ms=500, token=tok["worker"], **kw)
+
+    def handler(ctx):
+        w.stop()
+        return b"ok"
+
+    assert w.run(handler, install_signal_handlers=False) == 0
+    w.close()
+    assert sched.get("py-auth").state == pb.TASK_STATE_SUCCEEDED
+
+    worker = Client(secure_cluster.addrs, token=tok["worker"], **kw)
+    with pytest.raises(grpc.RpcError) as e:
+        worker.claim("ml/train", "w")
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "worker role on queue" in e.value.details() and tok["worker"] not in e.value.details()
+    nobody = Client(secure_cluster.addrs, retry_for=0.3, **kw)
+    with pytest.raises(grpc.RpcError) as e:
+        nobody.get("py-auth")
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED

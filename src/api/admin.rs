@@ -1,4 +1,5 @@
 //! The Admin service: cluster status and membership changes.
+use crate::auth::{authorize, Need};
 use crate::node::Node;
 use crate::proto::v1::{self as pb, admin_server::Admin};
 use crate::raft::network::PeerCall;
@@ -13,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 pub struct AdminSvc {
     pub node: Arc<Node>,
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 pub fn node_status(node: &Node) -> pb::NodeStatusResponse {
@@ -261,15 +263,17 @@ fn raft_err<E: std::fmt::Display>(e: E) -> Status {
 impl Admin for AdminSvc {
     async fn cluster_status(
         &self,
-        _req: Request<pb::ClusterStatusRequest>,
+        req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::Status)?;
         Ok(Response::new(cluster_status(&self.node).await))
     }
 
     async fn node_status(
         &self,
-        _req: Request<pb::NodeStatusRequest>,
+        req: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::Status)?;
         Ok(Response::new(node_status(&self.node)))
     }
 
@@ -277,6 +281,7 @@ impl Admin for AdminSvc {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::Admin)?;
         let r = req.into_inner();
         check_new_member(r.node_id, &r.addr)?;
         let status = self
@@ -295,6 +300,7 @@ impl Admin for AdminSvc {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::Admin)?;
         let r = req.into_inner();
         let status = self
             .change(MembershipChange::Remove { node_id: r.node_id })

@@ -110,6 +110,7 @@ pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<ServerTls>>,
+    auth: Option<Arc<crate::auth::Auth>>,
 ) -> Result<(), tonic::transport::Error> {
     let l = &node.config.limits;
     let submit_max = l.max_payload_bytes + REQUEST_HEADROOM_BYTES;
@@ -137,6 +138,7 @@ pub async fn serve(
         .add_service(
             v1::scheduler_server::SchedulerServer::new(scheduler::SchedulerSvc {
                 node: node.clone(),
+                auth: auth.clone(),
                 watchers: validate::StreamSlots::new("watch", l.max_watchers),
             })
             .max_decoding_message_size(submit_max)
@@ -145,15 +147,19 @@ pub async fn serve(
         .add_service(
             v1::worker_server::WorkerServer::new(worker::WorkerSvc {
                 node: node.clone(),
+                auth: auth.clone(),
                 heartbeats: validate::StreamSlots::new("heartbeat", l.max_heartbeat_streams),
             })
             .max_decoding_message_size(report_max)
             .max_encoding_message_size(MAX_ANSWER_BYTES),
         )
         .add_service(
-            v1::admin_server::AdminServer::new(admin::AdminSvc { node: node.clone() })
-                .max_decoding_message_size(ADMIN_MAX_REQUEST_BYTES)
-                .max_encoding_message_size(MAX_ANSWER_BYTES),
+            v1::admin_server::AdminServer::new(admin::AdminSvc {
+                node: node.clone(),
+                auth: auth.clone(),
+            })
+            .max_decoding_message_size(ADMIN_MAX_REQUEST_BYTES)
+            .max_encoding_message_size(MAX_ANSWER_BYTES),
         );
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;

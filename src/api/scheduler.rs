@@ -1,5 +1,6 @@
 //! The Scheduler service: submit, read, list, cancel and watch tasks.
 use super::{convert, error, read, validate};
+use crate::auth::{authorize, Need};
 use crate::node::Node;
 use crate::proto::v1::{self as pb, scheduler_server::Scheduler};
 use crate::state::{Command, Response as SmResponse, TaskSpec};
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 pub struct SchedulerSvc {
     pub node: Arc<Node>,
+    pub auth: Option<Arc<crate::auth::Auth>>,
     pub watchers: Arc<validate::StreamSlots>,
 }
 
@@ -33,6 +35,11 @@ impl Scheduler for SchedulerSvc {
         &self,
         req: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        authorize(
+            self.auth.as_deref(),
+            &req,
+            Need::Schedule(&req.get_ref().queue),
+        )?;
         let r = req.into_inner();
         let l = &self.node.config.limits;
         validate::queue(&r.queue)?;
@@ -99,12 +106,16 @@ impl Scheduler for SchedulerSvc {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let r = req.into_inner();
+        authorize(self.auth.as_deref(), &req, Need::GetById)?;
+        let r = req.get_ref();
         validate::task_id(&r.id)?;
         let (task, revision) = read(&self.node, r.consistency, |s| {
             s.task(&r.id).map(|t| convert::task_in(s, t))
         })
         .await?;
+        if let Some(t) = &task {
+            authorize(self.auth.as_deref(), &req, Need::Read(Some(&t.queue)))?;
+        }
         match task {
             Some(t) => Ok(Response::new(pb::GetTaskResponse {
                 task: Some(t),
@@ -118,6 +129,12 @@ impl Scheduler for SchedulerSvc {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let q = &req.get_ref().queue;
+        authorize(
+            self.auth.as_deref(),
+            &req,
+            Need::Read((!q.is_empty()).then_some(q)),
+        )?;
         let r = req.into_inner();
         if !r.queue.is_empty() {
             validate::queue(&r.queue)?;
@@ -175,6 +192,17 @@ impl Scheduler for SchedulerSvc {
         &self,
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::CancelById)?;
+        if self.auth.is_some() {
+            // The grant may cover some queues only: the task's queue, as the leader knows it.
+            let id = &req.get_ref().id;
+            validate::task_id(id)?;
+            let (queue, _) =
+                read(&self.node, 0, |s| s.task(id).map(|t| t.queue().to_string())).await?;
+            if let Some(q) = queue {
+                authorize(self.auth.as_deref(), &req, Need::Schedule(&q))?;
+            }
+        }
         let r = req.into_inner();
         validate::task_id(&r.id)?;
         validate::bytes("reason", r.reason.len(), validate::MAX_ERROR_LEN)?;
@@ -201,6 +229,12 @@ impl Scheduler for SchedulerSvc {
         &self,
         req: Request<pb::WatchTasksRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let q = &req.get_ref().queue;
+        authorize(
+            self.auth.as_deref(),
+            &req,
+            Need::Read((!q.is_empty()).then_some(q)),
+        )?;
         let r = req.into_inner();
         if !r.queue.is_empty() {
             validate::queue(&r.queue)?;

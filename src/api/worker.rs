@@ -1,5 +1,6 @@
 //! The Worker service: claim, renew (unary and streamed), progress, complete, release.
 use super::{convert, error, validate};
+use crate::auth::{authorize, Need};
 use crate::node::Node;
 use crate::proto::v1::{self as pb, worker_server::Worker};
 use crate::state::{
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub struct WorkerSvc {
     pub node: Arc<Node>,
+    pub auth: Option<Arc<crate::auth::Auth>>,
     pub heartbeats: Arc<validate::StreamSlots>,
 }
 
@@ -135,6 +137,11 @@ impl Worker for WorkerSvc {
         &self,
         req: Request<pb::ClaimTaskRequest>,
     ) -> Result<Response<pb::ClaimTaskResponse>, Status> {
+        authorize(
+            self.auth.as_deref(),
+            &req,
+            Need::Claim(&req.get_ref().queue),
+        )?;
         let r = req.into_inner();
         let l = &self.node.config.limits;
         validate::queue(&r.queue)?;
@@ -254,6 +261,7 @@ impl Worker for WorkerSvc {
         &self,
         req: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::Lease)?;
         let r = req.into_inner();
         let token = r.lease_token;
         validate::token(token)?;
@@ -283,6 +291,7 @@ impl Worker for WorkerSvc {
         &self,
         req: Request<Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<HeartbeatStream>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::Lease)?;
         let slot = self.heartbeats.take()?;
         let stall = Duration::from_millis(self.node.config.limits.stream_stall_ms);
         let mut inbound = req.into_inner();
@@ -434,6 +443,7 @@ impl Worker for WorkerSvc {
         &self,
         req: Request<pb::ReportProgressRequest>,
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::Lease)?;
         let r = req.into_inner();
         validate::token(r.lease_token)?;
         prove_one(&self.node, r.lease_token, &r.lease_secret).await?;
@@ -463,6 +473,7 @@ impl Worker for WorkerSvc {
         &self,
         req: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::Lease)?;
         let r = req.into_inner();
         validate::task_id(&r.task_id)?;
         validate::token(r.lease_token)?;
@@ -498,6 +509,7 @@ impl Worker for WorkerSvc {
         &self,
         req: Request<pb::ReleaseTaskRequest>,
     ) -> Result<Response<pb::ReleaseTaskResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::Lease)?;
         let r = req.into_inner();
         validate::token(r.lease_token)?;
         validate::bytes("reason", r.reason.len(), validate::MAX_ERROR_LEN)?;

@@ -1,5 +1,6 @@
 //! The `leasekeeper` command: run nodes (`dev`, `server`) and talk to a cluster (`task`,
 //! `status`, `node`).
+mod auth;
 mod node;
 mod output;
 mod task;
@@ -45,6 +46,9 @@ struct Conn {
     /// The client certificate's private key (PEM); with --cert.
     #[arg(long, env = "LEASEKEEPER_KEY", global = true, requires = "cert")]
     key: Option<std::path::PathBuf>,
+    /// The token calls carry, for clusters with an auth file (`leasekeeper auth add` prints it).
+    #[arg(long, env = "LEASEKEEPER_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl Conn {
@@ -59,9 +63,13 @@ impl Conn {
 
     /// A client for these endpoints, with TLS if asked.
     fn client(&self) -> Result<Client, crate::client::ClientError> {
-        match self.tls() {
-            Some(t) => Client::with_tls(self.endpoints.clone(), &t),
-            None => Client::new(self.endpoints.clone()),
+        let c = match self.tls() {
+            Some(t) => Client::with_tls(self.endpoints.clone(), &t)?,
+            None => Client::new(self.endpoints.clone())?,
+        };
+        match &self.token {
+            Some(t) => c.with_token(t),
+            None => Ok(c),
         }
     }
 }
@@ -91,6 +99,11 @@ enum Cmd {
     Run(work::RunArgs),
     /// Load generator: drive a running cluster and report ops/s and latency percentiles.
     Bench(BenchArgs),
+    /// Principals, tokens and grants in an auth file (`--auth-file` of the nodes).
+    Auth {
+        #[command(subcommand)]
+        cmd: auth::AuthCmd,
+    },
     /// Add or remove cluster members.
     Node {
         #[command(subcommand)]
@@ -230,6 +243,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             output::status(&s, conn.json);
             Ok(())
         }
+        Cmd::Auth { cmd } => auth::auth(cmd),
         Cmd::Node { cmd, conn } => {
             let c = conn.client()?;
             let s = match cmd {

@@ -83,6 +83,10 @@ pub struct ServerArgs {
     /// TLS).
     #[arg(long)]
     peer_client_cert_auth: Option<bool>,
+    /// Principals, hashed tokens and grants (`leasekeeper auth` writes it): every call but
+    /// health must then name a principal allowed to make it. Reloaded when it changes.
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
     /// Serve plaintext on addresses other than loopback (refused otherwise): only on a network
     /// nothing else shares.
     #[arg(long)]
@@ -329,6 +333,9 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
     if a.client_cert_auth {
         c.client_cert_auth = true;
     }
+    if a.auth_file.is_some() {
+        c.auth_file = a.auth_file;
+    }
     if let Some(v) = a.peer_client_cert_auth {
         c.peer_client_cert_auth = v;
     }
@@ -388,13 +395,21 @@ fn loopback(addr: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Refuses plaintext on a port reachable from other machines (without `--insecure`).
+/// Refuses plaintext, or calls without credentials, on a port reachable from other machines
+/// (without `--insecure`).
 fn secure_off_loopback(c: &NodeConfig) -> Result<(), BoxError> {
     let mut missing = Vec::new();
     if !loopback(&c.listen) && c.cert_file.is_none() {
         missing.push(format!(
             "the client port {} is not loopback: add --cert-file and --key-file (and \
              --trusted-ca-file with --client-cert-auth to require client certificates)",
+            c.listen
+        ));
+    }
+    if !loopback(&c.listen) && c.auth_file.is_none() {
+        missing.push(format!(
+            "the client port {} is not loopback: add --auth-file (create it with `leasekeeper \
+             auth add --file auth.toml --name admin --grant admin`)",
             c.listen
         ));
     }
@@ -409,8 +424,8 @@ fn secure_off_loopback(c: &NodeConfig) -> Result<(), BoxError> {
         return Ok(());
     }
     Err(format!(
-        "refusing to serve plaintext beyond this machine: {}. See docs/SECURITY.md; pass \
-         --insecure only on a network nothing else shares",
+        "refusing to serve beyond this machine without TLS and auth: {}. See docs/SECURITY.md; \
+         pass --insecure only on a network nothing else shares",
         missing.join("; ")
     )
     .into())
@@ -441,6 +456,12 @@ mod tests {
         );
         c.cert_file = Some("c.pem".into());
         c.peer_cert_file = Some("p.pem".into());
+        let e = secure_off_loopback(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("--auth-file") && !e.contains("--cert-file"),
+            "TLS alone is not enough: {e}"
+        );
+        c.auth_file = Some("auth.toml".into());
         assert!(secure_off_loopback(&c).is_ok());
     }
 }

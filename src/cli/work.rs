@@ -111,6 +111,7 @@ pub async fn worker(a: WorkerArgs) -> Result<(), BoxError> {
         .unwrap_or_else(|| format!("{}-{}", hostname(), j.queue));
     let mut config = WorkerConfig::new(j.conn.endpoints.clone(), &j.queue, &worker_id);
     config.tls = j.conn.tls();
+    config.token = j.conn.token.clone();
     config.concurrency = a.concurrency;
     config.lease_ttl_ms = a.lease_ttl_ms;
     if let Some(d) = j.journal_dir {
@@ -150,6 +151,7 @@ pub async fn run(a: RunArgs) -> Result<(), BoxError> {
         .unwrap_or_else(|| format!("{}-run-{}", hostname(), std::process::id()));
     let mut config = WorkerConfig::new(j.conn.endpoints.clone(), &j.queue, &worker_id);
     config.tls = j.conn.tls();
+    config.token = j.conn.token.clone();
     config.journal_dir = j
         .journal_dir
         .unwrap_or_else(|| crate::worker::default_journal_dir(&format!("run-{task_id}")));

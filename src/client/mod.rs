@@ -11,21 +11,49 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// A connection to one node that carries the client's credentials on every call.
+pub type Conn = InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every call (nothing without a token). The token is
+/// never shown in `Debug` output.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Bearer(<redacted>)"
+        } else {
+            "Bearer(none)"
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 /// Answers up to this size are accepted: any answer a legal task can produce (see
 /// [`crate::api::MAX_ANSWER_BYTES`]).
 pub const MAX_ANSWER_BYTES: usize = crate::api::MAX_ANSWER_BYTES;
 
-fn scheduler_client(c: Channel) -> SchedulerClient<Channel> {
+fn scheduler_client(c: Conn) -> SchedulerClient<Conn> {
     SchedulerClient::new(c).max_decoding_message_size(MAX_ANSWER_BYTES)
 }
 
-fn worker_client(c: Channel) -> WorkerClient<Channel> {
+fn worker_client(c: Conn) -> WorkerClient<Conn> {
     WorkerClient::new(c).max_decoding_message_size(MAX_ANSWER_BYTES)
 }
 
-fn admin_client(c: Channel) -> AdminClient<Channel> {
+fn admin_client(c: Conn) -> AdminClient<Conn> {
     AdminClient::new(c).max_decoding_message_size(MAX_ANSWER_BYTES)
 }
 use tonic::{Code, Response, Status, Streaming};
@@ -38,6 +66,8 @@ pub struct Client {
 struct Inner {
     endpoints: Vec<String>,
     channels: Vec<Channel>,
+    /// The credentials every call carries.
+    bearer: Bearer,
     /// Which node is in use; shared by the clients derived with `with_*`, so that moving away
     /// from an unreachable node moves every call of the family.
     current: Arc<AtomicUsize>,
@@ -56,6 +86,8 @@ pub enum ClientError {
     BadEndpoint(String, String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("the token is not a valid header value: it must be visible ASCII (as `leasekeeper auth add` prints it)")]
+    BadToken,
 }
 
 fn uri(addr: &str, tls: bool) -> String {
@@ -164,11 +196,21 @@ impl Client {
             inner: Arc::new(Inner {
                 endpoints,
                 channels,
+                bearer: Bearer::default(),
                 current: Arc::new(AtomicUsize::new(start)),
                 retry_for: Duration::from_secs(15),
                 attempt_timeout: Duration::from_secs(5),
             }),
         })
+    }
+
+    /// Sends `token` (`authorization: Bearer <token>`) with every call, for clusters with an
+    /// auth file. An error if it cannot be sent as a header (not visible ASCII).
+    pub fn with_token(self, token: &str) -> Result<Self, ClientError> {
+        let v = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| ClientError::BadToken)?;
+        Ok(self.with(|i| i.bearer = Bearer(Some(v))))
     }
 
     /// How long one call keeps retrying across nodes (default 15 s).
@@ -187,6 +229,7 @@ impl Client {
         let mut inner = Inner {
             endpoints: i.endpoints.clone(),
             channels: i.channels.clone(),
+            bearer: i.bearer.clone(),
             current: i.current.clone(),
             retry_for: i.retry_for,
             attempt_timeout: i.attempt_timeout,
@@ -207,12 +250,15 @@ impl Client {
     }
 
     /// The channel to node `i`.
-    pub fn channel_of(&self, i: usize) -> Channel {
-        self.inner.channels[i % self.inner.channels.len()].clone()
+    pub fn channel_of(&self, i: usize) -> Conn {
+        InterceptedService::new(
+            self.inner.channels[i % self.inner.channels.len()].clone(),
+            self.inner.bearer.clone(),
+        )
     }
 
     /// The channel to the node currently in use.
-    pub fn channel(&self) -> Channel {
+    pub fn channel(&self) -> Conn {
         self.channel_of(self.node())
     }
 
@@ -241,7 +287,7 @@ impl Client {
     /// UNAVAILABLE, or `retry_for` has passed.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         self.call_waiting(Duration::ZERO, f).await
@@ -250,7 +296,7 @@ impl Client {
     /// Like [`Client::call`] for a call the server may hold for up to `wait` (long poll).
     pub async fn call_waiting<T, F, Fut>(&self, wait: Duration, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.inner.retry_for + wait;
@@ -438,12 +484,12 @@ impl Client {
     }
 
     /// A raw worker client on the current node, e.g. for the Heartbeat stream.
-    pub fn worker(&self) -> WorkerClient<Channel> {
+    pub fn worker(&self) -> WorkerClient<Conn> {
         self.worker_on(self.node())
     }
 
     /// A raw worker client on node `i`.
-    pub fn worker_on(&self, i: usize) -> WorkerClient<Channel> {
+    pub fn worker_on(&self, i: usize) -> WorkerClient<Conn> {
         worker_client(self.channel_of(i))
     }
 

@@ -164,6 +164,10 @@ pub struct NodeConfig {
     /// Require members to present their certificate (mTLS). On by default with peer TLS; only
     /// turn it off behind another layer that authenticates members.
     pub peer_client_cert_auth: bool,
+    /// Principals, their tokens (hashed) and grants (`leasekeeper auth` writes it). Every call
+    /// on the client port but health must then name a principal allowed to make it. Reloaded
+    /// when it changes.
+    pub auth_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -194,6 +198,7 @@ impl Default for NodeConfig {
             peer_key_file: None,
             peer_trusted_ca_file: None,
             peer_client_cert_auth: true,
+            auth_file: None,
         }
     }
 }

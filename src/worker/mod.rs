@@ -75,6 +75,8 @@ pub struct WorkerConfig {
     pub claim_wait: Duration,
     /// TLS towards the nodes (None = plaintext).
     pub tls: Option<crate::tls::ClientTlsFiles>,
+    /// The token every call carries, for clusters with an auth file (a `worker` grant).
+    pub token: Option<String>,
 }
 
 impl WorkerConfig {
@@ -90,6 +92,7 @@ impl WorkerConfig {
             drain_timeout: protocol::DRAIN_TIMEOUT,
             claim_wait: protocol::CLAIM_WAIT,
             tls: None,
+            token: None,
         }
     }
 }
@@ -197,6 +200,10 @@ impl Worker {
         let client = match &config.tls {
             Some(t) => Client::with_tls(config.endpoints.clone(), t)?,
             None => Client::new(config.endpoints.clone())?,
+        };
+        let client = match &config.token {
+            Some(t) => client.with_token(t)?,
+            None => client,
         };
         let journal = Journal::open(&config.journal_dir)?;
         let leases = Arc::new(Leases::default());
