@@ -286,3 +286,101 @@ async fn a_certificate_renewed_on_disk_is_used_by_new_connections() {
         .expect("the last good certificate is kept");
     cluster.shutdown().await;
 }
+
+/// A base port with `n` free consecutive ports after it on 127.0.0.1.
+fn free_run(n: u16) -> u16 {
+    for _ in 0..100 {
+        let base = 20_000 + rand::random::<u16>() % 40_000;
+        let held: Vec<_> = (0..n)
+            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+    panic!("no {n} free consecutive ports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_secure_starts_a_secure_cluster_and_prints_what_a_client_needs() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_run(6);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_leasekeeper"))
+        .args(["dev", "--secure", "--base-port", &base.to_string()])
+        .args(["--peer-base-port", &(base + 3).to_string(), "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut ca, mut token) = (String::new(), String::new());
+    let mut endpoints = String::new();
+    let read = async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if let Some(e) = l.strip_prefix("endpoints: ") {
+                endpoints = e.to_string();
+            }
+            if let Some(rest) = l.trim().strip_prefix("export ") {
+                for kv in rest.split_whitespace() {
+                    match kv.split_once('=') {
+                        Some(("LEASEKEEPER_CACERT", v)) => ca = v.to_string(),
+                        Some(("LEASEKEEPER_TOKEN", v)) => token = v.to_string(),
+                        _ => {}
+                    }
+                }
+            }
+            if l.starts_with("try:") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("dev prints its settings");
+    assert!(
+        !ca.is_empty() && token.starts_with("lk_"),
+        "ca={ca} token={token}"
+    );
+    let c = leasekeeper::client::Client::with_tls(endpoints.split(','), &trusting(Path::new(&ca)))
+        .unwrap()
+        .with_token(&token)
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the secure dev cluster answers",
+        || {
+            let c = c.clone();
+            async move { c.submit(submit_req("dev-1", "demo", 3000)).await.ok() }
+        },
+    )
+    .await;
+    // Without the token, or in plaintext: refused.
+    let anonymous =
+        leasekeeper::client::Client::with_tls(endpoints.split(','), &trusting(Path::new(&ca)))
+            .unwrap()
+            .with_retry_for(Duration::from_millis(300));
+    assert_eq!(
+        anonymous.get("dev-1").await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    let plain = leasekeeper::client::Client::new(endpoints.split(','))
+        .unwrap()
+        .with_retry_for(Duration::from_millis(300));
+    assert!(plain.get("dev-1").await.is_err());
+    // The CLI with the printed settings.
+    let (code, out) = cli(&[
+        "status",
+        "--endpoints",
+        &endpoints,
+        "--cacert",
+        &ca,
+        "--token",
+        &token,
+    ])
+    .await;
+    assert!(code == 0 && out.contains("leader"), "{out}");
+    child.kill().await.unwrap();
+}

@@ -3,6 +3,7 @@
 mod auth;
 mod node;
 mod output;
+mod secure;
 mod task;
 mod work;
 

@@ -24,6 +24,10 @@ pub struct DevArgs {
     /// The address every node binds.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Try the secure path: a throwaway CA and certificates (TLS on both ports, members
+    /// verifying each other), an auth file, and an admin token printed ready to use.
+    #[arg(long)]
+    secure: bool,
 }
 
 #[derive(Args)]
@@ -161,9 +165,20 @@ pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
     }
     // One throwaway secret for the members of this cluster, which all live in this process.
     let secret = crate::node::ClusterSecret::new(format!("{:032x}", rand::random::<u128>()));
+    let ids: Vec<u64> = members.keys().copied().collect();
+    let secure = if a.secure {
+        Some(super::secure::make(
+            &a.dir.join("secure"),
+            &ids,
+            &a.host,
+            "leasekeeper",
+        )?)
+    } else {
+        None
+    };
     let mut nodes = Vec::new();
     for (id, listeners) in members.keys().zip(listeners) {
-        let config = NodeConfig {
+        let mut config = NodeConfig {
             id: *id,
             listen: clients[id].clone(),
             peer_listen: members[id].clone(),
@@ -172,6 +187,19 @@ pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
             initial_cluster: members.clone(),
             ..NodeConfig::default()
         };
+        if let Some(s) = &secure {
+            let (_, cert, key) = s
+                .nodes
+                .iter()
+                .find(|(n, _, _)| n == id)
+                .expect("a certificate per node");
+            config.cert_file = Some(cert.clone());
+            config.key_file = Some(key.clone());
+            config.peer_cert_file = Some(cert.clone());
+            config.peer_key_file = Some(key.clone());
+            config.peer_trusted_ca_file = Some(s.ca.clone());
+            config.auth_file = Some(s.auth_file.clone());
+        }
         nodes.push(NodeThread::start(config, listeners).await?);
     }
     let endpoints: Vec<&str> = clients.values().map(String::as_str).collect();
@@ -187,6 +215,22 @@ pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
         );
     }
     println!("endpoints: {}", endpoints.join(","));
+    if let Some(s) = &secure {
+        println!(
+            "secure: TLS on both ports (CA {}), auth file {}; as admin, in another shell:",
+            s.ca.display(),
+            s.auth_file.display()
+        );
+        println!(
+            "  export LEASEKEEPER_CACERT={} LEASEKEEPER_TOKEN={}",
+            s.ca.display(),
+            s.admin_token
+        );
+        println!(
+            "  leasekeeper auth add --file {} --name etl-workers --grant worker:etl/   # a worker's token",
+            s.auth_file.display()
+        );
+    }
     println!("try: leasekeeper task submit --queue demo --payload hello; leasekeeper status");
     wait_for_signal().await;
     for n in nodes {
