@@ -20,6 +20,8 @@ fn config(cluster: &Cluster, shape: Shape) -> BenchConfig {
         watch_every_kind: false,
         rate: 0,
         leader_only: true,
+        tls: None,
+        token: None,
     }
 }
 

@@ -20,17 +20,17 @@ async fn channels(cfg: &BenchConfig) -> Result<Vec<Channel>, BoxError> {
     let mut out = Vec::new();
     for i in 0..cfg.conns.max(1) {
         let e = &eps[i % eps.len()];
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         let uri = if e.starts_with("http") {
             e.clone()
         } else {
-            format!("http://{e}")
+            format!("{scheme}://{e}")
         };
-        out.push(
-            Endpoint::from_shared(uri)?
-                .tcp_nodelay(true)
-                .connect()
-                .await?,
-        );
+        let mut ep = Endpoint::from_shared(uri)?;
+        if let Some(t) = &cfg.tls {
+            ep = ep.tls_config(crate::tls::client_config(t)?)?;
+        }
+        out.push(ep.tcp_nodelay(true).connect().await?);
     }
     Ok(out)
 }

@@ -54,9 +54,28 @@ pub struct BenchConfig {
     pub rate: u64,
     /// Send everything to the leader (true) or spread over all nodes (followers forward).
     pub leader_only: bool,
+    /// TLS towards the nodes (etcd too), None = plaintext.
+    pub tls: Option<crate::tls::ClientTlsFiles>,
+    /// The token every leasekeeper call carries (clusters with an auth file).
+    pub token: Option<String>,
 }
 
 impl BenchConfig {
+    /// A client of `endpoints` with this run's TLS and token.
+    fn client<I: IntoIterator<Item = String>>(
+        &self,
+        endpoints: I,
+    ) -> Result<Client, crate::client::ClientError> {
+        let c = match &self.tls {
+            Some(t) => Client::with_tls(endpoints, t)?,
+            None => Client::new(endpoints)?,
+        };
+        match &self.token {
+            Some(t) => c.with_token(t),
+            None => Ok(c),
+        }
+    }
+
     /// `per_message`, at least one.
     fn leases_per_message(&self) -> usize {
         self.per_message.max(1)
@@ -191,7 +210,7 @@ impl Pacer {
 async fn clients_for(
     cfg: &BenchConfig,
 ) -> Result<Vec<Client>, Box<dyn std::error::Error + Send + Sync>> {
-    let probe = Client::new(cfg.endpoints.clone())?;
+    let probe = cfg.client(cfg.endpoints.clone())?;
     let endpoints = if cfg.leader_only {
         let mut leader = String::new();
         for _ in 0..100 {
@@ -209,7 +228,7 @@ async fn clients_for(
         cfg.endpoints.clone()
     };
     (0..cfg.conns.max(1))
-        .map(|_| Client::new(endpoints.clone()).map_err(Into::into))
+        .map(|_| cfg.client(endpoints.clone()).map_err(Into::into))
         .collect()
 }
 
@@ -231,7 +250,7 @@ pub async fn run(
     if cfg.shape == Shape::Watch {
         for i in 0..cfg.watchers.max(1) {
             let ep = cfg.endpoints[i % cfg.endpoints.len()].clone();
-            let c = Client::new([ep])?;
+            let c = cfg.client([ep])?;
             let mut stream = c
                 .watch(pb::WatchTasksRequest {
                     from_revision: 0,

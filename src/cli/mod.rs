@@ -224,6 +224,8 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 watch_every_kind: a.watch_every_kind,
                 rate: a.rate,
                 leader_only: !a.any_node,
+                tls: a.conn.tls(),
+                token: a.conn.token.clone(),
             };
             let report = if a.etcd {
                 crate::bench::etcd::run(cfg).await?
