@@ -310,3 +310,64 @@ fn auth_add_prints_a_token_once_and_stores_its_hash() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_certificate_can_name_the_principal() {
+    use common::certs::Ca;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let port = ca.issue(dir.path(), "port", &["127.0.0.1"]);
+    let workers = ca.issue(dir.path(), "etl-workers", &["etl-workers.clients"]);
+    let stranger = ca.issue(dir.path(), "stranger", &["stranger.clients"]);
+    let file = dir.path().join("auth.toml");
+    let mut p = principal("etl-workers", &["worker:etl/"], "unused-token");
+    p.cert_names = vec!["etl-workers.clients".into()];
+    AuthFile {
+        principals: vec![p],
+    }
+    .write(&file)
+    .unwrap();
+    let (f, caf) = (file.clone(), ca.pem.clone());
+    let cluster = Cluster::start_with(3, move |c| {
+        c.auth_file = Some(f.clone());
+        c.cert_file = Some(port.cert.clone());
+        c.key_file = Some(port.key.clone());
+        c.trusted_ca_file = Some(caf.clone());
+        c.client_cert_auth = true;
+    })
+    .await;
+    let with_cert = |who: &common::certs::Issued| {
+        Client::with_tls(
+            cluster.addrs.clone(),
+            &leasekeeper::tls::ClientTlsFiles {
+                ca_file: Some(ca.pem.clone()),
+                cert_file: Some(who.cert.clone()),
+                key_file: Some(who.key.clone()),
+            },
+        )
+        .unwrap()
+        .with_retry_for(Duration::from_secs(2))
+    };
+    // No token: the certificate names the principal, and its grants apply.
+    let claim = |c: Client, queue: &'static str| async move {
+        c.claim(pb::ClaimTaskRequest {
+            queue: queue.into(),
+            worker_id: "w".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| s.code())
+    };
+    assert_eq!(claim(with_cert(&workers), "etl/x").await, Ok(()));
+    assert_eq!(
+        claim(with_cert(&workers), "ml/x").await,
+        Err(Code::PermissionDenied)
+    );
+    // A certificate of the right CA that names no principal: unauthenticated.
+    assert_eq!(
+        claim(with_cert(&stranger), "etl/x").await,
+        Err(Code::Unauthenticated)
+    );
+    cluster.shutdown().await;
+}
