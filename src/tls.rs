@@ -188,8 +188,9 @@ impl<T> Reloading<T> {
     fn new(
         what: &'static str,
         paths: Vec<PathBuf>,
-        build: Box<dyn Fn() -> Result<T, String> + Send + Sync>,
+        build: impl Fn() -> Result<T, String> + Send + Sync + 'static,
     ) -> Result<Self, String> {
+        let build: Box<dyn Fn() -> Result<T, String> + Send + Sync> = Box::new(build);
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         let stamp = stamp(&refs);
         let value = Arc::new(build().map_err(|e| format!("{what}: {e}"))?);
@@ -252,11 +253,8 @@ impl ServerTls {
         let mut paths = vec![files.cert_file.clone(), files.key_file.clone()];
         paths.extend(files.trusted_ca_file.clone());
         let f = files.clone();
-        Ok(Arc::new(Self(Reloading::new(
-            what,
-            paths,
-            Box::new(move || server_config(&f)),
-        )?)))
+        let reloading = Reloading::new(what, paths, move || server_config(&f))?;
+        Ok(Arc::new(Self(reloading)))
     }
 
     /// The configuration for a new connection.
@@ -373,11 +371,8 @@ impl ClientTls {
             .cloned()
             .collect();
         let f = files.clone();
-        Ok(Arc::new(Self(Reloading::new(
-            what,
-            paths,
-            Box::new(move || client_config(&f)),
-        )?)))
+        let reloading = Reloading::new(what, paths, move || client_config(&f))?;
+        Ok(Arc::new(Self(reloading)))
     }
 
     /// The configuration for new connections, and a number that changes when it changed.

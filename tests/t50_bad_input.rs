@@ -190,25 +190,10 @@ async fn the_largest_legal_tasks_read_watch_claim_and_list_in_bounded_pages() {
 /// can only time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_whose_raft_stopped_answers_not_serving() {
-    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::health_check_response::ServingStatus;
     let cluster = Cluster::start(3).await;
-    let check = |addr: String| async move {
-        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        HealthClient::new(ch)
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-    };
     assert_eq!(
-        check(cluster.addrs[2].clone()).await,
+        health_of(&cluster.addrs[2]).await,
         ServingStatus::Serving as i32
     );
     // The core stops (as after a storage error); the gRPC server stays up.
@@ -222,12 +207,12 @@ async fn a_node_whose_raft_stopped_answers_not_serving() {
         .unwrap();
     eventually(Duration::from_secs(5), "NOT_SERVING", || {
         let addr = cluster.addrs[2].clone();
-        async move { (check(addr).await == ServingStatus::NotServing as i32).then_some(()) }
+        async move { (health_of(&addr).await == ServingStatus::NotServing as i32).then_some(()) }
     })
     .await;
     // The others serve on.
     assert_eq!(
-        check(cluster.addrs[0].clone()).await,
+        health_of(&cluster.addrs[0]).await,
         ServingStatus::Serving as i32
     );
     cluster.shutdown().await;

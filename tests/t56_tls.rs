@@ -60,17 +60,6 @@ fn trusting(ca: &Path) -> ClientTlsFiles {
     }
 }
 
-async fn cli(args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_leasekeeper"))
-        .args(args)
-        .output()
-        .await
-        .expect("leasekeeper runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tls_cluster_runs_tasks_for_every_client_and_refuses_plaintext() {
     let dir = tempfile::tempdir().unwrap();

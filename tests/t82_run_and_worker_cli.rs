@@ -14,26 +14,26 @@ async fn run_job(
     task_id: &str,
     script: &str,
 ) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_leasekeeper"))
-        .args([
-            "run",
-            "--queue",
-            "cron",
-            "--task-id",
-            task_id,
-            "--ttl-ms",
-            "2000",
-        ])
-        .args(["--endpoints", &endpoints.join(",")])
-        .arg("--journal-dir")
-        .arg(journal)
-        .args(["--", "sh", "-c", script])
-        .output()
-        .await
-        .expect("leasekeeper run");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    let journal = journal.to_str().expect("a UTF-8 path");
+    let eps = endpoints.join(",");
+    cli(&[
+        "run",
+        "--queue",
+        "cron",
+        "--task-id",
+        task_id,
+        "--ttl-ms",
+        "2000",
+        "--endpoints",
+        &eps,
+        "--journal-dir",
+        journal,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -284,16 +284,14 @@ impl Admin for AdminSvc {
         authorize(self.auth.as_deref(), &req, Need::Admin)?;
         let r = req.into_inner();
         check_new_member(r.node_id, &r.addr)?;
-        let status = self
-            .change(MembershipChange::Add {
-                node_id: r.node_id,
-                addr: r.addr,
-                learner_only: r.learner_only,
-            })
-            .await?;
-        Ok(Response::new(pb::AddNodeResponse {
-            status: Some(status),
-        }))
+        let (node_id, addr, learner_only) = (r.node_id, r.addr, r.learner_only);
+        let change = MembershipChange::Add {
+            node_id,
+            addr,
+            learner_only,
+        };
+        let status = Some(self.change(change).await?);
+        Ok(Response::new(pb::AddNodeResponse { status }))
     }
 
     async fn remove_node(
@@ -301,12 +299,8 @@ impl Admin for AdminSvc {
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         authorize(self.auth.as_deref(), &req, Need::Admin)?;
-        let r = req.into_inner();
-        let status = self
-            .change(MembershipChange::Remove { node_id: r.node_id })
-            .await?;
-        Ok(Response::new(pb::RemoveNodeResponse {
-            status: Some(status),
-        }))
+        let node_id = req.into_inner().node_id;
+        let status = Some(self.change(MembershipChange::Remove { node_id }).await?);
+        Ok(Response::new(pb::RemoveNodeResponse { status }))
     }
 }

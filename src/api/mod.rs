@@ -81,12 +81,22 @@ pub async fn serve_peer(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<ServerTls>>,
 ) -> Result<(), tonic::transport::Error> {
-    let mut stop = node.shutdown_signal();
     let router = server_builder().add_service(
         RaftServer::new(raft_service::RaftSvc { node: node.clone() })
             .max_decoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::raft::network::MAX_MESSAGE_BYTES),
     );
+    serve_until_shutdown(&node, router, listener, tls).await
+}
+
+/// Serves `router` on `listener` (TLS if given) until the node shuts down.
+async fn serve_until_shutdown(
+    node: &Node,
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<ServerTls>>,
+) -> Result<(), tonic::transport::Error> {
+    let mut stop = node.shutdown_signal();
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
@@ -131,7 +141,6 @@ pub async fn serve(
         .build_v1()
         .expect("descriptors are valid");
     tokio::spawn(health_watch::watch_raft(node.clone(), health.clone()));
-    let mut stop = node.shutdown_signal();
     let router = server_builder()
         .add_service(health_svc)
         .add_service(reflection)
@@ -161,19 +170,5 @@ pub async fn serve(
             .max_decoding_message_size(ADMIN_MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_ANSWER_BYTES),
         );
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    match tls {
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(crate::tls::accept(listener, tls), stopped)
-                .await
-        }
-        None => {
-            router
-                .serve_with_incoming_shutdown(incoming(listener), stopped)
-                .await
-        }
-    }
+    serve_until_shutdown(&node, router, listener, tls).await
 }

@@ -17,6 +17,11 @@ pub struct SchedulerSvc {
     pub watchers: Arc<validate::StreamSlots>,
 }
 
+/// What a list or watch on `queue` needs (empty: every queue).
+fn read_on(queue: &str) -> Need<'_> {
+    Need::Read((!queue.is_empty()).then_some(queue))
+}
+
 /// A task id for a submit that named none (the Rust client chooses one itself, so that its
 /// retries stay idempotent).
 pub(crate) fn generate_id() -> String {
@@ -129,12 +134,7 @@ impl Scheduler for SchedulerSvc {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let q = &req.get_ref().queue;
-        authorize(
-            self.auth.as_deref(),
-            &req,
-            Need::Read((!q.is_empty()).then_some(q)),
-        )?;
+        authorize(self.auth.as_deref(), &req, read_on(&req.get_ref().queue))?;
         let r = req.into_inner();
         if !r.queue.is_empty() {
             validate::queue(&r.queue)?;
@@ -229,12 +229,7 @@ impl Scheduler for SchedulerSvc {
         &self,
         req: Request<pb::WatchTasksRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let q = &req.get_ref().queue;
-        authorize(
-            self.auth.as_deref(),
-            &req,
-            Need::Read((!q.is_empty()).then_some(q)),
-        )?;
+        authorize(self.auth.as_deref(), &req, read_on(&req.get_ref().queue))?;
         let r = req.into_inner();
         if !r.queue.is_empty() {
             validate::queue(&r.queue)?;

@@ -34,6 +34,10 @@ pub enum Shape {
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     pub endpoints: Vec<String>,
+    // TLS towards the nodes (etcd too; None = plaintext), and the token every leasekeeper
+    // call carries (clusters with an auth file).
+    pub tls: Option<crate::tls::ClientTlsFiles>,
+    pub token: Option<String>,
     pub shape: Shape,
     /// Concurrent simulated clients (workers or schedulers).
     pub clients: usize,
@@ -54,10 +58,6 @@ pub struct BenchConfig {
     pub rate: u64,
     /// Send everything to the leader (true) or spread over all nodes (followers forward).
     pub leader_only: bool,
-    /// TLS towards the nodes (etcd too), None = plaintext.
-    pub tls: Option<crate::tls::ClientTlsFiles>,
-    /// The token every leasekeeper call carries (clusters with an auth file).
-    pub token: Option<String>,
 }
 
 impl BenchConfig {
@@ -66,14 +66,7 @@ impl BenchConfig {
         &self,
         endpoints: I,
     ) -> Result<Client, crate::client::ClientError> {
-        let c = match &self.tls {
-            Some(t) => Client::with_tls(endpoints, t)?,
-            None => Client::new(endpoints)?,
-        };
-        match &self.token {
-            Some(t) => c.with_token(t),
-            None => Ok(c),
-        }
+        Client::connect_with(endpoints, self.tls.as_ref(), self.token.as_deref())
     }
 
     /// `per_message`, at least one.

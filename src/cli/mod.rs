@@ -64,14 +64,11 @@ impl Conn {
 
     /// A client for these endpoints, with TLS if asked.
     fn client(&self) -> Result<Client, crate::client::ClientError> {
-        let c = match self.tls() {
-            Some(t) => Client::with_tls(self.endpoints.clone(), &t)?,
-            None => Client::new(self.endpoints.clone())?,
-        };
-        match &self.token {
-            Some(t) => c.with_token(t),
-            None => Ok(c),
-        }
+        Client::connect_with(
+            self.endpoints.clone(),
+            self.tls().as_ref(),
+            self.token.as_deref(),
+        )
     }
 }
 

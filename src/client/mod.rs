@@ -158,6 +158,27 @@ impl Client {
         Self::connect(endpoints, Some(config))
     }
 
+    /// With TLS if `tls` is given, and carrying `token` if given: how the CLI, the bench and
+    /// the worker SDK connect.
+    pub fn connect_with<I, S>(
+        endpoints: I,
+        tls: Option<&crate::tls::ClientTlsFiles>,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let c = match tls {
+            Some(t) => Self::with_tls(endpoints, t)?,
+            None => Self::new(endpoints)?,
+        };
+        match token {
+            Some(t) => c.with_token(t),
+            None => Ok(c),
+        }
+    }
+
     /// Plaintext without `tls`, else TLS.
     pub fn connect<I, S>(
         endpoints: I,

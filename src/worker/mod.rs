@@ -197,14 +197,11 @@ impl Worker {
         if config.concurrency == 0 {
             return Err(WorkerError::Concurrency);
         }
-        let client = match &config.tls {
-            Some(t) => Client::with_tls(config.endpoints.clone(), t)?,
-            None => Client::new(config.endpoints.clone())?,
-        };
-        let client = match &config.token {
-            Some(t) => client.with_token(t)?,
-            None => client,
-        };
+        let client = Client::connect_with(
+            config.endpoints.clone(),
+            config.tls.as_ref(),
+            config.token.as_deref(),
+        )?;
         let journal = Journal::open(&config.journal_dir)?;
         let leases = Arc::new(Leases::default());
         let w = Worker {

@@ -201,3 +201,33 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The node's grpc.health.v1 status (overall), asked without credentials in plaintext.
+pub async fn health_of(addr: &str) -> i32 {
+    use tonic_health::pb::health_client::HealthClient;
+    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner()
+        .status
+}
+
+/// Runs the `leasekeeper` binary with `args`; its exit code, and stdout then stderr.
+pub async fn cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_leasekeeper"))
+        .args(args)
+        .output()
+        .await
+        .expect("leasekeeper runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
