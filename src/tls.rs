@@ -381,3 +381,80 @@ impl ClientTls {
         ((*c).clone(), g)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate naming 127.0.0.1, written to `dir` as `<name>.pem` and
+    /// `<name>-key.pem`; returns the paths.
+    fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn dialling_tls_reloads_renewed_files_and_keeps_the_last_good_ones() {
+        // How members dial each other: a new generation makes `Channels` start over.
+        let d = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(d.path(), "member");
+        let files = ClientTlsFiles {
+            ca_file: Some(cert.clone()),
+            cert_file: Some(cert.clone()),
+            key_file: Some(key.clone()),
+        };
+        let tls = ClientTls::load(&files, "test").unwrap();
+        assert_eq!(tls.current().1, 0);
+        // Renewed in place (a new key and certificate): loaded again once RELOAD_CHECK passed.
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(50));
+        let other = tempfile::tempdir().unwrap();
+        let (c2, k2) = self_signed(other.path(), "member");
+        std::fs::rename(&k2, &key).unwrap();
+        std::fs::rename(&c2, &cert).unwrap();
+        assert_eq!(tls.current().1, 1, "the renewed files are a new generation");
+        // A renewal that does not load keeps the last good generation.
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(50));
+        std::fs::write(&key, b"-----BEGIN PRIVATE KEY-----\n").unwrap();
+        assert_eq!(tls.current().1, 1);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_path_and_what_is_wrong() {
+        let d = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed(d.path(), "port");
+        let missing = d.path().join("nope.pem");
+        let e = server_config(&TlsFiles {
+            cert_file: missing.clone(),
+            key_file: key.clone(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("nope.pem"), "{e}");
+        let e = server_config(&TlsFiles {
+            cert_file: key.clone(),
+            key_file: key.clone(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("holds no certificate"), "{e}");
+        let e = server_config(&TlsFiles {
+            cert_file: cert.clone(),
+            key_file: key,
+            trusted_ca_file: None,
+            client_cert_auth: true,
+        })
+        .unwrap_err();
+        assert!(e.contains("trusted_ca_file"), "{e}");
+        assert!(names_member(&[], 1, "c").is_err());
+    }
+}
