@@ -12,6 +12,8 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod raft;

@@ -27,6 +27,7 @@ pub struct Server {
     node: Arc<Node>,
     addr: SocketAddr,
     peer_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     serving: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
@@ -41,7 +42,11 @@ impl Server {
         };
         let client = bind(config.listen.clone(), "client port").await?;
         let peer = bind(config.peer_listen.clone(), "peer port").await?;
-        Self::start_on(config, client, peer).await
+        let metrics = match &config.metrics_listen {
+            Some(a) => Some(crate::http::bind(a).await?),
+            None => None,
+        };
+        Self::start_with(config, client, peer, metrics).await
     }
 
     /// Like [`Server::start`] on already bound listeners (e.g. port 0 in tests): `client` for
@@ -51,7 +56,21 @@ impl Server {
         client: tokio::net::TcpListener,
         peer: tokio::net::TcpListener,
     ) -> Result<Server, BoxError> {
+        Self::start_with(config, client, peer, None).await
+    }
+
+    /// Like [`Server::start_on`], with the HTTP listener for `/metrics` and `/health`.
+    pub async fn start_with(
+        config: NodeConfig,
+        client: tokio::net::TcpListener,
+        peer: tokio::net::TcpListener,
+        metrics: Option<tokio::net::TcpListener>,
+    ) -> Result<Server, BoxError> {
         let addr = client.local_addr()?;
+        let metrics_addr = match &metrics {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let peer_addr = peer.local_addr()?;
         // Loaded before Raft starts: a bad certificate is an error at start, not a node that
         // runs but cannot be reached.
@@ -76,13 +95,28 @@ impl Server {
             tokio::spawn(crate::api::serve_peer(node.clone(), peer, peer_tls)),
             tokio::spawn(crate::api::serve(node.clone(), client, client_tls, auth)),
         ];
-        tracing::info!(id = node.id, %addr, %peer_addr, client_tls = tls.0, peer_tls = tls.1, "serving clients and peers");
+        if let Some(l) = metrics {
+            let routes = crate::http::node_routes(node.clone());
+            let stop = node.shutdown_signal();
+            tokio::spawn(async move {
+                if let Err(e) = crate::http::serve(l, routes, stop).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
+        tracing::info!(id = node.id, %addr, %peer_addr, metrics = ?metrics_addr, client_tls = tls.0, peer_tls = tls.1, "serving clients and peers");
         Ok(Server {
             node,
             addr,
             peer_addr,
+            metrics_addr,
             serving,
         })
+    }
+
+    /// The address of the HTTP listener (`/metrics`, `/health`), if it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The address of the peer port.

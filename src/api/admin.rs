@@ -53,6 +53,17 @@ pub fn node_status(node: &Node) -> pb::NodeStatusResponse {
         monotonic_ms: node.clock.monotonic_ms(),
         peer_addr: node.config.peer_advertise(),
         refused_peer_calls: node.refusals.total(),
+        clock_off: node.clocks.is_off(),
+        peer_clocks: node
+            .clocks
+            .peers()
+            .into_iter()
+            .map(|p| pb::PeerClock {
+                node_id: p.node_id,
+                rate: p.rate.unwrap_or(0.0),
+                round_trip_us: p.round_trip_us.unwrap_or(0),
+            })
+            .collect(),
     }
 }
 

@@ -48,6 +48,14 @@ fn record_to_pb(r: &AttemptRecord) -> pb::AttemptRecord {
         ended_rev: r.ended_rev,
         late: r.late,
         expiry_voters: r.expiry_voters.clone(),
+        expiry_evidence: r
+            .expiry_silence_ms
+            .iter()
+            .map(|&(node_id, silence_ms)| pb::VoterSilence {
+                node_id,
+                silence_ms,
+            })
+            .collect(),
     }
 }
 

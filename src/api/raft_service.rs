@@ -100,6 +100,10 @@ impl RaftRpc for RaftSvc {
         self.handle(PeerCall::Status, req).await
     }
 
+    async fn clock(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.handle(PeerCall::Clock, req).await
+    }
+
     async fn change_membership(
         &self,
         req: Request<RaftMessage>,

@@ -263,10 +263,25 @@ impl Worker for WorkerSvc {
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
         authorize(self.auth.as_deref(), &req, Need::Lease)?;
         let r = req.into_inner();
+        let received = std::time::Instant::now();
         let token = r.lease_token;
         validate::token(token)?;
         prove_one(&self.node, token, &r.lease_secret).await?;
         let out = self.node.renew(vec![token]).await.map_err(error::node)?;
+        let status = match &out[0].1 {
+            RenewOutcome::Alive { .. } => pb::LeaseStatus::Alive,
+            RenewOutcome::Lost(reason) => convert::lost_to_status(reason),
+        };
+        count_renewals(
+            &self.node.shared.metrics,
+            received,
+            &[pb::LeaseRenewal {
+                lease_token: token,
+                status: status as i32,
+                message: String::new(),
+                renewals: 0,
+            }],
+        );
         match &out[0].1 {
             RenewOutcome::Alive { renewals } => {
                 let lease = lease_of(&self.node, token, *renewals);
@@ -301,6 +316,7 @@ impl Worker for WorkerSvc {
             let _slot = slot;
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { return };
+                let received = std::time::Instant::now();
                 if msg.lease_tokens.len() > validate::MAX_TOKENS_PER_HEARTBEAT {
                     let _ = tx
                         .send(Err(Status::invalid_argument(format!(
@@ -429,6 +445,7 @@ impl Worker for WorkerSvc {
                         renew_interval_ms: 0,
                     },
                 };
+                count_renewals(&node.shared.metrics, received, &resp.leases);
                 // A client that stopped reading answers holds the stream's slot and memory.
                 match tokio::time::timeout(stall, tx.send(Ok(resp))).await {
                     Ok(Ok(())) => {}
@@ -474,6 +491,7 @@ impl Worker for WorkerSvc {
         req: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
         authorize(self.auth.as_deref(), &req, Need::Lease)?;
+        let received = std::time::Instant::now();
         let r = req.into_inner();
         validate::task_id(&r.task_id)?;
         validate::token(r.lease_token)?;
@@ -496,10 +514,22 @@ impl Worker for WorkerSvc {
             report,
         };
         match self.node.propose(cmd).await.map_err(error::node)? {
-            SmResponse::Completed { task, late } => Ok(Response::new(pb::CompleteTaskResponse {
-                task: Some(convert::task_to_pb(&task, None)),
-                late,
-            })),
+            SmResponse::Completed { task, late } => {
+                let q = self.node.shared.metrics.queue(task.queue());
+                q.reports.inc();
+                if r.report_try > 1 {
+                    q.reports_retried.inc();
+                }
+                if r.exit_to_send_us > 0 {
+                    let sent = Duration::from_micros(r.exit_to_send_us.min(u32::MAX as u64));
+                    q.report_latency
+                        .observe((sent + received.elapsed()).as_secs_f64());
+                }
+                Ok(Response::new(pb::CompleteTaskResponse {
+                    task: Some(convert::task_to_pb(&task, None)),
+                    late,
+                }))
+            }
             SmResponse::Rejected(rej) => Err(error::rejection(&rej)),
             other => Err(error::unexpected("complete", &other)),
         }
@@ -529,5 +559,36 @@ impl Worker for WorkerSvc {
             SmResponse::Rejected(rej) => Err(error::rejection(&rej)),
             other => Err(error::unexpected("release", &other)),
         }
+    }
+}
+
+/// Counts a heartbeat's (or a renewal's) answers by status, and how long it took to answer.
+fn count_renewals(
+    m: &crate::metrics::NodeMetrics,
+    received: std::time::Instant,
+    leases: &[pb::LeaseRenewal],
+) {
+    m.renew_duration.observe(received.elapsed().as_secs_f64());
+    let mut counts = [0u64; 8];
+    for l in leases {
+        counts[(l.status.clamp(0, 7)) as usize] += 1;
+    }
+    for (status, n) in counts.iter().enumerate() {
+        if *n == 0 {
+            continue;
+        }
+        let status = match pb::LeaseStatus::try_from(status as i32) {
+            Ok(pb::LeaseStatus::Alive) => "alive",
+            Ok(pb::LeaseStatus::Expired) => "expired",
+            Ok(pb::LeaseStatus::Cancelled) => "cancelled",
+            Ok(pb::LeaseStatus::Finished) => "finished",
+            Ok(pb::LeaseStatus::Unknown) => "unknown",
+            Ok(pb::LeaseStatus::Retry) => "retry",
+            Ok(pb::LeaseStatus::Denied) => "denied",
+            _ => "unspecified",
+        };
+        m.renewal_answers
+            .get_or_create(&crate::metrics::StatusLabel { status })
+            .inc_by(*n);
     }
 }

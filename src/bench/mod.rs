@@ -524,6 +524,8 @@ async fn lifecycle_loop(
                 result: b"ok".to_vec(),
                 error: String::new(),
                 lease_secret: claim.lease_secret.clone(),
+                exit_to_send_us: 1,
+                report_try: 1,
             })
             .await?;
             Ok(())

@@ -22,7 +22,20 @@ use task::TaskCmd;
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Log lines as text, or as one JSON object per line (for log shippers). Lines inside a
+    /// traced call carry its span and fields.
+    #[arg(long, value_enum, env = "LEASEKEEPER_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Set once from `--log-format` before anything logs.
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Args, Clone)]
 struct Conn {
@@ -174,11 +187,15 @@ enum NodeCmd {
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEASEKEEPER_LOG")
         .unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        fmt.json().with_current_span(true).try_init()
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 impl Cli {
@@ -203,6 +220,10 @@ impl Cli {
 }
 
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
+    LOG_JSON.store(
+        cli.log_format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match cli.command {
         Cmd::Dev(a) => node::dev(a).await,
         Cmd::Server(a) => node::server(*a).await,

@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// verifying each other), an auth file, and an admin token printed ready to use.
     #[arg(long)]
     secure: bool,
+    /// Node i serves /metrics and /health over HTTP on metrics-base-port + i - 1 (0: none).
+    #[arg(long, default_value_t = 7201)]
+    metrics_base_port: u16,
 }
 
 #[derive(Args)]
@@ -95,6 +98,17 @@ pub struct ServerArgs {
     /// nothing else shares.
     #[arg(long)]
     insecure: bool,
+    /// HTTP listener for /metrics (Prometheus, OpenMetrics text) and /health, host:port (default
+    /// none). Plain HTTP, apart from the gRPC ports: bind it where only your Prometheus reaches.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Queues that get their own metric series (default 64); the rest share queue="(other)".
+    #[arg(long)]
+    metrics_max_queues: Option<usize>,
+    /// A fraction (default 0.1 = 10 %): a node whose clock rate is off by more than this
+    /// against most other voters' casts no expiry votes until it is back. 0 turns it off.
+    #[arg(long)]
+    clock_rate_bound: Option<f64>,
     /// Where the log and snapshots live (default .leasekeeper/node-<id>).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -159,9 +173,17 @@ pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
         l.set_nonblocking(true)?;
         Ok(l)
     };
+    let metrics: BTreeMap<u64, String> = if a.metrics_base_port == 0 {
+        BTreeMap::new()
+    } else {
+        (1..=a.nodes)
+            .map(|i| (i, port(a.metrics_base_port, i)))
+            .collect()
+    };
     let mut listeners = Vec::new();
     for id in members.keys() {
-        listeners.push((bind(&clients[id])?, bind(&members[id])?));
+        let m = metrics.get(id).map(|a| bind(a)).transpose()?;
+        listeners.push((bind(&clients[id])?, bind(&members[id])?, m));
     }
     // One throwaway secret for the members of this cluster, which all live in this process.
     let secret = crate::node::ClusterSecret::new(format!("{:032x}", rand::random::<u128>()));
@@ -209,10 +231,16 @@ pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
         a.dir.display()
     );
     for id in members.keys() {
-        println!(
-            "  node {id}: clients {}, peers {}",
-            clients[id], members[id]
-        );
+        match metrics.get(id) {
+            Some(m) => println!(
+                "  node {id}: clients {}, peers {}, metrics http://{m}/metrics",
+                clients[id], members[id]
+            ),
+            None => println!(
+                "  node {id}: clients {}, peers {}",
+                clients[id], members[id]
+            ),
+        }
     }
     println!("endpoints: {}", endpoints.join(","));
     if let Some(s) = &secure {
@@ -249,7 +277,11 @@ struct NodeThread {
 impl NodeThread {
     async fn start(
         config: NodeConfig,
-        (client, peer): (std::net::TcpListener, std::net::TcpListener),
+        (client, peer, metrics): (
+            std::net::TcpListener,
+            std::net::TcpListener,
+            Option<std::net::TcpListener>,
+        ),
     ) -> Result<Self, BoxError> {
         use tokio::sync::oneshot;
         let (started_tx, started) = oneshot::channel::<Result<(), String>>();
@@ -269,16 +301,18 @@ impl NodeThread {
                     }
                 };
                 rt.block_on(async move {
-                    let listeners = tokio::net::TcpListener::from_std(client)
-                        .and_then(|c| Ok((c, tokio::net::TcpListener::from_std(peer)?)));
-                    let (client, peer) = match listeners {
+                    let listeners = tokio::net::TcpListener::from_std(client).and_then(|c| {
+                        let m = metrics.map(tokio::net::TcpListener::from_std).transpose()?;
+                        Ok((c, tokio::net::TcpListener::from_std(peer)?, m))
+                    });
+                    let (client, peer, metrics) = match listeners {
                         Ok(l) => l,
                         Err(e) => {
                             let _ = started_tx.send(Err(e.to_string()));
                             return;
                         }
                     };
-                    match Server::start_on(config, client, peer).await {
+                    match Server::start_with(config, client, peer, metrics).await {
                         Ok(s) => {
                             let _ = started_tx.send(Ok(()));
                             let _ = stop_rx.await;
@@ -382,6 +416,15 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
     }
     if let Some(v) = a.peer_client_cert_auth {
         c.peer_client_cert_auth = v;
+    }
+    if a.metrics_listen.is_some() {
+        c.metrics_listen = a.metrics_listen;
+    }
+    if let Some(v) = a.metrics_max_queues {
+        c.metrics_max_queues = v;
+    }
+    if let Some(v) = a.clock_rate_bound {
+        c.clock_rate_bound = v;
     }
     if !a.initial_cluster.is_empty() {
         c.initial_cluster = parse_members(&a.initial_cluster)?;

@@ -29,6 +29,7 @@ pub fn task_json(t: &pb::Task) -> Value {
             "attempt": h.attempt, "worker_id": h.worker_id, "lease_token": h.lease_token,
             "outcome": pb::AttemptOutcome::try_from(h.outcome).map(|o| o.as_str_name().trim_start_matches("ATTEMPT_OUTCOME_").to_string()).unwrap_or_default(),
             "exit_code": h.exit_code, "error": h.error, "late": h.late, "expiry_voters": h.expiry_voters,
+            "expiry_evidence": h.expiry_evidence.iter().map(|e| json!({"node_id": e.node_id, "silence_ms": e.silence_ms})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -81,7 +82,28 @@ pub fn task(t: &pb::Task, as_json: bool) {
                 format!(": {}", h.error)
             }
         );
+        if !h.expiry_evidence.is_empty() {
+            let votes: Vec<String> = h
+                .expiry_evidence
+                .iter()
+                .map(|e| format!("node {} after {} ms of silence", e.node_id, e.silence_ms))
+                .collect();
+            println!("    expiry votes: {}", votes.join(", "));
+        }
     }
+}
+
+/// How a node sees its peers' clocks: "2:1.00 3:2.01".
+fn clocks(st: &pb::NodeStatusResponse) -> String {
+    let rates: Vec<String> = st
+        .peer_clocks
+        .iter()
+        .filter(|p| p.rate > 0.0)
+        .map(|p| format!("{}:{:.2}", p.node_id, p.rate))
+        .collect();
+    let mut s = if st.clock_off { "OFF " } else { "ok " }.to_string();
+    s.push_str(&rates.join(" "));
+    s
 }
 
 pub fn tasks(ts: &[pb::Task], as_json: bool) {
@@ -133,7 +155,8 @@ pub fn status(s: &pb::ClusterStatusResponse, as_json: bool) {
                        "role": st.role, "term": st.term, "last_log_index": st.last_log_index,
                        "applied_index": st.applied_index, "snapshot_index": st.snapshot_index,
                        "live_leases": st.live_leases, "tasks": st.tasks,
-                       "refused_peer_calls": st.refused_peer_calls})
+                       "refused_peer_calls": st.refused_peer_calls, "clock_off": st.clock_off,
+                       "peer_clocks": st.peer_clocks.iter().map(|p| json!({"node_id": p.node_id, "rate": p.rate, "round_trip_us": p.round_trip_us})).collect::<Vec<_>>()})
             })
             .collect();
         println!(
@@ -147,13 +170,13 @@ pub fn status(s: &pb::ClusterStatusResponse, as_json: bool) {
         s.leader_id, s.leader_addr, s.term
     );
     println!(
-        "{:<6} {:<22} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "{:<6} {:<22} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8} {:>8}  clock (peer rates)",
         "node", "addr", "peer addr", "role", "last_log", "applied", "snapshot", "leases", "refused"
     );
     for m in &s.members {
         match &m.status {
             Some(st) => println!(
-                "{:<6} {:<22} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+                "{:<6} {:<22} {:<22} {:<10} {:>10} {:>10} {:>10} {:>8} {:>8}  {}",
                 m.node_id,
                 m.addr,
                 m.peer_addr,
@@ -162,7 +185,8 @@ pub fn status(s: &pb::ClusterStatusResponse, as_json: bool) {
                 st.applied_index,
                 st.snapshot_index,
                 st.live_leases,
-                st.refused_peer_calls
+                st.refused_peer_calls,
+                clocks(st)
             ),
             None => println!(
                 "{:<6} {:<22} {:<22} {:<10}",

@@ -31,6 +31,10 @@ pub struct JobArgs {
     /// in the journal for the next start).
     #[arg(long, default_value_t = 300_000)]
     drain_timeout_ms: u64,
+    /// HTTP listener for this worker's /metrics (round trips to nodes, journal depth, reports
+    /// retried, leases held and lost) and /health, host:port (default none).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// The command (after `--`): run for each task, its payload on stdin.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -101,6 +105,25 @@ async fn signalled() {
     }
 }
 
+/// Serves `metrics` on `addr` for as long as the process runs.
+async fn serve_metrics(
+    addr: Option<&str>,
+    metrics: &std::sync::Arc<crate::metrics::WorkerMetrics>,
+) -> Result<(), BoxError> {
+    let Some(addr) = addr else { return Ok(()) };
+    let listener = crate::http::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
+    let routes = crate::http::worker_routes(metrics.clone());
+    tokio::spawn(async move {
+        let (_keep, never) = tokio::sync::watch::channel(false);
+        if let Err(e) = crate::http::serve(listener, routes, never).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+        drop(_keep);
+    });
+    Ok(())
+}
+
 /// `leasekeeper worker`: never returns; exits 0 when every report is delivered, 75 otherwise.
 pub async fn worker(a: WorkerArgs) -> Result<(), BoxError> {
     hold_signals();
@@ -119,6 +142,7 @@ pub async fn worker(a: WorkerArgs) -> Result<(), BoxError> {
     }
     config.shutdown_grace = Duration::from_millis(a.grace_ms);
     config.drain_timeout = Duration::from_millis(j.drain_timeout_ms);
+    serve_metrics(j.metrics_listen.as_deref(), &config.metrics).await?;
     let exec_cfg = ExecConfig {
         argv: j.command,
         kill_grace: Duration::from_millis(j.kill_grace_ms),
@@ -156,6 +180,7 @@ pub async fn run(a: RunArgs) -> Result<(), BoxError> {
         .journal_dir
         .unwrap_or_else(|| crate::worker::default_journal_dir(&format!("run-{task_id}")));
     config.lease_ttl_ms = a.ttl_ms;
+    serve_metrics(j.metrics_listen.as_deref(), &config.metrics).await?;
     let drain_timeout = Duration::from_millis(j.drain_timeout_ms);
     let w = Worker::start(config)?;
     // A report an earlier run of this job left behind goes out first: it may finish the job.

@@ -39,6 +39,7 @@ pub(crate) struct Submitter {
     pub clock: Arc<dyn Clock>,
     pub timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 impl Submitter {
@@ -80,6 +81,15 @@ impl Submitter {
 
     /// Commits a stamped request through whichever node leads.
     async fn submit(&self, req: Request) -> Result<Response, NodeError> {
+        let res = self.submit_once(req).await;
+        match &res {
+            Ok(_) => self.metrics.proposals_committed.inc(),
+            Err(_) => self.metrics.proposals_failed.inc(),
+        };
+        res
+    }
+
+    async fn submit_once(&self, req: Request) -> Result<Response, NodeError> {
         let deadline = Instant::now() + self.timeout;
         loop {
             let (leader, addr) = self.wait_leader(deadline).await?;
@@ -91,6 +101,7 @@ impl Submitter {
                     Err(RaftError::Fatal(f)) => return Err(NodeError::Stopped(f.to_string())),
                 }
             } else {
+                self.metrics.proposals_forwarded.inc();
                 let sent = self
                     .transport
                     .call(&addr, PeerCall::Propose, codec::encode(&req), self.timeout)
@@ -151,6 +162,11 @@ impl<G: Grouping> Coalescer<G> {
         let (tx, rx) = mpsc::channel(MAX_QUEUED);
         tokio::spawn(run::<G>(submitter, rx));
         Self { tx }
+    }
+
+    /// Writes waiting for an entry.
+    pub fn queued(&self) -> usize {
+        MAX_QUEUED.saturating_sub(self.tx.capacity())
     }
 
     /// Commits `item` with whatever else is waiting, and returns its own answer.
@@ -236,6 +252,7 @@ impl Grouping for Commands {
             Command::Complete { report, .. } => report.result.len() + report.error.len(),
             Command::RenewBatch { tokens } => tokens.len() * 8,
             Command::ExpiryVote { votes, .. } => votes.len() * 16,
+            Command::ExpiryVoteSilence { votes, .. } => votes.len() * 24,
             _ => 0,
         }
     }

@@ -168,6 +168,15 @@ pub struct NodeConfig {
     /// on the client port but health must then name a principal allowed to make it. Reloaded
     /// when it changes.
     pub auth_file: Option<PathBuf>,
+    /// The HTTP listener for `/metrics` (Prometheus) and `/health`: plain HTTP, apart from the
+    /// gRPC ports (etcd's `--listen-metrics-urls`). None: no listener.
+    pub metrics_listen: Option<String>,
+    /// Queues that get their own metric series; the rest share one (`queue="(other)"`).
+    pub metrics_max_queues: usize,
+    /// A node whose clock runs at a rate off by more than this fraction against most other
+    /// voters' (0.1: 10 %) judges its own clock off, warns, and casts no expiry votes until it
+    /// is back within the bound. 0 turns the check off.
+    pub clock_rate_bound: f64,
 }
 
 impl Default for NodeConfig {
@@ -199,6 +208,9 @@ impl Default for NodeConfig {
             peer_trusted_ca_file: None,
             peer_client_cert_auth: true,
             auth_file: None,
+            metrics_listen: None,
+            metrics_max_queues: crate::metrics::DEFAULT_MAX_QUEUES,
+            clock_rate_bound: 0.1,
         }
     }
 }
@@ -342,6 +354,21 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.client_tls()?;
         self.peer_tls()?;
+        if !(0.0..1.0).contains(&self.clock_rate_bound) {
+            return Err(ConfigError::Invalid(format!(
+                "clock_rate_bound is {}: give a fraction from 0 (off) to below 1 (0.1 = 10 %)",
+                self.clock_rate_bound
+            )));
+        }
+        if self.metrics_max_queues == 0 || self.metrics_max_queues > 10_000 {
+            return Err(ConfigError::Invalid(format!(
+                "metrics_max_queues is {}: give 1 to 10000 (queues past it share one series)",
+                self.metrics_max_queues
+            )));
+        }
+        if let Some(a) = &self.metrics_listen {
+            check_addr(a).map_err(|e| ConfigError::Invalid(format!("metrics_listen: {e}")))?;
+        }
         let r = &self.raft;
         if !(r.heartbeat_ms > 0
             && r.heartbeat_ms < r.election_min_ms

@@ -2,6 +2,7 @@
 //! expiry from its own clock, coalescing renewals, forwarding writes to the leader).
 mod commit;
 mod config;
+mod observe;
 
 pub use config::{
     check_addr, ClusterSecret, ConfigError, Limits, NodeConfig, RaftTiming, TEST_CLUSTER_SECRET,
@@ -81,6 +82,8 @@ pub struct Node {
     /// A snapshot being received from the leader, chunk by chunk; verified before it is
     /// handed to Raft.
     snapshot_in: tokio::sync::Mutex<Option<Streaming<TypeConfig>>>,
+    /// Other members' clock rates and round trips, from this node's clock probes.
+    pub clocks: observe::Clocks,
     shutdown: watch::Sender<bool>,
 }
 
@@ -126,12 +129,18 @@ impl Node {
 
     /// What the state machine shares with the node, for [`Node::start_with_parts`].
     pub fn new_shared(config: &NodeConfig, clock: Arc<dyn Clock>) -> Arc<Shared> {
-        Arc::new(Shared::new(
-            clock,
-            config.event_retention,
-            config.event_retention_bytes,
-            config.watch_live_buffer,
-        ))
+        Arc::new(
+            Shared::new(
+                clock,
+                config.event_retention,
+                config.event_retention_bytes,
+                config.watch_live_buffer,
+            )
+            .with_metrics(Arc::new(crate::metrics::NodeMetrics::new(
+                config.id,
+                config.metrics_max_queues,
+            ))),
+        )
     }
 
     /// Starts a node on storage and a transport of the caller's choosing (the deterministic
@@ -182,6 +191,7 @@ impl Node {
             clock: clock.clone(),
             timeout: Duration::from_millis(config.request_timeout_ms),
             shutdown: shutdown.subscribe(),
+            metrics: shared.metrics.clone(),
         };
         let node = Arc::new(Node {
             id: config.id,
@@ -194,6 +204,7 @@ impl Node {
             renewals: Coalescer::new(submitter.clone()),
             submitter,
             snapshot_in: tokio::sync::Mutex::new(None),
+            clocks: observe::Clocks::default(),
             shutdown,
             config,
         });
@@ -212,6 +223,7 @@ impl Node {
         }
         tokio::spawn(expiry_scanner(node.clone()));
         tokio::spawn(contact_watcher(node.clone()));
+        tokio::spawn(observe::clock_prober(node.clone()));
         if node.config.terminal_retention_ms > 0 {
             tokio::spawn(retention_sweeper(node.clone()));
         }
@@ -293,6 +305,7 @@ impl Node {
                 codec::encode(&self.propose_local(req).await)
             }
             PeerCall::ReadIndex => codec::encode(&self.read_index_local().await),
+            PeerCall::Clock => codec::encode(&self.clock.monotonic_ms()),
             PeerCall::Status | PeerCall::Membership => {
                 return Err(format!("{kind:?} is answered by the peer service"))
             }
@@ -436,9 +449,13 @@ impl Node {
 /// travels.
 fn check_forwarded(from: NodeId, cmd: &Command) -> Result<(), String> {
     match cmd {
-        Command::ExpiryVote { voter, .. } if *voter != from => Err(format!(
+        Command::ExpiryVote { voter, .. } | Command::ExpiryVoteSilence { voter, .. }
+            if *voter != from =>
+        {
+            Err(format!(
             "member {from} forwarded an expiry vote in the name of node {voter}: refused"
-        )),
+            ))
+        }
         Command::Purge { .. } => Err(format!(
             "member {from} forwarded a retention purge, which only the leader proposes: refused"
         )),
@@ -483,6 +500,11 @@ async fn expiry_scanner(node: Arc<Node>) {
             timers.due(now, revote_ms)
         };
         last = now;
+        if node.clocks.is_off() {
+            // This node's clock disagrees with most others: its judgement of a TTL cannot be
+            // trusted, so it leaves expiry to the others (a late expiry, never a false one).
+            continue;
+        }
         let is_voter = node
             .metrics()
             .membership_config
@@ -494,10 +516,11 @@ async fn expiry_scanner(node: Arc<Node>) {
             continue;
         }
         tracing::debug!(count = due.len(), "voting to expire leases");
+        node.shared.metrics.expiry_votes_cast.inc_by(due.len() as u64);
         let n = node.clone();
         tokio::spawn(async move {
             if let Err(e) = n
-                .propose(Command::ExpiryVote {
+                .propose(Command::ExpiryVoteSilence {
                     voter: n.id,
                     votes: due,
                 })
@@ -574,6 +597,7 @@ async fn contact_watcher(node: Arc<Node>) {
         let now = node.clock.monotonic_ms();
         if t != term || l != leader {
             tracing::info!(term = t, leader = ?l, "leadership changed; hearing every lease now");
+            node.shared.metrics.leader_changes.inc();
             node.shared.timers.lock().expect("lock").refresh_all(now);
             term = t;
             leader = l;

@@ -108,6 +108,8 @@ pub enum PeerCall {
     ReadIndex,
     Status,
     Membership,
+    /// A clock probe: answered with the callee's monotonic reading.
+    Clock,
 }
 
 /// Why a node-to-node call has no answer.
@@ -174,6 +176,7 @@ impl Transport for GrpcTransport {
                     PeerCall::ReadIndex => client.read_index(msg).await,
                     PeerCall::Status => client.status(msg).await,
                     PeerCall::Membership => client.change_membership(msg).await,
+                    PeerCall::Clock => client.clock(msg).await,
                 }
             };
             match tokio::time::timeout(timeout, fut).await {

@@ -90,6 +90,14 @@ impl State {
     }
 
     pub(super) fn index(&mut self, t: &Task) {
+        match self.counts.get_mut(&t.spec.queue) {
+            Some(c) => c[t.state.index()] += 1,
+            None => {
+                let mut c = [0; 5];
+                c[t.state.index()] = 1;
+                self.counts.insert(t.spec.queue.clone(), c);
+            }
+        }
         match self.by_queue_state.get_mut(&t.spec.queue) {
             Some(entries) => entries.insert((t.state, t.spec.id.clone())),
             None => self
@@ -112,6 +120,12 @@ impl State {
 
     /// Removes a task from the listing index (and its queue, once empty).
     pub(super) fn unlist(&mut self, queue: &str, state: TaskState, id: &Name) {
+        if let Some(c) = self.counts.get_mut(queue) {
+            c[state.index()] = c[state.index()].saturating_sub(1);
+            if c.iter().all(|n| *n == 0) {
+                self.counts.remove(queue);
+            }
+        }
         if let Some(entries) = self.by_queue_state.get_mut(queue) {
             entries.remove(&(state, id.clone()));
             if entries.is_empty() {

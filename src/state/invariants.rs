@@ -157,6 +157,26 @@ impl State {
             self.tasks.len()
         );
         ensure!(self.by_queue_state.values().all(|e| !e.is_empty()));
+        ensure_eq!(self.counts.len(), self.by_queue_state.len());
+        for (q, entries) in &self.by_queue_state {
+            let mut c = [0u64; 5];
+            for (state, _) in entries {
+                c[state.index()] += 1;
+            }
+            ensure_eq!(self.counts.get(q), Some(&c));
+        }
+        for l in self.leases.values() {
+            let evidence = self
+                .tasks
+                .get(&l.task_id)
+                .and_then(|t| t.record(l.token))
+                .map(|r| &r.expiry_silence_ms);
+            ensure!(
+                evidence.is_some_and(|e| e.iter().all(|(n, _)| l.votes.contains(n))),
+                "lease {}: evidence of a vote not counted",
+                l.token
+            );
+        }
         ensure_eq!(self.ready.values().map(|r| r.len()).sum::<usize>(), pending);
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The lease handlers: claims (and their idempotency keys), renewals, progress, the end of a
 //! lease, and expiry by a majority of voters. The task handlers are in `machine.rs`.
 use super::machine::{
-    ClaimArgs, Effects, HeardLease, Owner, State, VoterConfigs, USED_CLAIMS_KEPT,
+    ClaimArgs, Effects, EndedLease, HeardLease, Owner, State, VoterConfigs, USED_CLAIMS_KEPT,
 };
 use super::types::*;
 use std::collections::BTreeSet;
@@ -109,6 +109,7 @@ impl State {
             late: false,
             reported: None,
             expiry_voters: Vec::new(),
+            expiry_silence_ms: Vec::new(),
         });
         self.tokens.insert(
             token,
@@ -126,6 +127,7 @@ impl State {
             token,
             renewals: 0,
             ttl_ms: lease.ttl_ms,
+            queue: Some(t.spec.queue.clone()),
         });
         let task = self.put(rev, now, t, Some(EventKind::Claimed), fx);
         Response::Claimed {
@@ -183,11 +185,22 @@ impl State {
         }
         let l = self.leases.get_mut(&token).expect("checked");
         l.renewals += 1;
-        l.votes.clear();
+        if !l.votes.is_empty() {
+            l.votes.clear();
+            // The votes' evidence goes with them: a renewal won the race.
+            if let Some(r) = self
+                .tasks
+                .get_mut(&l.task_id)
+                .and_then(|t| t.record_mut(token))
+            {
+                r.expiry_silence_ms.clear();
+            }
+        }
         fx.heard.push(HeardLease {
             token,
             renewals: l.renewals,
             ttl_ms: l.ttl_ms,
+            queue: None,
         });
         Ok(l)
     }
@@ -243,6 +256,12 @@ impl State {
             r.ended_rev = rev;
         }
         fx.gone.push(token);
+        fx.ended.push(EndedLease {
+            token,
+            queue: t.spec.queue.clone(),
+            outcome,
+            ttl_ms: lease.ttl_ms,
+        });
         lease
     }
 
@@ -251,7 +270,7 @@ impl State {
         rev: Revision,
         now: u64,
         voter: NodeId,
-        votes: &[(Token, u64)],
+        votes: &[(Token, u64, Option<u64>)],
         configs: &VoterConfigs,
         fx: &mut Effects,
     ) -> Response {
@@ -262,7 +281,7 @@ impl State {
                 why: format!("node {voter} is not a voter and cannot vote on expiry"),
             });
         }
-        for &(token, renewals_seen) in votes {
+        for &(token, renewals_seen, silence_ms) in votes {
             let Some(lease) = self.leases.get_mut(&token) else {
                 continue;
             };
@@ -271,6 +290,18 @@ impl State {
                 continue;
             }
             lease.votes.insert(voter);
+            fx.votes.push(voter);
+            if let Some(r) = self
+                .tasks
+                .get_mut(&lease.task_id)
+                .and_then(|t| t.record_mut(token))
+            {
+                r.expiry_silence_ms.retain(|(n, _)| *n != voter);
+                if let Some(s) = silence_ms {
+                    r.expiry_silence_ms.push((voter, s));
+                    r.expiry_silence_ms.sort_unstable();
+                }
+            }
             if !quorum(&lease.votes, configs) {
                 continue;
             }

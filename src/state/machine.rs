@@ -25,10 +25,22 @@ pub fn last_revision_of_entry(index: u64) -> Revision {
 }
 
 /// A lease claimed or renewed in an apply step, as of its renewal count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeardLease {
     pub token: Token,
     pub renewals: u64,
+    pub ttl_ms: u64,
+    /// The task's queue, on the claim that made the lease (renewals leave it out: the node
+    /// keeps it from the claim).
+    pub queue: Option<Name>,
+}
+
+/// A lease that ended in an apply step, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedLease {
+    pub token: Token,
+    pub queue: Name,
+    pub outcome: AttemptOutcome,
     pub ttl_ms: u64,
 }
 
@@ -40,6 +52,13 @@ pub struct Effects {
     pub heard: Vec<HeardLease>,
     /// Leases that ended.
     pub gone: Vec<Token>,
+    /// The same leases, with their queue and outcome (for the node's metrics).
+    pub ended: Vec<EndedLease>,
+    /// The queue of each late success accepted (a report of an earlier attempt that finished
+    /// the task: what another scheduler would have recorded as a failure).
+    pub late_successes: Vec<Name>,
+    /// The voter of each expiry vote counted.
+    pub votes: Vec<NodeId>,
 }
 
 impl Effects {
@@ -47,6 +66,9 @@ impl Effects {
         self.events.clear();
         self.heard.clear();
         self.gone.clear();
+        self.ended.clear();
+        self.late_successes.clear();
+        self.votes.clear();
     }
 }
 
@@ -87,6 +109,8 @@ pub struct State {
     pub(super) used_order: std::collections::VecDeque<(String, String)>,
     /// Queue → (state, id), for listing (the queue name kept once per queue, not per task).
     pub(super) by_queue_state: BTreeMap<Name, BTreeSet<(TaskState, Name)>>,
+    /// Queue → tasks per state (in [`TaskState::ALL`]'s order), kept with `by_queue_state`.
+    pub(super) counts: BTreeMap<Name, [u64; 5]>,
     /// Claimable order per queue: (not_before_unix_ms, updated_rev, id) of PENDING tasks.
     pub(super) ready: BTreeMap<Name, BTreeSet<(u64, Revision, Name)>>,
     pub(super) last_token: Token,
@@ -125,8 +149,23 @@ impl State {
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.leases.values()
     }
+    /// Every live lease with its task's queue.
+    pub fn leases_with_queues(&self) -> impl Iterator<Item = (&Lease, Name)> {
+        self.leases.values().map(|l| {
+            let queue = self
+                .tasks
+                .get(&l.task_id)
+                .map(|t| t.spec.queue.clone())
+                .unwrap_or_else(|| "".into());
+            (l, queue)
+        })
+    }
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values().map(|t| &**t)
+    }
+    /// Tasks per state (in [`TaskState::ALL`]'s order), per queue.
+    pub fn counts_by_queue(&self) -> impl Iterator<Item = (&Name, &[u64; 5])> {
+        self.counts.iter()
     }
     pub fn task_count(&self) -> usize {
         self.tasks.len()
@@ -260,7 +299,14 @@ impl State {
             } => self.complete(rev, now, task_id, *token, report, fx),
             Command::Release { token, reason } => self.release(rev, now, *token, reason, fx),
             Command::Cancel { task_id, reason } => self.cancel(rev, now, task_id, reason, fx),
-            Command::ExpiryVote { voter, votes } => self.vote(rev, now, *voter, votes, configs, fx),
+            Command::ExpiryVote { voter, votes } => {
+                let votes: Vec<_> = votes.iter().map(|&(t, r)| (t, r, None)).collect();
+                self.vote(rev, now, *voter, &votes, configs, fx)
+            }
+            Command::ExpiryVoteSilence { voter, votes } => {
+                let votes: Vec<_> = votes.iter().map(|&(t, r, s)| (t, r, Some(s))).collect();
+                self.vote(rev, now, *voter, &votes, configs, fx)
+            }
             Command::Purge {
                 finished_before_unix_ms,
                 max,
@@ -480,6 +526,7 @@ impl State {
                 r.outcome = AttemptOutcome::Succeeded;
                 r.late = true;
             }
+            fx.late_successes.push(t.spec.queue.clone());
             kind = EventKind::Succeeded;
         } else {
             kind = EventKind::LateReport;

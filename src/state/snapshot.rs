@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The persisted part of the state; indexes are rebuilt on load. Written after
-/// [`SNAPSHOT_MAGIC`] and the CRC-32 of these bytes.
+/// [`SNAPSHOT_MAGIC`] and the CRC-32 of these bytes. `T` is the task layout of the version.
 #[derive(Deserialize)]
-struct Persisted {
-    tasks: Vec<Task>,
+struct Persisted<T> {
+    tasks: Vec<T>,
     leases: Vec<Lease>,
     last_token: Token,
     last_revision: Revision,
@@ -22,8 +22,8 @@ struct Persisted {
 
 /// Snapshots written before secrets and checksums: no magic, no CRC.
 #[derive(Deserialize)]
-struct PersistedV1 {
-    tasks: Vec<Task>,
+struct PersistedV1<T> {
+    tasks: Vec<T>,
     leases: Vec<Lease>,
     last_token: Token,
     last_revision: Revision,
@@ -31,7 +31,9 @@ struct PersistedV1 {
 }
 
 /// What a snapshot of the state starts with, followed by the CRC-32 (little endian) of the rest.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"LKSTATE2";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"LKSTATE3";
+/// The layout before the votes' silences were kept ([`TaskV0`]), with the same CRC.
+const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"LKSTATE2";
 
 /// Why snapshot bytes were refused.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +48,139 @@ pub enum SnapshotError {
 
 /// Snapshots written before claim keys were remembered past their lease.
 #[derive(Deserialize)]
-struct PersistedV0 {
-    tasks: Vec<Task>,
+struct PersistedV0<T> {
+    tasks: Vec<T>,
     leases: Vec<Lease>,
     last_token: Token,
     last_revision: Revision,
+}
+
+/// A task as snapshots before `LKSTATE3` hold it: its attempts carry no votes' silences.
+#[derive(Serialize, Deserialize)]
+pub(super) struct TaskV0 {
+    spec: TaskSpec,
+    state: TaskState,
+    attempt: u32,
+    failures: u32,
+    #[serde(with = "serde_bytes")]
+    progress: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    result: Vec<u8>,
+    exit_code: Option<i32>,
+    error: String,
+    history: Vec<AttemptRecordV0>,
+    created_rev: Revision,
+    updated_rev: Revision,
+    created_at_unix_ms: u64,
+    updated_at_unix_ms: u64,
+    not_before_unix_ms: u64,
+    lease: Option<Token>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AttemptRecordV0 {
+    attempt: u32,
+    worker_id: String,
+    lease_token: Token,
+    outcome: AttemptOutcome,
+    exit_code: Option<i32>,
+    error: String,
+    started_rev: Revision,
+    ended_rev: Revision,
+    late: bool,
+    reported: Option<WorkerReport>,
+    expiry_voters: Vec<NodeId>,
+}
+
+impl From<TaskV0> for Task {
+    fn from(t: TaskV0) -> Task {
+        Task {
+            spec: t.spec,
+            state: t.state,
+            attempt: t.attempt,
+            failures: t.failures,
+            progress: t.progress,
+            result: t.result,
+            exit_code: t.exit_code,
+            error: t.error,
+            history: t
+                .history
+                .into_iter()
+                .map(|r| AttemptRecord {
+                    attempt: r.attempt,
+                    worker_id: r.worker_id,
+                    lease_token: r.lease_token,
+                    outcome: r.outcome,
+                    exit_code: r.exit_code,
+                    error: r.error,
+                    started_rev: r.started_rev,
+                    ended_rev: r.ended_rev,
+                    late: r.late,
+                    reported: r.reported,
+                    expiry_voters: r.expiry_voters,
+                    expiry_silence_ms: Vec::new(),
+                })
+                .collect(),
+            created_rev: t.created_rev,
+            updated_rev: t.updated_rev,
+            created_at_unix_ms: t.created_at_unix_ms,
+            updated_at_unix_ms: t.updated_at_unix_ms,
+            not_before_unix_ms: t.not_before_unix_ms,
+            lease: t.lease,
+        }
+    }
+}
+
+/// The older layout of a task, for tests of loading older snapshots.
+#[cfg(test)]
+pub(super) fn task_v0(t: &Task) -> TaskV0 {
+    let t = t.clone();
+    TaskV0 {
+        spec: t.spec,
+        state: t.state,
+        attempt: t.attempt,
+        failures: t.failures,
+        progress: t.progress,
+        result: t.result,
+        exit_code: t.exit_code,
+        error: t.error,
+        history: t
+            .history
+            .into_iter()
+            .map(|r| AttemptRecordV0 {
+                attempt: r.attempt,
+                worker_id: r.worker_id,
+                lease_token: r.lease_token,
+                outcome: r.outcome,
+                exit_code: r.exit_code,
+                error: r.error,
+                started_rev: r.started_rev,
+                ended_rev: r.ended_rev,
+                late: r.late,
+                reported: r.reported,
+                expiry_voters: r.expiry_voters,
+            })
+            .collect(),
+        created_rev: t.created_rev,
+        updated_rev: t.updated_rev,
+        created_at_unix_ms: t.created_at_unix_ms,
+        updated_at_unix_ms: t.updated_at_unix_ms,
+        not_before_unix_ms: t.not_before_unix_ms,
+        lease: t.lease,
+    }
+}
+
+impl<T: Into<Task>> Persisted<T> {
+    fn upgrade(self) -> Persisted<Task> {
+        Persisted {
+            tasks: self.tasks.into_iter().map(Into::into).collect(),
+            leases: self.leases,
+            last_token: self.last_token,
+            last_revision: self.last_revision,
+            used_claims: self.used_claims,
+            secrets: self.secrets,
+        }
+    }
 }
 
 /// The same encoding as [`Persisted`], borrowing the state instead of copying it (a snapshot
@@ -112,7 +242,10 @@ impl State {
     /// Checks snapshot bytes' CRC without decoding them (older snapshots, which carry none,
     /// pass).
     pub fn check_snapshot_bytes(bytes: &[u8]) -> Result<(), SnapshotError> {
-        match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+        match bytes
+            .strip_prefix(SNAPSHOT_MAGIC.as_slice())
+            .or_else(|| bytes.strip_prefix(SNAPSHOT_MAGIC_V2.as_slice()))
+        {
             None => Ok(()),
             Some(rest) => snapshot_body(rest).map(|_| ()),
         }
@@ -121,10 +254,13 @@ impl State {
     /// Loads snapshot bytes, refusing damaged ones (CRC) and ones that break an invariant.
     /// Snapshots of older versions (no magic, no CRC) still load.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let p: Persisted = match bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
-            Some(rest) => postcard::from_bytes(snapshot_body(rest)?)?,
+        let p: Persisted<Task> = if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
+            postcard::from_bytes(snapshot_body(rest)?)?
+        } else if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC_V2.as_slice()) {
+            postcard::from_bytes::<Persisted<TaskV0>>(snapshot_body(rest)?)?.upgrade()
+        } else {
             // postcard ignores trailing bytes, so the newer layout is tried first.
-            None => match postcard::from_bytes::<PersistedV1>(bytes) {
+            match postcard::from_bytes::<PersistedV1<TaskV0>>(bytes) {
                 Ok(v1) => Persisted {
                     tasks: v1.tasks,
                     leases: v1.leases,
@@ -132,8 +268,9 @@ impl State {
                     last_revision: v1.last_revision,
                     used_claims: v1.used_claims,
                     secrets: Vec::new(),
-                },
-                Err(e) => match postcard::from_bytes::<PersistedV0>(bytes) {
+                }
+                .upgrade(),
+                Err(e) => match postcard::from_bytes::<PersistedV0<TaskV0>>(bytes) {
                     Ok(v0) => Persisted {
                         tasks: v0.tasks,
                         leases: v0.leases,
@@ -141,10 +278,11 @@ impl State {
                         last_revision: v0.last_revision,
                         used_claims: Vec::new(),
                         secrets: Vec::new(),
-                    },
+                    }
+                    .upgrade(),
                     Err(_) => return Err(e.into()),
                 },
-            },
+            }
         };
         let secrets: BTreeMap<Token, LeaseSecret> = p.secrets.into_iter().collect();
         let mut s = State {

@@ -1065,14 +1065,14 @@ fn logs_and_snapshots_from_before_lease_secrets_load() {
 
     #[derive(serde::Serialize)]
     struct V1<'a> {
-        tasks: Vec<&'a Task>,
+        tasks: Vec<super::snapshot::TaskV0>,
         leases: Vec<&'a Lease>,
         last_token: Token,
         last_revision: Revision,
         used_claims: Vec<(&'a str, &'a str, Token)>,
     }
     let v1 = V1 {
-        tasks: sm.s.tasks().collect(),
+        tasks: sm.s.tasks().map(super::snapshot::task_v0).collect(),
         leases: sm.s.leases().collect(),
         last_token: sm.s.last_token(),
         last_revision: sm.s.last_revision(),

@@ -47,6 +47,10 @@ impl TaskState {
             TaskState::Cancelled => "CANCELLED",
         }
     }
+    /// Its position in [`TaskState::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
     pub const ALL: [TaskState; 5] = [
         TaskState::Pending,
         TaskState::Running,
@@ -84,6 +88,11 @@ pub struct AttemptRecord {
     pub reported: Option<WorkerReport>,
     /// For `Expired`: the voters whose clocks decided it.
     pub expiry_voters: Vec<NodeId>,
+    /// The evidence of the votes counted against this attempt's lease: each voter, and how
+    /// long (ms, on its own monotonic clock) it had gone without hearing the lease when it
+    /// voted. While the lease lives these are the votes cast since its last renewal; once it
+    /// expired, the votes that decided it. Votes logged before silences were sent are absent.
+    pub expiry_silence_ms: Vec<(NodeId, u64)>,
 }
 
 /// A worker's final report of an attempt, as recorded.
@@ -247,6 +256,13 @@ pub enum Command {
         claim_id: String,
         secret: LeaseSecret,
     },
+    /// `voter`'s own monotonic clock says these leases outlived their TTL: `(token, renewals
+    /// seen, silence_ms)`, where `silence_ms` is how long the voter had not heard the lease
+    /// when it voted (the evidence kept with the expiry).
+    ExpiryVoteSilence {
+        voter: NodeId,
+        votes: Vec<(Token, u64, u64)>,
+    },
 }
 
 // Variants are appended, never reordered or changed: logs written by older versions decode.
@@ -304,7 +320,7 @@ impl Command {
             Command::Cancel { .. } => "cancel",
             Command::Purge { .. } => "purge",
             Command::Batch(_) => "batch",
-            Command::ExpiryVote { .. } => "expiry_vote",
+            Command::ExpiryVote { .. } | Command::ExpiryVoteSilence { .. } => "expiry_vote",
         }
     }
 }

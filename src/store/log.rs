@@ -32,12 +32,13 @@ pub struct LogStore {
     log: sled::Tree,
     meta: sled::Tree,
     /// The flusher thread, started on first append; it ends when the last clone is dropped.
-    flusher: std::sync::Arc<std::sync::OnceLock<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    flusher: std::sync::Arc<std::sync::OnceLock<std::sync::mpsc::Sender<Flush>>>,
     /// The purger thread (started on first purge), told the index to delete up to.
     purger: std::sync::Arc<std::sync::OnceLock<std::sync::mpsc::Sender<u64>>>,
     /// The last purged id (kept in `meta` too): reads skip every entry at or below it, whether or
     /// not the purger has deleted it yet.
     purged: std::sync::Arc<parking_lot::Mutex<Option<LogId>>>,
+    metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
 }
 
 /// Deletes the log keys up to each index it is sent, one key at a time (see the module docs).
@@ -76,16 +77,24 @@ fn purger(log: sled::Tree, rx: std::sync::mpsc::Receiver<u64>) {
 /// One fsync for every callback waiting, then their completion in order. Runs on its own
 /// thread: an append wakes it directly, with no runtime task or blocking-pool hand-off between
 /// the write and the fsync.
-fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn flusher(
+    db: sled::Db,
+    metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
+    rx: std::sync::mpsc::Receiver<Flush>,
+) {
     let mut waiting = Vec::new();
     while let Ok(first) = rx.recv() {
-        waiting.push(first);
+        let mut entries = first.entries;
+        waiting.push(first.callback);
         while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
+            entries += more.entries;
+            waiting.push(more.callback);
         }
         let started = std::time::Instant::now();
         let res = db.flush();
         let took = started.elapsed();
+        metrics.log_fsync.observe(took.as_secs_f64());
+        metrics.log_append_batch.observe(entries as f64);
         if took >= SLOW_FSYNC {
             // Every commit of this node waited this long (etcd warns of a "slow fdatasync" too).
             tracing::warn!(
@@ -101,6 +110,12 @@ fn flusher(db: sled::Db, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) 
             }
         }
     }
+}
+
+/// An append waiting for the fsync: its callback, and how many entries it wrote.
+struct Flush {
+    callback: LogFlushed<TypeConfig>,
+    entries: usize,
 }
 
 /// The sender of the thread kept in `cell`, which is started (as `run` on its receiver) on first
@@ -132,7 +147,10 @@ fn io<E: std::error::Error + 'static>(e: E) -> StorageError {
 }
 
 impl LogStore {
-    pub fn new(db: sled::Db) -> Result<Self, StorageError> {
+    pub fn new(
+        db: sled::Db,
+        metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
+    ) -> Result<Self, StorageError> {
         let log = db.open_tree("log").map_err(io)?;
         let meta = db.open_tree("meta").map_err(io)?;
         let store = Self {
@@ -142,6 +160,7 @@ impl LogStore {
             flusher: Default::default(),
             purger: Default::default(),
             purged: Default::default(),
+            metrics,
         };
         *store.purged.lock() = store.get_meta::<Option<LogId>>("last_purged")?.flatten();
         Ok(store)
@@ -275,20 +294,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut n = 0;
         for e in entries {
             batch.insert(&key(e.log_id.index), codec::encode(&e));
+            n += 1;
         }
         self.log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // Durable before openraft hears of it: the flusher completes the callback after an
         // fsync that started after this write.
-        let db = self.db.clone();
-        let tx = helper_thread(&self.flusher, "log-flush", move |rx| flusher(db, rx));
-        if let Err(e) = tx.send(callback) {
+        let (db, metrics) = (self.db.clone(), self.metrics.clone());
+        let tx = helper_thread(&self.flusher, "log-flush", move |rx| {
+            flusher(db, metrics, rx)
+        });
+        if let Err(e) = tx.send(Flush {
+            callback,
+            entries: n,
+        }) {
             // The flusher is gone (shutting down): flush here.
             self.flush().await?;
-            e.0.log_io_completed(Ok(()));
+            e.0.callback.log_io_completed(Ok(()));
         }
         Ok(())
     }
@@ -351,7 +377,7 @@ mod tests {
     async fn purged_entries_are_never_read_and_are_deleted_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let mut store = LogStore::new(db.clone()).unwrap();
+        let mut store = LogStore::new(db.clone(), Default::default()).unwrap();
         put(&store, 1..=100);
 
         store.purge(log_id(60)).await.unwrap();
@@ -365,7 +391,7 @@ mod tests {
         // Keys below the purged id that a crash left behind: skipped after a restart too...
         put(&store, 10..=20);
         drop(store);
-        let mut store = LogStore::new(db.clone()).unwrap();
+        let mut store = LogStore::new(db.clone(), Default::default()).unwrap();
         assert_eq!(indexes(&mut store).await, (61..=100).collect::<Vec<_>>());
         assert_eq!(
             store.try_get_log_entries(15..70).await.unwrap()[0].log_id,

@@ -28,7 +28,7 @@ pub fn open(
         .flush_every_ms(None)
         .open()
         .map_err(|e| openraft::StorageIOError::write(&e))?;
-    let log = LogStore::new(db)?;
+    let log = LogStore::new(db, shared.metrics.clone())?;
     let sm = StateMachineStore::open(dir.join("snapshot"), shared)?;
     Ok((log, sm))
 }

@@ -43,6 +43,8 @@ pub struct Shared {
     received: Mutex<Option<(String, State)>>,
     /// Decode snapshots inline instead of on a blocking thread (the simulation).
     inline: std::sync::atomic::AtomicBool,
+    /// The node's metrics (fed by every apply, every log fsync and every snapshot).
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 impl Shared {
@@ -62,7 +64,17 @@ impl Shared {
             applied_index: watch::channel(0).0,
             received: Mutex::new(None),
             inline: std::sync::atomic::AtomicBool::new(false),
+            metrics: Arc::new(crate::metrics::NodeMetrics::new(
+                0,
+                crate::metrics::DEFAULT_MAX_QUEUES,
+            )),
         }
+    }
+
+    /// The same, with the node's own metrics.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::NodeMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The applied state, to read. Never waits behind a waiting apply: a read lock held by a
@@ -113,7 +125,7 @@ impl Shared {
         self.timers
             .lock()
             .expect("lock")
-            .reset(state.leases(), self.clock.monotonic_ms());
+            .reset(state.leases_with_queues(), self.clock.monotonic_ms());
         self.events.lock().expect("lock").reset(if idx == 0 {
             0
         } else {
@@ -270,11 +282,12 @@ fn apply_entries(
     }
     let last = a.last_applied.map(|l| l.index).unwrap_or(0);
     let last_rev = a.state.last_revision();
-    shared
+    let seen = shared
         .timers
         .lock()
         .expect("lock")
         .apply(&fx, shared.clock.monotonic_ms());
+    observe(&shared.metrics, &fx, seen, out.len());
     {
         let mut ev = shared.events.lock().expect("lock");
         for e in fx.events {
@@ -284,6 +297,45 @@ fn apply_entries(
     }
     shared.applied_index.send_replace(last);
     out
+}
+
+/// Counts what one apply step did into the node's metrics.
+fn observe(
+    m: &crate::metrics::NodeMetrics,
+    fx: &Effects,
+    seen: crate::clock::Observed,
+    entries: usize,
+) {
+    m.entries_applied.inc_by(entries as u64);
+    for e in &fx.events {
+        m.event(e.kind, e.task.queue());
+    }
+    for e in &fx.ended {
+        m.lease_ended(&e.queue, e.outcome);
+    }
+    for q in &fx.late_successes {
+        m.queue(q).late_successes.inc();
+    }
+    for v in &fx.votes {
+        m.expiry_votes_received.get_or_create(&m.peer(*v)).inc();
+    }
+    // Renewals come in runs of one queue: look each queue up once per run.
+    let mut last: Option<(&str, std::sync::Arc<crate::metrics::QueueMetrics>)> = None;
+    for (queue, ms) in &seen.intervals_ms {
+        let q = match &last {
+            Some((name, q)) if *name == &**queue => q.clone(),
+            _ => {
+                let q = m.queue(queue);
+                last = Some((queue, q.clone()));
+                q
+            }
+        };
+        q.renewed.inc();
+        q.heartbeat_interval.observe(*ms as f64 / 1000.0);
+    }
+    for (queue, ms) in &seen.expiry_late_ms {
+        m.queue(queue).expiry_late.observe(*ms as f64 / 1000.0);
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
@@ -316,6 +368,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         .await?
         .map_err(write_err)?;
         let data = std::sync::Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
+        let m = &self.shared.metrics;
+        m.snapshot_build.observe(started.elapsed().as_secs_f64());
+        m.snapshot_bytes.set(data.len() as i64);
         tracing::info!(
             snapshot = %meta.snapshot_id,
             bytes = data.len(),
@@ -375,6 +430,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         // Decoding and writing a large snapshot takes seconds: not on the runtime.
+        let started = std::time::Instant::now();
         let data = snapshot.into_inner();
         let (this, m) = (self.clone(), meta.clone());
         let bytes = off_runtime(self.blocking, move || {
@@ -388,6 +444,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Ok::<_, StorageError>(data.len())
         })
         .await??;
+        let m = &self.shared.metrics;
+        m.snapshot_install.observe(started.elapsed().as_secs_f64());
+        m.snapshot_bytes.set(bytes as i64);
         tracing::info!(snapshot = %meta.snapshot_id, bytes, "snapshot installed");
         Ok(())
     }

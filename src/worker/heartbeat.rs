@@ -90,6 +90,12 @@ pub(super) async fn heartbeats(client: Client, leases: Arc<Leases>, stop: Cancel
                 Some(r) => {
                     backoff = Duration::from_millis(50);
                     leases.contact(sent_at);
+                    let node = client.endpoints().get(hb_node).cloned().unwrap_or_default();
+                    leases
+                        .metrics
+                        .node_rtt
+                        .get_or_create(&crate::metrics::PeerLabel { peer: node })
+                        .observe(sent_at.elapsed().as_secs_f64());
                     let mut retry = false;
                     for l in r.leases {
                         match pb::LeaseStatus::try_from(l.status)
@@ -99,7 +105,21 @@ pub(super) async fn heartbeats(client: Client, leases: Arc<Leases>, stop: Cancel
                                 leases.confirm(l.lease_token, sent_at, r.renew_interval_ms)
                             }
                             pb::LeaseStatus::Retry | pb::LeaseStatus::Unspecified => retry = true,
-                            _ => leases.lose(l.lease_token, l.message),
+                            pb::LeaseStatus::Expired => {
+                                leases.lose(l.lease_token, "expired", l.message)
+                            }
+                            pb::LeaseStatus::Cancelled => {
+                                leases.lose(l.lease_token, "cancelled", l.message)
+                            }
+                            pb::LeaseStatus::Finished => {
+                                leases.lose(l.lease_token, "finished", l.message)
+                            }
+                            pb::LeaseStatus::Denied => {
+                                leases.lose(l.lease_token, "denied", l.message)
+                            }
+                            pb::LeaseStatus::Unknown => {
+                                leases.lose(l.lease_token, "unknown", l.message)
+                            }
                         }
                     }
                     if retry {

@@ -27,6 +27,8 @@ pub struct Leases {
     contact_at: Mutex<Instant>,
     /// Wakes the heartbeat loop for a lease that must be renewed without waiting its turn.
     pub(super) renew_now: tokio::sync::Notify,
+    /// The worker's metrics (leases held, leases lost by reason).
+    pub(super) metrics: std::sync::Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl Default for Leases {
@@ -35,11 +37,24 @@ impl Default for Leases {
             map: Mutex::default(),
             contact_at: Mutex::new(Instant::now()),
             renew_now: tokio::sync::Notify::new(),
+            metrics: Default::default(),
         }
     }
 }
 
 impl Leases {
+    /// No leases yet; what happens to them is counted in `metrics`.
+    pub(super) fn with_metrics(metrics: std::sync::Arc<crate::metrics::WorkerMetrics>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
+    fn held(&self, n: usize) {
+        self.metrics.leases_held.set(n as i64);
+    }
+
     /// Starts renewing a lease whose TTL started at `started_at` (on this worker's clock: the
     /// claim's answer, less the lease's age on the answering node). A lease already half an
     /// interval old is renewed at once.
@@ -53,7 +68,8 @@ impl Leases {
     ) -> CancellationToken {
         let lost = CancellationToken::new();
         let interval_ms = interval_ms.max(1);
-        self.map.lock().expect("lock").insert(
+        let mut m = self.map.lock().expect("lock");
+        m.insert(
             token,
             Tracked {
                 secret,
@@ -65,30 +81,43 @@ impl Leases {
                 reported: false,
             },
         );
+        self.held(m.len());
+        drop(m);
         if started_at.elapsed() > Duration::from_millis(interval_ms / 2) {
             self.renew_now.notify_one();
         }
         lost
     }
     pub(super) fn untrack(&self, token: u64) {
-        self.map.lock().expect("lock").remove(&token);
+        let mut m = self.map.lock().expect("lock");
+        m.remove(&token);
+        self.held(m.len());
     }
     pub(super) fn mark_reported(&self, token: u64) {
         if let Some(t) = self.map.lock().expect("lock").get_mut(&token) {
             t.reported = true;
         }
     }
-    pub(super) fn lose(&self, token: u64, why: String) {
+    /// Gives the lease up: `kind` names the reason in the metrics (expired, cancelled,
+    /// finished, unknown, denied, unconfirmed), `why` says it to the handler.
+    pub(super) fn lose(&self, token: u64, kind: &'static str, why: String) {
         let mut m = self.map.lock().expect("lock");
         if let Some(t) = m.get_mut(&token) {
             if t.reason.is_none() {
                 tracing::warn!(token, reason = %why, "lease lost");
                 t.reason = Some(why);
+                if !t.reported {
+                    self.metrics
+                        .leases_lost
+                        .get_or_create(&crate::metrics::StatusLabel { status: kind })
+                        .inc();
+                }
             }
             t.lost.cancel();
             if t.reported {
                 // Nothing left to protect: the report stands on its own (late successes count).
                 m.remove(&token);
+                self.held(m.len());
             }
         }
     }
@@ -139,7 +168,7 @@ impl Leases {
                 .collect()
         };
         for (token, why) in stale {
-            self.lose(token, why);
+            self.lose(token, "unconfirmed", why);
         }
     }
     pub(super) fn contact(&self, at: Instant) {
@@ -243,7 +272,7 @@ mod tests {
         l.lose_unconfirmed(Instant::now());
         assert!(!lost.is_cancelled(), "the report stands on its own");
         assert_eq!(l.len(), 1, "renewed until the report is acknowledged");
-        l.lose(1, "expired".into());
+        l.lose(1, "expired", "expired".into());
         assert!(lost.is_cancelled());
         assert!(l.is_empty(), "nothing left to protect");
     }
@@ -252,8 +281,8 @@ mod tests {
     async fn a_lost_lease_keeps_its_first_reason_and_is_no_longer_renewed() {
         let (l, lost) = leases_with(1);
         l.track(2, vec![2; 16], TTL_MS, 500, Instant::now());
-        l.lose(1, "cancelled".into());
-        l.lose(1, "expired".into());
+        l.lose(1, "cancelled", "cancelled".into());
+        l.lose(1, "expired", "expired".into());
         assert!(lost.is_cancelled());
         assert_eq!(l.reason(1).as_deref(), Some("cancelled"));
         let (tokens, secrets, interval) = l.due();

@@ -77,6 +77,9 @@ pub struct WorkerConfig {
     pub tls: Option<crate::tls::ClientTlsFiles>,
     /// The token every call carries, for clusters with an auth file (a `worker` grant).
     pub token: Option<String>,
+    /// Where this worker counts what it does (`leasekeeper worker --metrics-listen` serves
+    /// them); share one between workers to export them together.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl WorkerConfig {
@@ -93,6 +96,7 @@ impl WorkerConfig {
             claim_wait: protocol::CLAIM_WAIT,
             tls: None,
             token: None,
+            metrics: Default::default(),
         }
     }
 }
@@ -203,7 +207,7 @@ impl Worker {
             config.token.as_deref(),
         )?;
         let journal = Journal::open(&config.journal_dir)?;
-        let leases = Arc::new(Leases::default());
+        let leases = Arc::new(Leases::with_metrics(config.metrics.clone()));
         let w = Worker {
             config,
             claims: client

@@ -46,14 +46,35 @@ impl Outbox {
                 Instant::now(),
             );
             self.leases.mark_reported(r.lease_token);
-            tokio::spawn(self.clone().deliver(r));
+            // When its process exited is not known to this run: its latency is not measured.
+            tokio::spawn(self.clone().deliver(r, None));
         }
+        self.journal_depth();
+    }
+
+    fn journal_depth(&self) {
+        self.leases
+            .metrics
+            .journal_depth
+            .set(self.undelivered() as i64);
     }
 
     /// Appends `report` to the journal (fsync), then delivers it in the background; the lease
     /// is renewed until the cluster acknowledges the report. Without the journal (it cannot be
     /// written) the report is still sent once, and the error returned.
     pub(super) async fn report(self: &Arc<Self>, report: Report) -> Result<(), JournalError> {
+        // The handler returned (the process exited) now: the report latency starts here.
+        let exited = Instant::now();
+        let outcome = match &report.outcome {
+            Outcome::Success { .. } => "succeeded",
+            Outcome::Failure { .. } => "failed",
+            Outcome::Release { .. } => "released",
+        };
+        self.leases
+            .metrics
+            .tasks_run
+            .get_or_create(&crate::metrics::StatusLabel { status: outcome })
+            .inc();
         let (this, r) = (self.clone(), report.clone());
         let appended =
             tokio::task::spawn_blocking(move || this.journal.lock().expect("lock").append(&r))
@@ -61,12 +82,13 @@ impl Outbox {
                 .expect("journal append does not panic");
         if let Err(e) = appended {
             tracing::error!(error = %e, "cannot journal the report; sending it anyway");
-            let _ = deliver_once(&self.client, &report).await;
+            let _ = deliver_once(&self.client, &report, Some(exited), 1).await;
             self.leases.untrack(report.lease_token);
             return Err(e);
         }
         self.leases.mark_reported(report.lease_token);
-        tokio::spawn(self.clone().deliver(report));
+        self.journal_depth();
+        tokio::spawn(self.clone().deliver(report, Some(exited)));
         Ok(())
     }
 
@@ -91,12 +113,17 @@ impl Outbox {
 
     /// Sends `r` until the cluster acknowledges it (or refuses it for good), then acks the
     /// journal.
-    async fn deliver(self: Arc<Self>, r: Report) {
+    async fn deliver(self: Arc<Self>, r: Report, exited: Option<Instant>) {
         let mut backoff = super::protocol::REPORT_BACKOFF_INITIAL;
         let mut tries = 0u32;
+        let m = self.leases.metrics.clone();
         loop {
             tries += 1;
-            match deliver_once(&self.client, &r).await {
+            m.reports_sent.inc();
+            if tries > 1 {
+                m.reports_retried.inc();
+            }
+            match deliver_once(&self.client, &r, exited, tries).await {
                 Ok(()) => {
                     tracing::info!(task = %r.task_id, token = r.lease_token, tries, "report committed");
                     break;
@@ -123,6 +150,7 @@ impl Outbox {
             tracing::error!(error = %e, "cannot record the acknowledgement; the report is sent again at the next start (harmless)");
         }
         self.leases.untrack(token);
+        self.journal_depth();
         self.acked.notify_waiters();
     }
 }
@@ -140,7 +168,15 @@ fn report_retryable(s: &Status) -> bool {
         )
 }
 
-async fn deliver_once(client: &Client, r: &Report) -> Result<(), Status> {
+/// Sends `r` once; `exited` is when its process exited (on this worker's clock), `attempt` which
+/// try this is (both travel with the report for the cluster's metrics).
+async fn deliver_once(
+    client: &Client,
+    r: &Report,
+    exited: Option<Instant>,
+    attempt: u32,
+) -> Result<(), Status> {
+    let exit_to_send_us = exited.map_or(0, |e| (e.elapsed().as_micros() as u64).max(1));
     match &r.outcome {
         Outcome::Success { result } => client
             .complete(pb::CompleteTaskRequest {
@@ -151,6 +187,8 @@ async fn deliver_once(client: &Client, r: &Report) -> Result<(), Status> {
                 result: result.clone(),
                 error: String::new(),
                 lease_secret: r.lease_secret.clone(),
+                exit_to_send_us,
+                report_try: attempt,
             })
             .await
             .map(|_| ()),
@@ -167,6 +205,8 @@ async fn deliver_once(client: &Client, r: &Report) -> Result<(), Status> {
                 result: result.clone(),
                 error: error.clone(),
                 lease_secret: r.lease_secret.clone(),
+                exit_to_send_us,
+                report_try: attempt,
             })
             .await
             .map(|_| ()),
