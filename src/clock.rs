@@ -193,14 +193,15 @@ impl PeerClocks {
     /// Notes that `peer`'s clock read `remote_ms` when this node's read `local_ms`.
     pub fn sample(&mut self, peer: NodeId, local_ms: u64, remote_ms: u64) {
         let w = self.peers.entry(peer).or_default();
-        if w.back().is_some_and(|&(l, r)| remote_ms < r || local_ms < l) {
+        if w.back()
+            .is_some_and(|&(l, r)| remote_ms < r || local_ms < l)
+        {
             // The peer restarted (its clock's origin moved): start over.
             w.clear();
         }
         w.push_back((local_ms, remote_ms));
         while w.len() > 2
-            && w
-                .front()
+            && w.front()
                 .is_some_and(|&(l, _)| local_ms.saturating_sub(l) > RATE_WINDOW_MS)
         {
             w.pop_front();
@@ -353,9 +354,18 @@ mod tests {
             sane.sample(3, i * 250, i * 250);
         }
         assert!(fast.self_off(&[2, 3], 0.1));
-        assert!(!sane.self_off(&[1, 3], 0.1), "one bad peer is that peer's fault");
-        assert!(!fast.self_off(&[2, 3], 0.0), "a bound of 0 turns the check off");
-        assert!(!PeerClocks::default().self_off(&[2, 3], 0.1), "no estimate, no verdict");
+        assert!(
+            !sane.self_off(&[1, 3], 0.1),
+            "one bad peer is that peer's fault"
+        );
+        assert!(
+            !fast.self_off(&[2, 3], 0.0),
+            "a bound of 0 turns the check off"
+        );
+        assert!(
+            !PeerClocks::default().self_off(&[2, 3], 0.1),
+            "no estimate, no verdict"
+        );
         // Of four other voters, two disagreeing is not a majority; three is.
         let mut five = PeerClocks::default();
         for i in 0..=10u64 {

@@ -68,7 +68,10 @@ pub fn worker_routes(metrics: Arc<WorkerMetrics>) -> Router {
                 async move { metrics_response(m.encode()) }
             }),
         )
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"ok": true})) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"ok": true})) }),
+        )
 }
 
 /// Serves `routes` on `listener` until `shutdown` turns true.

@@ -639,7 +639,10 @@ mod tests {
         m.event(EventKind::Submitted, "d");
         m.event(EventKind::Submitted, "a");
         let text = m.encode();
-        assert!(text.contains(r#"leasekeeper_tasks_submitted_total{node="1",queue="a"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"leasekeeper_tasks_submitted_total{node="1",queue="a"} 2"#),
+            "{text}"
+        );
         assert!(text.contains(r#"leasekeeper_tasks_submitted_total{node="1",queue="b"} 1"#));
         assert!(text.contains(r#"leasekeeper_tasks_submitted_total{node="1",queue="(other)"} 2"#));
         assert!(!text.contains(r#"queue="c""#));
@@ -653,7 +656,10 @@ mod tests {
         m.set_task_counts([(&q, &[3, 1, 0, 0, 0])].into_iter());
         m.set_task_counts([(&q, &[2, 2, 0, 0, 0])].into_iter());
         let text = m.encode();
-        assert!(text.contains(r#"leasekeeper_tasks{node="1",queue="q",state="PENDING"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"leasekeeper_tasks{node="1",queue="q",state="PENDING"} 2"#),
+            "{text}"
+        );
         assert!(text.contains(r#"leasekeeper_tasks{node="1",queue="q",state="RUNNING"} 2"#));
     }
 }

@@ -24,7 +24,13 @@ pub struct Cli {
     command: Cmd,
     /// Log lines as text, or as one JSON object per line (for log shippers). Lines inside a
     /// traced call carry its span and fields.
-    #[arg(long, value_enum, env = "LEASEKEEPER_LOG_FORMAT", default_value = "text", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        env = "LEASEKEEPER_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
 }
 

@@ -486,6 +486,25 @@ impl Client {
         .await
     }
 
+    /// Like [`Client::complete`], numbering every send in `report_try` from `sent` (which
+    /// counts them, across calls: a caller that retries passes the same counter), so that the
+    /// cluster can tell a first send from a retry, and stamping each with the time since
+    /// `exited` (`exit_to_send_us`: when the task's process exited, on this machine's clock).
+    pub async fn complete_counting(
+        &self,
+        req: pb::CompleteTaskRequest,
+        sent: &std::sync::atomic::AtomicU32,
+        exited: Option<tokio::time::Instant>,
+    ) -> Result<pb::CompleteTaskResponse, Status> {
+        self.call(|c| {
+            let mut req = req.clone();
+            req.report_try = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            req.exit_to_send_us = exited.map_or(0, |e| (e.elapsed().as_micros() as u64).max(1));
+            async move { worker_client(c).complete_task(req).await }
+        })
+        .await
+    }
+
     pub async fn release(
         &self,
         lease_token: u64,

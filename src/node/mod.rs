@@ -453,7 +453,7 @@ fn check_forwarded(from: NodeId, cmd: &Command) -> Result<(), String> {
             if *voter != from =>
         {
             Err(format!(
-            "member {from} forwarded an expiry vote in the name of node {voter}: refused"
+                "member {from} forwarded an expiry vote in the name of node {voter}: refused"
             ))
         }
         Command::Purge { .. } => Err(format!(
@@ -516,7 +516,10 @@ async fn expiry_scanner(node: Arc<Node>) {
             continue;
         }
         tracing::debug!(count = due.len(), "voting to expire leases");
-        node.shared.metrics.expiry_votes_cast.inc_by(due.len() as u64);
+        node.shared
+            .metrics
+            .expiry_votes_cast
+            .inc_by(due.len() as u64);
         let n = node.clone();
         tokio::spawn(async move {
             if let Err(e) = n

@@ -68,10 +68,7 @@ pub(super) async fn clock_prober(node: Arc<Node>) {
                 .filter(|(id, _)| **id != node.id)
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect();
-            let voters: Vec<NodeId> = membership
-                .voter_ids()
-                .filter(|id| *id != node.id)
-                .collect();
+            let voters: Vec<NodeId> = membership.voter_ids().filter(|id| *id != node.id).collect();
             (peers, voters)
         };
         let probes = peers.iter().map(|(id, addr)| probe(&node, *id, addr));
@@ -94,7 +91,9 @@ pub(super) async fn clock_prober(node: Arc<Node>) {
                 "this node's clock runs at a rate most other voters disagree with; it casts no expiry votes until they agree again"
             );
         } else if was && !off {
-            tracing::info!("this node's clock agrees with the other voters again; voting on expiry");
+            tracing::info!(
+                "this node's clock agrees with the other voters again; voting on expiry"
+            );
         }
     }
 }

@@ -11,8 +11,7 @@ mod types;
 
 pub use machine::{
     backoff_ms, entry_revision, last_revision_of_entry, Effects, EndedLease, HeardLease, State,
-    VoterConfigs,
-    HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
+    VoterConfigs, HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
 };
 pub use snapshot::{SnapshotError, SNAPSHOT_MAGIC};
 pub use types::*;

@@ -100,7 +100,8 @@ fn lifecycle_submit_claim_renew_progress_complete() {
         vec![HeardLease {
             token: 2,
             renewals: 0,
-            ttl_ms: 3000
+            ttl_ms: 3000,
+            queue: Some("q".into()),
         }]
     );
     let r = sm.run(Command::RenewBatch {
@@ -160,6 +161,134 @@ fn repeated_report_gets_the_same_answer() {
         sm.complete("a", lease.token, false),
         Response::Rejected(_)
     ));
+}
+
+/// Each counted vote keeps its voter's silence: a renewal voids votes and evidence alike, and
+/// the expiry records the evidence of the votes that decided it (votes in the older format,
+/// without a silence, count but leave none). It survives a snapshot.
+#[test]
+fn an_expiry_keeps_each_voters_silence_as_its_evidence() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    let (_, lease) = sm.claim();
+    let t = lease.token;
+    let silent = |voter, renewals, ms| Command::ExpiryVoteSilence {
+        voter,
+        votes: vec![(t, renewals, ms)],
+    };
+    assert_eq!(
+        sm.run(silent(1, 0, 3_100)),
+        Response::Voted { expired: vec![] }
+    );
+    assert_eq!(sm.fx.votes, vec![1]);
+    assert_eq!(
+        sm.s.task("a").unwrap().history[0].expiry_silence_ms,
+        vec![(1, 3_100)]
+    );
+    sm.run(Command::RenewBatch { tokens: vec![t] });
+    assert!(
+        sm.s.task("a").unwrap().history[0]
+            .expiry_silence_ms
+            .is_empty(),
+        "a renewal voids the votes and their evidence"
+    );
+    assert_eq!(
+        sm.run(silent(3, 1, 3_050)),
+        Response::Voted { expired: vec![] }
+    );
+    // A voter voting again replaces its evidence.
+    assert_eq!(
+        sm.run(silent(3, 1, 3_600)),
+        Response::Voted { expired: vec![] }
+    );
+    assert_eq!(sm.vote(2, t, 1), Response::Voted { expired: vec![t] });
+    let task = sm.s.task("a").unwrap().clone();
+    let r = &task.history[0];
+    assert_eq!(r.outcome, AttemptOutcome::Expired);
+    assert_eq!(r.expiry_voters, vec![2, 3]);
+    assert_eq!(
+        r.expiry_silence_ms,
+        vec![(3, 3_600)],
+        "node 2 voted without a silence"
+    );
+    assert_eq!(sm.fx.ended.len(), 1);
+    assert_eq!(sm.fx.ended[0].outcome, AttemptOutcome::Expired);
+    let back = State::from_bytes(&sm.s.to_bytes()).unwrap();
+    assert_eq!(
+        back.task("a").unwrap().history[0].expiry_silence_ms,
+        vec![(3, 3_600)]
+    );
+    assert_eq!(back, sm.s);
+}
+
+/// Snapshots of the layout before silences (`LKSTATE2`) still load, with no evidence.
+#[test]
+fn snapshots_from_before_vote_evidence_load() {
+    #[derive(serde::Serialize)]
+    struct V2 {
+        tasks: Vec<super::snapshot::TaskV0>,
+        leases: Vec<Lease>,
+        last_token: Token,
+        last_revision: Revision,
+        used_claims: Vec<(String, String, Token)>,
+        secrets: Vec<(Token, LeaseSecret)>,
+    }
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    sm.run(Command::Submit(spec("b", 3)));
+    let (_, lease) = sm.claim();
+    let v2 = V2 {
+        tasks: sm.s.tasks().map(super::snapshot::task_v0).collect(),
+        leases: sm.s.leases().cloned().collect(),
+        last_token: sm.s.last_token(),
+        last_revision: sm.s.last_revision(),
+        used_claims: Vec::new(),
+        secrets: vec![(lease.token, sm.s.secret_of(lease.token).unwrap())],
+    };
+    let body = postcard::to_stdvec(&v2).unwrap();
+    let mut bytes = b"LKSTATE2".to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    State::check_snapshot_bytes(&bytes).unwrap();
+    let back = State::from_bytes(&bytes).unwrap();
+    assert_eq!(back, sm.s);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    assert!(
+        State::check_snapshot_bytes(&bytes).is_err(),
+        "the CRC still guards it"
+    );
+}
+
+/// The per-queue, per-state counts (the metrics' task gauge) follow every change.
+#[test]
+fn counts_by_queue_follow_every_change() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    sm.run(Command::Submit(spec("b", 3)));
+    let counts = |sm: &Sm| -> Vec<(String, [u64; 5])> {
+        sm.s.counts_by_queue()
+            .map(|(q, c)| (q.to_string(), *c))
+            .collect()
+    };
+    assert_eq!(counts(&sm), vec![("q".into(), [2, 0, 0, 0, 0])]);
+    let (_, lease) = sm.claim();
+    assert_eq!(counts(&sm), vec![("q".into(), [1, 1, 0, 0, 0])]);
+    sm.complete("a", lease.token, true);
+    assert_eq!(counts(&sm), vec![("q".into(), [1, 0, 1, 0, 0])]);
+    sm.run(Command::Cancel {
+        task_id: "b".into(),
+        reason: String::new(),
+    });
+    assert_eq!(counts(&sm), vec![("q".into(), [0, 0, 1, 0, 1])]);
+    sm.run(Command::Purge {
+        finished_before_unix_ms: u64::MAX,
+        max: 10,
+    });
+    assert!(
+        counts(&sm).is_empty(),
+        "a queue with no task left has no counts"
+    );
 }
 
 #[test]
@@ -651,7 +780,7 @@ fn a_claim_key_makes_one_lease_ever() {
 fn snapshots_without_used_claim_keys_load() {
     #[derive(serde::Serialize)]
     struct Old<'a> {
-        tasks: Vec<&'a Task>,
+        tasks: Vec<super::snapshot::TaskV0>,
         leases: Vec<&'a Lease>,
         last_token: Token,
         last_revision: Revision,
@@ -669,7 +798,7 @@ fn snapshots_without_used_claim_keys_load() {
         claim_id: String::new(),
     });
     let old = Old {
-        tasks: sm.s.tasks().collect(),
+        tasks: sm.s.tasks().map(super::snapshot::task_v0).collect(),
         leases: sm.s.leases().collect(),
         last_token: sm.s.last_token(),
         last_revision: sm.s.last_revision(),

@@ -82,7 +82,7 @@ impl Outbox {
                 .expect("journal append does not panic");
         if let Err(e) = appended {
             tracing::error!(error = %e, "cannot journal the report; sending it anyway");
-            let _ = deliver_once(&self.client, &report, Some(exited), 1).await;
+            let _ = deliver_once(&self.client, &report, Some(exited), &Default::default()).await;
             self.leases.untrack(report.lease_token);
             return Err(e);
         }
@@ -116,14 +116,10 @@ impl Outbox {
     async fn deliver(self: Arc<Self>, r: Report, exited: Option<Instant>) {
         let mut backoff = super::protocol::REPORT_BACKOFF_INITIAL;
         let mut tries = 0u32;
-        let m = self.leases.metrics.clone();
+        let sent = std::sync::atomic::AtomicU32::new(0);
         loop {
             tries += 1;
-            m.reports_sent.inc();
-            if tries > 1 {
-                m.reports_retried.inc();
-            }
-            match deliver_once(&self.client, &r, exited, tries).await {
+            match deliver_once(&self.client, &r, exited, &sent).await {
                 Ok(()) => {
                     tracing::info!(task = %r.task_id, token = r.lease_token, tries, "report committed");
                     break;
@@ -141,6 +137,10 @@ impl Outbox {
                 }
             }
         }
+        let m = &self.leases.metrics;
+        let sends = u64::from(sent.into_inner().max(1));
+        m.reports_sent.inc_by(sends);
+        m.reports_retried.inc_by(sends - 1);
         let token = r.lease_token;
         let this = self.clone();
         let res =
@@ -168,28 +168,31 @@ fn report_retryable(s: &Status) -> bool {
         )
 }
 
-/// Sends `r` once; `exited` is when its process exited (on this worker's clock), `attempt` which
-/// try this is (both travel with the report for the cluster's metrics).
+/// Sends `r` (the client tries other nodes for a while); `exited` is when its process exited
+/// (on this worker's clock), `sent` counts the sends of this report. Both travel with the
+/// report, for the cluster's metrics.
 async fn deliver_once(
     client: &Client,
     r: &Report,
     exited: Option<Instant>,
-    attempt: u32,
+    sent: &std::sync::atomic::AtomicU32,
 ) -> Result<(), Status> {
-    let exit_to_send_us = exited.map_or(0, |e| (e.elapsed().as_micros() as u64).max(1));
     match &r.outcome {
         Outcome::Success { result } => client
-            .complete(pb::CompleteTaskRequest {
-                task_id: r.task_id.clone(),
-                lease_token: r.lease_token,
-                success: true,
-                exit_code: 0,
-                result: result.clone(),
-                error: String::new(),
-                lease_secret: r.lease_secret.clone(),
-                exit_to_send_us,
-                report_try: attempt,
-            })
+            .complete_counting(
+                pb::CompleteTaskRequest {
+                    task_id: r.task_id.clone(),
+                    lease_token: r.lease_token,
+                    success: true,
+                    exit_code: 0,
+                    result: result.clone(),
+                    error: String::new(),
+                    lease_secret: r.lease_secret.clone(),
+                    ..Default::default()
+                },
+                sent,
+                exited,
+            )
             .await
             .map(|_| ()),
         Outcome::Failure {
@@ -197,17 +200,20 @@ async fn deliver_once(
             error,
             result,
         } => client
-            .complete(pb::CompleteTaskRequest {
-                task_id: r.task_id.clone(),
-                lease_token: r.lease_token,
-                success: false,
-                exit_code: *exit_code,
-                result: result.clone(),
-                error: error.clone(),
-                lease_secret: r.lease_secret.clone(),
-                exit_to_send_us,
-                report_try: attempt,
-            })
+            .complete_counting(
+                pb::CompleteTaskRequest {
+                    task_id: r.task_id.clone(),
+                    lease_token: r.lease_token,
+                    success: false,
+                    exit_code: *exit_code,
+                    result: result.clone(),
+                    error: error.clone(),
+                    lease_secret: r.lease_secret.clone(),
+                    ..Default::default()
+                },
+                sent,
+                exited,
+            )
             .await
             .map(|_| ()),
         Outcome::Release { reason } => client

@@ -19,6 +19,8 @@ pub struct Cluster {
     pub addrs: Vec<String>,
     /// Peer ports (what the membership records).
     pub peer_addrs: Vec<String>,
+    /// HTTP listeners (`/metrics`, `/health`).
+    pub metrics_addrs: Vec<String>,
     pub configs: Vec<NodeConfig>,
     pub dir: tempfile::TempDir,
 }
@@ -42,11 +44,16 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut listeners = Vec::new();
         for _ in 0..n {
-            listeners.push((bind_loopback().await, bind_loopback().await));
+            listeners.push((
+                bind_loopback().await,
+                bind_loopback().await,
+                bind_loopback().await,
+            ));
         }
         let addr_of = |l: &tokio::net::TcpListener| l.local_addr().unwrap().to_string();
-        let addrs: Vec<String> = listeners.iter().map(|(c, _)| addr_of(c)).collect();
-        let peer_addrs: Vec<String> = listeners.iter().map(|(_, p)| addr_of(p)).collect();
+        let addrs: Vec<String> = listeners.iter().map(|(c, _, _)| addr_of(c)).collect();
+        let peer_addrs: Vec<String> = listeners.iter().map(|(_, p, _)| addr_of(p)).collect();
+        let metrics_addrs: Vec<String> = listeners.iter().map(|(_, _, m)| addr_of(m)).collect();
         let members: BTreeMap<u64, String> = peer_addrs
             .iter()
             .enumerate()
@@ -54,7 +61,7 @@ impl Cluster {
             .collect();
         let mut servers = Vec::new();
         let mut configs = Vec::new();
-        for (i, (client, peer)) in listeners.into_iter().enumerate() {
+        for (i, (client, peer, metrics)) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
             let mut c = NodeConfig::for_tests(id, dir.path().join(format!("node-{id}")));
             c.listen = addrs[i].clone();
@@ -63,7 +70,7 @@ impl Cluster {
             tweak(&mut c);
             configs.push(c.clone());
             servers.push(Some(
-                Server::start_on(c, client, peer)
+                Server::start_with(c, client, peer, Some(metrics))
                     .await
                     .expect("node starts"),
             ));
@@ -72,6 +79,7 @@ impl Cluster {
             servers,
             addrs,
             peer_addrs,
+            metrics_addrs,
             configs,
             dir,
         };
@@ -168,6 +176,7 @@ pub fn success(task_id: &str, token: u64, secret: &[u8]) -> pb::CompleteTaskRequ
         result: b"ok".to_vec(),
         error: String::new(),
         lease_secret: secret.to_vec(),
+        ..Default::default()
     }
 }
 
@@ -230,4 +239,48 @@ pub async fn cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// GETs `path` from the HTTP listener at `addr`: the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, body.to_string())
+}
+
+/// The sum of every sample of `name` whose labels include all of `labels`, in an OpenMetrics
+/// text (`name{k="v",...} value`).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if n != name {
+                return None;
+            }
+            let rest = rest.strip_suffix('}')?;
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
