@@ -6,7 +6,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import grpc
 
@@ -126,10 +126,12 @@ class Client:
         while True:
             node = self.node()
             stub = getattr(rpc, service + "Stub")(self.channel(node))
+            # A callable request is made anew for every attempt (a report numbers its sends).
+            req = request() if callable(request) else request
             try:
                 if interrupt is None:
-                    return getattr(stub, method)(request, timeout=self.attempt_timeout + wait, metadata=self.metadata)
-                return _interruptible(getattr(stub, method), request, self.attempt_timeout + wait, interrupt,
+                    return getattr(stub, method)(req, timeout=self.attempt_timeout + wait, metadata=self.metadata)
+                return _interruptible(getattr(stub, method), req, self.attempt_timeout + wait, interrupt,
                                       self.metadata)
             except grpc.RpcError as e:
                 if e.code() in RETRYABLE and time.monotonic() + backoff < deadline:
@@ -256,17 +258,29 @@ class Client:
         exit_code: int = 0,
         result: bytes = b"",
         error: str = "",
+        sent: Optional[List[int]] = None,
+        exited: Optional[float] = None,
     ) -> pb.CompleteTaskResponse:
-        req = pb.CompleteTaskRequest(
-            task_id=task_id,
-            lease_token=lease_token,
-            lease_secret=lease_secret,
-            success=success,
-            exit_code=exit_code,
-            result=result,
-            error=error,
-        )
-        return self._call("Worker", "CompleteTask", req)
+        """`sent` (a one-element list) counts the sends of this report across calls, and numbers
+        each in `report_try`; `exited` is when the task's process exited (`time.monotonic()`),
+        sent as `exit_to_send_us`. Both feed the cluster's report metrics."""
+        def make():
+            req = pb.CompleteTaskRequest(
+                task_id=task_id,
+                lease_token=lease_token,
+                lease_secret=lease_secret,
+                success=success,
+                exit_code=exit_code,
+                result=result,
+                error=error,
+            )
+            if sent is not None:
+                sent[0] += 1
+                req.report_try = sent[0]
+            if exited is not None:
+                req.exit_to_send_us = max(1, int((time.monotonic() - exited) * 1e6))
+            return req
+        return self._call("Worker", "CompleteTask", make)
 
     def release(self, lease_token: int, lease_secret: bytes, reason: str = "") -> pb.ReleaseTaskResponse:
         req = pb.ReleaseTaskRequest(lease_token=lease_token, lease_secret=lease_secret, reason=reason)

@@ -65,6 +65,16 @@ class _Stream:
         self._call.cancel()
 
 
+#: The metrics' name of each way a node says a lease is gone.
+_LOST = {
+    pb.LEASE_STATUS_EXPIRED: "expired",
+    pb.LEASE_STATUS_CANCELLED: "cancelled",
+    pb.LEASE_STATUS_FINISHED: "finished",
+    pb.LEASE_STATUS_UNKNOWN: "unknown",
+    pb.LEASE_STATUS_DENIED: "denied",
+}
+
+
 def heartbeats(client: Client, leases: Leases, stop: threading.Event) -> None:
     """Renews every tracked lease at the advised interval until `stop` is set."""
     seq = 0
@@ -99,6 +109,7 @@ def heartbeats(client: Client, leases: Leases, stop: threading.Event) -> None:
             continue
         backoff = 0.05
         leases.contact(sent_at)
+        leases.metrics.node_rtt.labels(peer=client.endpoints[hb_node]).observe(time.monotonic() - sent_at)
         retry = False
         for l in answer.leases:
             if l.status == pb.LEASE_STATUS_ALIVE:
@@ -106,7 +117,7 @@ def heartbeats(client: Client, leases: Leases, stop: threading.Event) -> None:
             elif l.status in (pb.LEASE_STATUS_RETRY, pb.LEASE_STATUS_UNSPECIFIED):
                 retry = True
             else:
-                leases.lose(l.lease_token, l.message)
+                leases.lose(l.lease_token, l.message, _LOST.get(l.status, "unknown"))
         if retry:
             # This node has no leader to commit through: ask another one next.
             stream.close()

@@ -30,7 +30,10 @@ class Leases:
     """The leases this worker holds, shared by the claim loop, handlers, heartbeats and reports.
     Seconds throughout."""
 
-    def __init__(self, now: float):
+    def __init__(self, now: float, metrics=None):
+        from .metrics import WorkerMetrics
+        # Leases held and lost (by reason) are counted here; heartbeats and reports count theirs.
+        self.metrics = metrics if metrics is not None else WorkerMetrics(registry=_private_registry())
         self._lock = threading.Lock()
         self._map: Dict[int, _Tracked] = {}
         # When a node last answered a heartbeat at all (ALIVE or RETRY).
@@ -48,6 +51,7 @@ class Leases:
         with self._lock:
             self._map[token] = _Tracked(secret=secret, ttl=ttl, interval=interval,
                                         confirmed_at=started_at, lost=lost)
+            self.metrics.leases_held.set(len(self._map))
         if now - started_at > interval / 2:
             self.renew_now.set()
         return lost
@@ -55,6 +59,7 @@ class Leases:
     def untrack(self, token: int) -> None:
         with self._lock:
             self._map.pop(token, None)
+            self.metrics.leases_held.set(len(self._map))
 
     def mark_reported(self, token: int) -> None:
         with self._lock:
@@ -62,7 +67,9 @@ class Leases:
             if t:
                 t.reported = True
 
-    def lose(self, token: int, why: str) -> None:
+    def lose(self, token: int, why: str, kind: str = "unknown") -> None:
+        """Gives the lease up: `kind` names the reason in the metrics (expired, cancelled,
+        finished, unknown, denied, unconfirmed), `why` says it to the handler."""
         with self._lock:
             t = self._map.get(token)
             if t is None:
@@ -70,10 +77,13 @@ class Leases:
             if t.reason is None:
                 log.warning("lease lost token=%d: %s", token, why)
                 t.reason = why
+                if not t.reported:
+                    self.metrics.leases_lost.labels(status=kind).inc()
             t.lost.set()
             if t.reported:
                 # Nothing left to protect: the report stands on its own (late successes count).
                 del self._map[token]
+                self.metrics.leases_held.set(len(self._map))
 
     def reason(self, token: int) -> Optional[str]:
         with self._lock:
@@ -108,7 +118,7 @@ class Leases:
                 elif unconfirmed > t.ttl and silent > t.ttl:
                     stale.append((token, f"no node reachable within the lease TTL ({t.ttl * 1000:.0f} ms); the cluster may have expired it"))
         for token, why in stale:
-            self.lose(token, why)
+            self.lose(token, why, "unconfirmed")
 
     def contact(self, at: float) -> None:
         with self._lock:
@@ -126,3 +136,12 @@ class Leases:
     def __len__(self) -> int:
         with self._lock:
             return len(self._map)
+
+
+def _private_registry():
+    """A registry of its own, for leases made without a worker's metrics (tests)."""
+    try:
+        import prometheus_client
+    except ImportError:
+        return None
+    return prometheus_client.CollectorRegistry()

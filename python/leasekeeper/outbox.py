@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import List, Optional
 
 import grpc
 
@@ -49,25 +50,35 @@ class Outbox:
             now = time.monotonic()
             self.leases.track(r.lease_token, r.lease_secret, ttl=1e9, interval=0.3, started_at=now, now=now)
             self.leases.mark_reported(r.lease_token)
-            self._deliver_async(r)
+            # When its process exited is not known to this run: its latency is not measured.
+            self._deliver_async(r, None)
+        self._depth()
 
     def report(self, r: Report) -> None:
         """Appends `r` to the journal (fsync), then delivers it in the background; the lease is
         renewed until the cluster acknowledges the report. Without the journal (it cannot be
         written) the report is still sent once, and the error raised."""
+        # The handler returned (the process exited) now: the report latency starts here.
+        exited = time.monotonic()
+        self.leases.metrics.tasks_run.labels(status=_RUN[r.outcome.kind]).inc()
         try:
             with self._lock:
                 self.journal.append(r)
         except OSError:
             log.exception("cannot journal the report; sending it anyway")
             try:
-                _send(self.client, r)
+                _send(self.client, r, [0], exited)
             except grpc.RpcError:
                 pass
             self.leases.untrack(r.lease_token)
             raise
         self.leases.mark_reported(r.lease_token)
-        self._deliver_async(r)
+        self._depth()
+        self._deliver_async(r, exited)
+
+    def _depth(self) -> None:
+        with self._lock:
+            self.leases.metrics.journal_depth.set(self.journal.pending_count())
 
     def undelivered(self) -> int:
         """Reports not yet acknowledged."""
@@ -87,18 +98,19 @@ class Outbox:
         with self._lock:
             self.journal.close()
 
-    def _deliver_async(self, r: Report) -> None:
-        threading.Thread(target=self._deliver, args=(r,), name="leasekeeper-report", daemon=True).start()
+    def _deliver_async(self, r: Report, exited: Optional[float]) -> None:
+        threading.Thread(target=self._deliver, args=(r, exited), name="leasekeeper-report", daemon=True).start()
 
-    def _deliver(self, r: Report) -> None:
+    def _deliver(self, r: Report, exited: Optional[float]) -> None:
         """Sends `r` until the cluster acknowledges it (or refuses it for good), then acks the
         journal."""
         backoff = P.REPORT_BACKOFF_INITIAL
         tries = 0
+        sent = [0]
         while True:
             tries += 1
             try:
-                _send(self.client, r)
+                _send(self.client, r, sent, exited)
                 log.info("report committed task=%s token=%d tries=%d", r.task_id, r.lease_token, tries)
                 break
             except grpc.RpcError as e:
@@ -111,18 +123,28 @@ class Outbox:
                 # ended): sending it again cannot change the answer.
                 log.error("report refused for good (%s: %s); dropping it", e.code(), e.details())
                 break
+        m = self.leases.metrics
+        sends = max(sent[0], 1)
+        m.reports_sent.inc(sends)
+        m.reports_retried.inc(sends - 1)
         with self._acked:
             try:
                 self.journal.ack(r.lease_token)
             except OSError:
                 log.exception("cannot record the acknowledgement; the report is sent again at the next start (harmless)")
+            m.journal_depth.set(self.journal.pending_count())
             self._acked.notify_all()
         self.leases.untrack(r.lease_token)
 
 
-def _send(client: Client, r: Report) -> None:
+#: The metrics' name of each kind of outcome.
+_RUN = {"success": "succeeded", "failure": "failed", "release": "released"}
+
+
+def _send(client: Client, r: Report, sent: List[int], exited: Optional[float]) -> None:
     o = r.outcome
     if o.kind == "release":
+        sent[0] += 1
         client.release(r.lease_token, r.lease_secret, o.reason)
     else:
         client.complete(
@@ -133,4 +155,6 @@ def _send(client: Client, r: Report) -> None:
             exit_code=o.exit_code,
             result=o.result,
             error=o.error,
+            sent=sent,
+            exited=exited,
         )

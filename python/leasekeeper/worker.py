@@ -29,6 +29,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import grpc
 
+from .metrics import WorkerMetrics, default as default_metrics
 from . import protocol as P
 from .client import RETRYABLE, Client, Interrupted
 from .heartbeat import heartbeats
@@ -93,7 +94,10 @@ class Worker:
         cert_file: Optional[str] = None,
         key_file: Optional[str] = None,
         token: Optional[str] = None,
+        metrics: Optional[WorkerMetrics] = None,
     ):
+        """`metrics`: where this worker counts what it does (with prometheus_client installed;
+        default: its default registry, which `leasekeeper.metrics.serve` serves)."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         # TLS as for `Client`: the CA the nodes' certificates chain to, and a client certificate
@@ -111,7 +115,8 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.drain_timeout = drain_timeout
         self.claim_wait_ms = claim_wait_ms
-        self.leases = Leases(time.monotonic())
+        self.metrics = metrics if metrics is not None else default_metrics()
+        self.leases = Leases(time.monotonic(), self.metrics)
         self.journal = Journal(journal_dir or default_journal_dir(self.worker_id))
         self.outbox = Outbox(self.client, self.journal, self.leases)
         self._stop = threading.Event()

@@ -11,6 +11,8 @@ pub struct Procs {
     pub addrs: Vec<String>,
     /// Peer ports (what the membership records).
     pub peer_addrs: Vec<String>,
+    /// HTTP listeners (`/metrics`, `/health`), outside network namespaces only.
+    pub metrics_addrs: Vec<String>,
     pub children: Vec<Option<Child>>,
     pub extra: Vec<String>,
     /// Extra environment per node (e.g. libfaketime for one node's clock).
@@ -54,10 +56,18 @@ impl Procs {
         envs: Vec<Vec<(String, String)>>,
     ) -> Procs {
         let n = addrs.len();
+        let metrics_addrs = if namespaces.is_none() {
+            (0..n)
+                .map(|_| format!("127.0.0.1:{}", free_port()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut p = Procs {
             dir: tempfile::tempdir().unwrap(),
             addrs,
             peer_addrs,
+            metrics_addrs,
             children: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             envs,
@@ -118,6 +128,13 @@ impl Procs {
                 "--default-ttl-ms",
                 "3000",
             ])
+            .args(
+                self.metrics_addrs
+                    .get(i)
+                    .map(|a| ["--metrics-listen", a.as_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra)
             .env("LEASEKEEPER_LOG", "info,openraft=warn")
             .env(
