@@ -51,6 +51,7 @@ class Cluster:
         self.token = token
         self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         self.peer_addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+        self.metrics_addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
         self.procs = [None, None, None]
         for i in range(3):
             self.start(i)
@@ -67,6 +68,7 @@ class Cluster:
                 "--initial-cluster", members,
                 "--heartbeat-ms", "50", "--election-min-ms", "150", "--election-max-ms", "300",
                 "--min-ttl-ms", "1000", "--default-ttl-ms", "3000",
+                "--metrics-listen", self.metrics_addrs[i],
             ] + self._tls_args(i) + self.extra,
             stdout=subprocess.DEVNULL,
             stderr=log,
