@@ -12,6 +12,8 @@ missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 # The Python SDK's TLS tests make their certificates with openssl.
 command -v openssl >/dev/null || missing+=(openssl)
+# The alert rules in deploy/ are checked and unit-tested with promtool (Debian's prometheus).
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq

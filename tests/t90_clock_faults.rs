@@ -158,33 +158,59 @@ async fn one_node_at_double_speed_even_as_leader() {
     let leads = try_make_leader(&mut p, 0).await;
     // The others' probes see node 1's clock at twice their rate, and node 1 sees theirs at
     // half its own: most voters disagree with it, so it judges its own clock off.
-    let judged = eventually(Duration::from_secs(15), "node 1 judges its clock off", || async {
-        let s = p.status(0).await?;
-        s.clock_off.then_some(s)
-    })
+    let judged = eventually(
+        Duration::from_secs(15),
+        "node 1 judges its clock off",
+        || async {
+            let s = p.status(0).await?;
+            s.clock_off.then_some(s)
+        },
+    )
     .await;
     assert!(
-        judged.peer_clocks.iter().all(|c| (0.4..0.6).contains(&c.rate)),
+        judged
+            .peer_clocks
+            .iter()
+            .all(|c| (0.4..0.6).contains(&c.rate)),
         "node 1 sees the others at half its rate: {:?}",
         judged.peer_clocks
     );
     for i in [1, 2] {
-        let fast = eventually(Duration::from_secs(10), "a rate estimate of node 1", || async {
-            let s = p.status(i).await?;
-            assert!(!s.clock_off, "node {} is sane: {s:?}", i + 1);
-            let c = s.peer_clocks.iter().find(|c| c.node_id == 1)?.clone();
-            (c.rate > 0.0).then_some(c)
-        })
+        let fast = eventually(
+            Duration::from_secs(10),
+            "a rate estimate of node 1",
+            || async {
+                let s = p.status(i).await?;
+                assert!(!s.clock_off, "node {} is sane: {s:?}", i + 1);
+                let c = s.peer_clocks.iter().find(|c| c.node_id == 1)?.clone();
+                (c.rate > 0.0).then_some(c)
+            },
+        )
         .await;
-        assert!((1.6..2.4).contains(&fast.rate), "node {} sees node 1 at {}", i + 1, fast.rate);
+        assert!(
+            (1.6..2.4).contains(&fast.rate),
+            "node {} sees node 1 at {}",
+            i + 1,
+            fast.rate
+        );
         let (_, metrics) = http_get(&p.metrics_addrs[i], "/metrics").await;
         let rate = metric(&metrics, "leasekeeper_peer_clock_rate", &[("peer", "1")]);
-        assert!((1.6..2.4).contains(&rate), "node {}'s metric: {rate}", i + 1);
+        assert!(
+            (1.6..2.4).contains(&rate),
+            "node {}'s metric: {rate}",
+            i + 1
+        );
     }
     let (code, text) = cli(&["status", "--endpoints", &p.addrs.join(",")]).await;
     assert_eq!(code, 0, "{text}");
-    let row = text.lines().find(|l| l.starts_with("1 ")).expect("node 1's row");
-    assert!(row.contains("OFF"), "status shows node 1's clock off: {text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .expect("node 1's row");
+    assert!(
+        row.contains("OFF"),
+        "status shows node 1's clock off: {text}"
+    );
     let (_, m0) = clock_of(&p, 0).await;
     let t0 = Instant::now();
     let o = renewing_and_silent(&p, Duration::from_secs(6), Duration::ZERO, || {}).await;
@@ -196,7 +222,10 @@ async fn one_node_at_double_speed_even_as_leader() {
         dead.history[0]
     );
     let (_, metrics) = http_get(&p.metrics_addrs[0], "/metrics").await;
-    assert_eq!(metric(&metrics, "leasekeeper_expiry_votes_cast_total", &[]), 0.0);
+    assert_eq!(
+        metric(&metrics, "leasekeeper_expiry_votes_cast_total", &[]),
+        0.0
+    );
     assert_eq!(metric(&metrics, "leasekeeper_clock_off", &[]), 1.0);
     let (_, m1) = clock_of(&p, 0).await;
     let rate = (m1 - m0) as f64 / t0.elapsed().as_millis() as f64;
