@@ -22,4 +22,5 @@ pub mod sim;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod worker;

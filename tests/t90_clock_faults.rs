@@ -182,7 +182,7 @@ async fn one_node_at_double_speed_even_as_leader() {
             || async {
                 let s = p.status(i).await?;
                 assert!(!s.clock_off, "node {} is sane: {s:?}", i + 1);
-                let c = s.peer_clocks.iter().find(|c| c.node_id == 1)?.clone();
+                let c = *s.peer_clocks.iter().find(|c| c.node_id == 1)?;
                 (c.rate > 0.0).then_some(c)
             },
         )

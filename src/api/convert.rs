@@ -95,6 +95,7 @@ pub fn task_to_pb(t: &Task, lease: Option<&Lease>) -> pb::Task {
         updated_at_unix_ms: t.updated_at_unix_ms,
         not_before_unix_ms: t.not_before_unix_ms,
         lease: lease.filter(|l| Some(l.token) == t.lease).map(lease_to_pb),
+        trace_parent: t.trace_parent.clone(),
     }
 }
 

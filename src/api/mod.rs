@@ -114,6 +114,25 @@ async fn serve_until_shutdown(
     }
 }
 
+/// The span of one call on the client port, continuing the caller's trace (its `traceparent`),
+/// when spans are exported.
+fn rpc_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    if !crate::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let path = req.uri().path();
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc = %path,
+        trace_id = tracing::field::Empty,
+    );
+    let md = tonic::metadata::MetadataMap::from_headers(req.headers().clone());
+    crate::trace::adopt(&span, crate::trace::extract(&md));
+    span
+}
+
 /// Serves the client port (every public service, health and reflection) until the node
 /// shuts down.
 pub async fn serve(
@@ -142,6 +161,7 @@ pub async fn serve(
         .expect("descriptors are valid");
     tokio::spawn(health_watch::watch_raft(node.clone(), health.clone()));
     let router = server_builder()
+        .trace_fn(rpc_span)
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(

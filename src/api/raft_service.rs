@@ -59,6 +59,20 @@ impl RaftSvc {
             PeerCall::Membership => {
                 super::admin::change_membership_for_peer(&self.node, body).await
             }
+            PeerCall::Propose if crate::trace::enabled() => {
+                use tracing::Instrument;
+                let span = tracing::info_span!(
+                    "raft.propose",
+                    otel.kind = "server",
+                    from,
+                    trace_id = tracing::field::Empty
+                );
+                crate::trace::adopt(&span, crate::trace::extract(req.metadata()));
+                self.node
+                    .handle_peer(from, kind, body)
+                    .instrument(span)
+                    .await
+            }
             _ => self.node.handle_peer(from, kind, body).await,
         };
         match answer {

@@ -45,6 +45,8 @@ impl Scheduler for SchedulerSvc {
             &req,
             Need::Schedule(&req.get_ref().queue),
         )?;
+        // Kept with the task: the worker that runs it continues this trace.
+        let trace_parent = crate::trace::incoming_traceparent(req.metadata());
         let r = req.into_inner();
         let l = &self.node.config.limits;
         validate::queue(&r.queue)?;
@@ -92,12 +94,11 @@ impl Scheduler for SchedulerSvc {
             initial_backoff_ms: initial,
             max_backoff_ms: max,
         };
-        match self
-            .node
-            .propose(Command::Submit(spec))
-            .await
-            .map_err(error::node)?
-        {
+        let cmd = match trace_parent {
+            Some(trace_parent) => Command::SubmitTraced { spec, trace_parent },
+            None => Command::Submit(spec),
+        };
+        match self.node.propose(cmd).await.map_err(error::node)? {
             SmResponse::Submitted { task, created } => Ok(Response::new(pb::SubmitTaskResponse {
                 task: Some(convert::task_to_pb(&task, None)),
                 created,

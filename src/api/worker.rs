@@ -235,7 +235,10 @@ impl Worker for WorkerSvc {
                         task,
                         lease,
                         secret,
-                    } => return Ok(answer(&task, &lease, secret)),
+                    } => {
+                        claimed_span(&task, &lease);
+                        return Ok(answer(&task, &lease, secret));
+                    }
                     SmResponse::NoTask => {}
                     SmResponse::Rejected(rej) => return Err(error::rejection(&rej)),
                     other => return Err(error::unexpected("claim", &other)),
@@ -591,4 +594,22 @@ fn count_renewals(
             .get_or_create(&crate::metrics::StatusLabel { status })
             .inc_by(*n);
     }
+}
+
+/// A span in the trace of the task's submit, for the claim that starts an attempt of it (the
+/// claim call itself cannot carry that trace: the worker learns the task from its answer).
+fn claimed_span(task: &crate::state::Task, lease: &crate::state::Lease) {
+    if !crate::trace::enabled() || task.trace_parent.is_empty() {
+        return;
+    }
+    let span = tracing::info_span!(
+        "task.claimed",
+        task = %task.id(),
+        queue = %task.queue(),
+        attempt = lease.attempt,
+        worker = %lease.worker_id,
+        trace_id = tracing::field::Empty,
+    );
+    crate::trace::adopt(&span, crate::trace::from_traceparent(&task.trace_parent));
+    span.in_scope(|| tracing::debug!(token = lease.token, "claimed"));
 }

@@ -32,6 +32,10 @@ pub struct Cli {
         global = true
     )]
     log_format: LogFormat,
+    /// Export spans over OTLP (gRPC) to this collector, e.g. http://127.0.0.1:4317. Calls then
+    /// carry their W3C trace context, and a task's run continues its submit's trace.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +46,8 @@ enum LogFormat {
 
 /// Set once from `--log-format` before anything logs.
 static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set once from `--otlp-endpoint` before anything logs.
+static OTLP_ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 #[derive(Args, Clone)]
 struct Conn {
@@ -190,18 +196,36 @@ enum NodeCmd {
     },
 }
 
-pub fn init_logging(default: &str) {
+/// Logs to stderr (text or JSON, filtered by `LEASEKEEPER_LOG`, else `default`), and exports
+/// spans as `service` when an OTLP endpoint was given.
+pub fn init_logging(default: &str, service: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEASEKEEPER_LOG")
         .unwrap_or_else(|_| default.into());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
-        fmt.json().with_current_span(true).try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let mut layers: Vec<Boxed> = vec![if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        fmt.json()
+            .with_current_span(true)
+            .with_filter(filter)
+            .boxed()
     } else {
         fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
-    };
+            .with_filter(filter)
+            .boxed()
+    }];
+    if let Some(endpoint) = OTLP_ENDPOINT.get() {
+        // Spans of this program only (not its libraries'), whatever the log filter says.
+        let ours = tracing_subscriber::filter::Targets::new()
+            .with_target("leasekeeper", tracing::Level::DEBUG);
+        match crate::trace::otlp_layer(endpoint, service) {
+            Ok(l) => layers.push(l.with_filter(ours).boxed()),
+            Err(e) => eprintln!("warning: not exporting spans: {e}"),
+        }
+    }
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 impl Cli {
@@ -230,10 +254,30 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         cli.log_format == LogFormat::Json,
         std::sync::atomic::Ordering::Relaxed,
     );
-    match cli.command {
+    if let Some(e) = cli.otlp_endpoint.filter(|e| !e.is_empty()) {
+        let _ = OTLP_ENDPOINT.set(e);
+    }
+    if matches!(
+        cli.command,
+        Cmd::Task { .. } | Cmd::Status { .. } | Cmd::Node { .. }
+    ) {
+        init_logging("warn", "leasekeeper-cli");
+    }
+    let res = run_command(cli.command).await;
+    crate::trace::shutdown().await;
+    res
+}
+
+async fn run_command(command: Cmd) -> Result<(), BoxError> {
+    match command {
         Cmd::Dev(a) => node::dev(a).await,
         Cmd::Server(a) => node::server(*a).await,
-        Cmd::Task { cmd, conn } => task::task(cmd, conn).await,
+        Cmd::Task { cmd, conn } => {
+            use tracing::Instrument;
+            // The root of the trace a submit starts (when spans are exported).
+            let span = tracing::info_span!("cli.task", otel.name = cmd.name());
+            task::task(cmd, conn).instrument(span).await
+        }
         Cmd::Worker(a) => work::worker(a).await,
         Cmd::Bench(a) => {
             let cfg = crate::bench::BenchConfig {

@@ -160,7 +160,7 @@ async fn wait_for_signal() {
 }
 
 pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
-    init_logging("info,openraft=error,sled=warn");
+    init_logging("info,openraft=error,sled=warn", "leasekeeper-dev");
     let port = |base: u16, i: u64| format!("{}:{}", a.host, base as u64 + i - 1);
     let clients: BTreeMap<u64, String> = (1..=a.nodes).map(|i| (i, port(a.base_port, i))).collect();
     let members: BTreeMap<u64, String> = (1..=a.nodes)
@@ -357,7 +357,6 @@ fn parse_members(v: &[String]) -> Result<BTreeMap<u64, String>, BoxError> {
 }
 
 pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
-    init_logging("info,openraft=error,sled=warn");
     let mut c: NodeConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -366,6 +365,10 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
         }
         None => NodeConfig::default(),
     };
+    init_logging(
+        "info,openraft=error,sled=warn",
+        &format!("leasekeeper-node-{}", a.id.unwrap_or(c.id)),
+    );
     if let Some(v) = a.id {
         c.id = v;
         if a.data_dir.is_none() && a.config.is_none() {

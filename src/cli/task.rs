@@ -69,6 +69,19 @@ pub enum TaskCmd {
     },
 }
 
+impl TaskCmd {
+    /// The command's name, for its span.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskCmd::Submit { .. } => "task submit",
+            TaskCmd::Get { .. } => "task get",
+            TaskCmd::List { .. } => "task list",
+            TaskCmd::Cancel { .. } => "task cancel",
+            TaskCmd::Watch { .. } => "task watch",
+        }
+    }
+}
+
 /// `succeeded` / `SUCCEEDED` / `EVENT_KIND_SUCCEEDED` → the event kind.
 fn parse_event_kind(s: &str) -> Result<pb::EventKind, String> {
     let upper = s.trim().to_ascii_uppercase().replace('-', "_");

@@ -127,7 +127,7 @@ async fn serve_metrics(
 /// `leasekeeper worker`: never returns; exits 0 when every report is delivered, 75 otherwise.
 pub async fn worker(a: WorkerArgs) -> Result<(), BoxError> {
     hold_signals();
-    init_logging("info,openraft=warn");
+    init_logging("info,openraft=error", "leasekeeper-worker");
     let j = a.job;
     let worker_id = j
         .worker_id
@@ -159,13 +159,14 @@ pub async fn worker(a: WorkerArgs) -> Result<(), BoxError> {
         )
         .await;
     drop(w);
+    crate::trace::shutdown().await;
     std::process::exit(if drained.undelivered == 0 { 0 } else { 75 });
 }
 
 /// `leasekeeper run`: exits with the command's own exit code.
 pub async fn run(a: RunArgs) -> Result<(), BoxError> {
     hold_signals();
-    init_logging("info,openraft=warn");
+    init_logging("info,openraft=error", "leasekeeper-worker");
     let task_id = a
         .task_id
         .unwrap_or_else(|| format!("run-{:016x}", rand::random::<u64>()));
@@ -188,16 +189,21 @@ pub async fn run(a: RunArgs) -> Result<(), BoxError> {
         return Err("an earlier report of this job is still undelivered: the cluster is unreachable; try again later".into());
     }
     let c = w.client().clone();
-    let submitted = c
-        .submit(pb::SubmitTaskRequest {
+    // The root of this job's trace (when spans are exported): the task keeps the submit's
+    // context, and its run continues it.
+    let root = tracing::info_span!("cli.run", task = %task_id);
+    let submitted = tracing::Instrument::instrument(
+        c.submit(pb::SubmitTaskRequest {
             id: task_id.clone(),
             queue: j.queue.clone(),
             payload: a.payload.clone().into_bytes(),
             max_attempts: a.max_attempts,
             lease_ttl_ms: a.ttl_ms,
             ..Default::default()
-        })
-        .await;
+        }),
+        root.clone(),
+    )
+    .await;
     let task = match submitted {
         Ok(r) => r.task.unwrap_or_default(),
         // Same id, different spec (e.g. another payload): the job exists; go by its state.
@@ -253,6 +259,11 @@ pub async fn run(a: RunArgs) -> Result<(), BoxError> {
     w.report(&ctx, outcome.clone()).await?;
     let left = w.drain(drain_timeout).await;
     keep_signals_away.abort();
+    // The attempt's and the job's spans end here, and are exported before the exit.
+    drop(ctx);
+    drop(w);
+    drop(root);
+    crate::trace::shutdown().await;
     if left > 0 {
         eprintln!("the outcome of {task_id} is journaled but not yet acknowledged: the next `leasekeeper run --task-id {task_id}` delivers it");
     } else if !matches!(outcome, Outcome::Success { .. }) {

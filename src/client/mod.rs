@@ -17,8 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 /// A connection to one node that carries the client's credentials on every call.
 pub type Conn = InterceptedService<Channel, Bearer>;
 
-/// Adds `authorization: Bearer <token>` to every call (nothing without a token). The token is
-/// never shown in `Debug` output.
+/// Adds `authorization: Bearer <token>` to every call (nothing without a token), and the
+/// caller's trace context. The token is never shown in `Debug` output.
 #[derive(Clone, Default)]
 pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
@@ -37,6 +37,8 @@ impl tonic::service::Interceptor for Bearer {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        // The caller's trace, when spans are exported (W3C `traceparent`).
+        crate::trace::inject_current(req.metadata_mut());
         Ok(req)
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Entries of one kind in flight at once; while all are in flight, new writes queue up and go
 /// together.
@@ -102,9 +103,22 @@ impl Submitter {
                 }
             } else {
                 self.metrics.proposals_forwarded.inc();
-                let sent = self
-                    .transport
-                    .call(&addr, PeerCall::Propose, codec::encode(&req), self.timeout)
+                let span = if crate::trace::enabled() {
+                    tracing::info_span!("raft.forward", otel.kind = "client", leader)
+                } else {
+                    tracing::Span::none()
+                };
+                // Made inside the span, so that the proposal carries it to the leader.
+                let sent = span
+                    .in_scope(|| {
+                        self.transport.call(
+                            &addr,
+                            PeerCall::Propose,
+                            codec::encode(&req),
+                            self.timeout,
+                        )
+                    })
+                    .instrument(span.clone())
                     .await;
                 match sent {
                     Ok(data) => match codec::decode::<ProposeReply>(&data) {
@@ -153,8 +167,15 @@ pub(crate) trait Grouping: Send + Sync + 'static {
 type Reply<A> = oneshot::Sender<Result<A, NodeError>>;
 
 /// Groups the writes of one kind into entries (see the module docs).
+/// One write waiting: what it writes, where its answer goes, and the caller's span (its trace).
+type Waiting<G> = (
+    <G as Grouping>::Item,
+    Reply<<G as Grouping>::Answer>,
+    tracing::Span,
+);
+
 pub(crate) struct Coalescer<G: Grouping> {
-    tx: mpsc::Sender<(G::Item, Reply<G::Answer>)>,
+    tx: mpsc::Sender<Waiting<G>>,
 }
 
 impl<G: Grouping> Coalescer<G> {
@@ -172,7 +193,12 @@ impl<G: Grouping> Coalescer<G> {
     /// Commits `item` with whatever else is waiting, and returns its own answer.
     pub async fn write(&self, item: G::Item) -> Result<G::Answer, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send((item, reply)).map_err(|e| match e {
+        let span = if crate::trace::enabled() {
+            tracing::Span::current()
+        } else {
+            tracing::Span::none()
+        };
+        self.tx.try_send((item, reply, span)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => NodeError::Overloaded(MAX_QUEUED),
             mpsc::error::TrySendError::Closed(_) => {
                 NodeError::Stopped("commit path stopped".into())
@@ -183,10 +209,7 @@ impl<G: Grouping> Coalescer<G> {
     }
 }
 
-async fn run<G: Grouping>(
-    submitter: Submitter,
-    mut rx: mpsc::Receiver<(G::Item, Reply<G::Answer>)>,
-) {
+async fn run<G: Grouping>(submitter: Submitter, mut rx: mpsc::Receiver<Waiting<G>>) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -194,14 +217,15 @@ async fn run<G: Grouping>(
         };
         let Some(first) = rx.recv().await else { return };
         let mut weight = 0;
-        let (mut items, mut replies) = (Vec::new(), Vec::new());
+        let (mut items, mut replies, mut spans) = (Vec::new(), Vec::new(), Vec::new());
         let mut next = Some(first);
-        while let Some((item, reply)) = next.take() {
+        while let Some((item, reply, span)) = next.take() {
             // A caller that has gone (its call cancelled or timed out) is not written for.
             if !reply.is_closed() {
                 weight += G::weight(&item);
                 items.push(item);
                 replies.push(reply);
+                spans.push(span);
             }
             if items.len() < G::MAX_ITEMS && weight < G::MAX_WEIGHT {
                 next = rx.try_recv().ok();
@@ -211,23 +235,44 @@ async fn run<G: Grouping>(
             continue;
         }
         let submitter = submitter.clone();
-        tokio::spawn(async move {
-            let res = submitter.propose_now(G::command(&items)).await;
-            drop(permit);
-            match res {
-                Ok(resp) => {
-                    for (reply, a) in replies.into_iter().zip(G::answers(items, resp)) {
-                        let _ = reply.send(a);
+        let commit = commit_span(&spans, items.len());
+        tokio::spawn(
+            async move {
+                let res = submitter.propose_now(G::command(&items)).await;
+                drop(permit);
+                match res {
+                    Ok(resp) => {
+                        for (reply, a) in replies.into_iter().zip(G::answers(items, resp)) {
+                            let _ = reply.send(a);
+                        }
                     }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
                     }
                 }
             }
-        });
+            .instrument(commit),
+        );
     }
+}
+
+/// The span of one entry's commit, when spans are exported: a child of the first writer's span,
+/// following from the others' (one entry carries many callers' writes).
+fn commit_span(callers: &[tracing::Span], writes: usize) -> tracing::Span {
+    if !crate::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: callers.first().and_then(|s| s.id()),
+        "raft.commit",
+        writes
+    );
+    for other in callers.iter().skip(1) {
+        span.follows_from(other);
+    }
+    span
 }
 
 /// API commands and the node's own votes: one `Batch` entry (a single command goes alone),
@@ -247,7 +292,9 @@ impl Grouping for Commands {
     /// Roughly the bytes `cmd` adds to an entry.
     fn weight(cmd: &Command) -> usize {
         64 + match cmd {
-            Command::Submit(spec) => spec.payload.len() + spec.id.len(),
+            Command::Submit(spec) | Command::SubmitTraced { spec, .. } => {
+                spec.payload.len() + spec.id.len()
+            }
             Command::Progress { progress, .. } => progress.len(),
             Command::Complete { report, .. } => report.result.len() + report.error.len(),
             Command::RenewBatch { tokens } => tokens.len() * 8,

@@ -161,12 +161,22 @@ impl Transport for GrpcTransport {
         let channel = self.channels.get(addr);
         let addr = addr.to_string();
         let (from, key) = (self.from, self.key.clone());
+        // A forwarded proposal carries its trace (taken now: the call runs in the caller's span).
+        let traceparent = match kind {
+            PeerCall::Propose => crate::trace::current_traceparent(),
+            _ => None,
+        };
         Box::pin(async move {
             let mut client = RaftClient::new(channel.map_err(PeerError::Unreachable)?)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let mut msg = tonic::Request::new(RaftMessage { data: body.into() });
             key.sign(from, msg.metadata_mut());
+            if let Some(tp) = &traceparent {
+                if let Ok(v) = tp.parse() {
+                    msg.metadata_mut().insert(crate::trace::TRACEPARENT, v);
+                }
+            }
             let fut = async {
                 match kind {
                     PeerCall::Append => client.append_entries(msg).await,

@@ -248,7 +248,20 @@ impl State {
         );
         self.last_revision = rev;
         let resp = match cmd {
-            Command::Submit(spec) => self.submit(rev, now, spec, fx),
+            Command::Submit(spec) => self.submit(rev, now, spec, "", fx),
+            Command::SubmitTraced { trace_parent, .. }
+                if trace_parent.len() > MAX_TRACE_PARENT_LEN =>
+            {
+                Response::Rejected(Rejection::Malformed {
+                    why: format!(
+                        "a trace context of {} bytes, the most a task keeps is {MAX_TRACE_PARENT_LEN}",
+                        trace_parent.len()
+                    ),
+                })
+            }
+            Command::SubmitTraced { spec, trace_parent } => {
+                self.submit(rev, now, spec, trace_parent, fx)
+            }
             Command::ClaimV0 {
                 queue,
                 worker_id,
@@ -365,7 +378,14 @@ impl State {
         t
     }
 
-    fn submit(&mut self, rev: Revision, now: u64, spec: &TaskSpec, fx: &mut Effects) -> Response {
+    fn submit(
+        &mut self,
+        rev: Revision,
+        now: u64,
+        spec: &TaskSpec,
+        trace_parent: &str,
+        fx: &mut Effects,
+    ) -> Response {
         if let Some(existing) = self.tasks.get(&spec.id) {
             return if existing.spec == *spec {
                 Response::Submitted {
@@ -400,6 +420,7 @@ impl State {
             updated_at_unix_ms: now,
             not_before_unix_ms: 0,
             lease: None,
+            trace_parent: trace_parent.to_string(),
         };
         let task = self.put(rev, now, t, Some(EventKind::Submitted), fx);
         Response::Submitted {

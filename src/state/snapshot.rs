@@ -127,6 +127,7 @@ impl From<TaskV0> for Task {
             updated_at_unix_ms: t.updated_at_unix_ms,
             not_before_unix_ms: t.not_before_unix_ms,
             lease: t.lease,
+            trace_parent: String::new(),
         }
     }
 }

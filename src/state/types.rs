@@ -144,6 +144,8 @@ pub struct Task {
     pub not_before_unix_ms: u64,
     /// The live lease while RUNNING.
     pub lease: Option<Token>,
+    /// The W3C `traceparent` of the submit that created the task ("" = none).
+    pub trace_parent: String,
 }
 
 impl Task {
@@ -186,6 +188,9 @@ pub struct Request {
     pub now_unix_ms: u64,
     pub cmd: Command,
 }
+
+/// The longest `traceparent` a task keeps (version 00 is 55 characters).
+pub const MAX_TRACE_PARENT_LEN: usize = 64;
 
 /// Commands decode at most this deep: a batch (depth 1) of single commands (depth 2). Deeper
 /// input is refused by the decoder before it can recurse (one message of nested batches
@@ -263,6 +268,11 @@ pub enum Command {
         voter: NodeId,
         votes: Vec<(Token, u64, u64)>,
     },
+    /// A submit that carried a trace context (its W3C `traceparent`, kept with the task).
+    SubmitTraced {
+        spec: TaskSpec,
+        trace_parent: String,
+    },
 }
 
 // Variants are appended, never reordered or changed: logs written by older versions decode.
@@ -311,7 +321,7 @@ impl<'de> Deserialize<'de> for Command {
 impl Command {
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Submit(_) => "submit",
+            Command::Submit(_) | Command::SubmitTraced { .. } => "submit",
             Command::Claim { .. } | Command::ClaimV0 { .. } => "claim",
             Command::RenewBatch { .. } => "renew_batch",
             Command::Progress { .. } => "progress",

@@ -175,6 +175,7 @@ mod tests {
                 updated_at_unix_ms: 0,
                 not_before_unix_ms: 0,
                 lease: None,
+                trace_parent: String::new(),
             },
         }
     }

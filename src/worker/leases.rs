@@ -18,6 +18,8 @@ struct Tracked {
     /// The work ended and its report is journaled: renew until it is acknowledged, but the
     /// lease can no longer be "lost" for the handler.
     reported: bool,
+    /// The attempt's span: confirmed renewals are events in it.
+    span: tracing::Span,
 }
 
 /// The leases this worker holds, shared by the claim loop, handlers, heartbeats and reports.
@@ -79,6 +81,7 @@ impl Leases {
                 lost: lost.clone(),
                 reason: None,
                 reported: false,
+                span: tracing::Span::none(),
             },
         );
         self.held(m.len());
@@ -87,6 +90,12 @@ impl Leases {
             self.renew_now.notify_one();
         }
         lost
+    }
+    /// Renewals of `token` are recorded in `span` from now on.
+    pub(super) fn trace(&self, token: u64, span: tracing::Span) {
+        if let Some(t) = self.map.lock().expect("lock").get_mut(&token) {
+            t.span = span;
+        }
     }
     pub(super) fn untrack(&self, token: u64) {
         let mut m = self.map.lock().expect("lock");
@@ -179,6 +188,9 @@ impl Leases {
     }
     pub(super) fn confirm(&self, token: u64, sent_at: Instant, interval_ms: u64) {
         if let Some(t) = self.map.lock().expect("lock").get_mut(&token) {
+            if crate::trace::enabled() {
+                tracing::debug!(parent: &t.span, token, "lease renewed");
+            }
             if sent_at > t.confirmed_at {
                 t.confirmed_at = sent_at;
             }

@@ -52,6 +52,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -130,9 +131,16 @@ pub struct TaskContext {
     stopping: CancellationToken,
     leases: Arc<Leases>,
     client: Client,
+    /// This attempt's span: a child of the task's submit when it carried a trace (spans are
+    /// exported with `--otlp-endpoint`). The handler runs, and its report is sent, inside it.
+    span: tracing::Span,
 }
 
 impl TaskContext {
+    /// This attempt's span (calls made inside it carry its trace).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
     pub fn token(&self) -> u64 {
         self.lease.token
     }
@@ -249,7 +257,10 @@ impl Worker {
             lease_secret: ctx.lease_secret.clone(),
             outcome,
         };
-        self.outbox.report(report).await
+        self.outbox
+            .report(report)
+            .instrument(ctx.span.clone())
+            .await
     }
 
     /// Waits until every journaled report is acknowledged, or `timeout` passes; returns how many
@@ -300,6 +311,7 @@ impl Worker {
             .unwrap_or(sent_at)
             .max(sent_at);
         self.leases.contact(now);
+        let span = task_span(&task, &lease);
         let lost = self.leases.track(
             lease.token,
             r.lease_secret.clone(),
@@ -307,7 +319,10 @@ impl Worker {
             r.renew_interval_ms,
             started_at,
         );
-        tracing::info!(task = %task.id, token = lease.token, attempt = lease.attempt, "claimed");
+        self.leases.trace(lease.token, span.clone());
+        span.in_scope(|| {
+            tracing::info!(task = %task.id, token = lease.token, attempt = lease.attempt, "claimed")
+        });
         Ok(Some(TaskContext {
             task,
             lease,
@@ -316,6 +331,7 @@ impl Worker {
             stopping,
             leases: self.leases.clone(),
             client: self.client.clone(),
+            span,
         }))
     }
 
@@ -446,10 +462,12 @@ impl Worker {
         Fut: Future<Output = Outcome> + Send + 'static,
     {
         let outbox = self.outbox.clone();
+        let span = ctx.span.clone();
         async move {
             let (task_id, token) = (ctx.task.id.clone(), ctx.lease.token);
             let lease_secret = ctx.lease_secret.clone();
-            let outcome = match tokio::spawn(handler(ctx)).await {
+            let run = handler(ctx).instrument(tracing::Span::current());
+            let outcome = match tokio::spawn(run).await {
                 Ok(o) => o,
                 Err(e) => Outcome::Failure {
                     exit_code: protocol::CRASH_EXIT_CODE,
@@ -467,6 +485,7 @@ impl Worker {
             let _ = outbox.report(report).await;
             drop(permit);
         }
+        .instrument(span)
     }
 }
 
@@ -478,4 +497,21 @@ impl Drop for Worker {
 
 fn new_claim_id() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// The span of one attempt: `task.run`, a child of the task's submit when that carried a trace.
+fn task_span(task: &pb::Task, lease: &pb::Lease) -> tracing::Span {
+    if !crate::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "task.run",
+        task = %task.id,
+        queue = %task.queue,
+        attempt = lease.attempt,
+        token = lease.token,
+        trace_id = tracing::field::Empty,
+    );
+    crate::trace::adopt(&span, crate::trace::from_traceparent(&task.trace_parent));
+    span
 }

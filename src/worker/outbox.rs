@@ -88,7 +88,12 @@ impl Outbox {
         }
         self.leases.mark_reported(report.lease_token);
         self.journal_depth();
-        tokio::spawn(self.clone().deliver(report, Some(exited)));
+        // Delivered inside the caller's span: the report continues the task's trace.
+        let deliver = self.clone().deliver(report, Some(exited));
+        tokio::spawn(tracing::Instrument::instrument(
+            deliver,
+            tracing::Span::current(),
+        ));
         Ok(())
     }
 
