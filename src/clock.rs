@@ -49,6 +49,20 @@ struct Heard {
     queue: Name,
 }
 
+impl Heard {
+    /// Heard now, at `renewals`.
+    fn now(renewals: u64, ttl_ms: u64, queue: Name, now_ms: u64) -> Self {
+        Heard {
+            renewals,
+            at_ms: now_ms,
+            renewed_ms: now_ms,
+            ttl_ms,
+            voted_at_ms: None,
+            queue,
+        }
+    }
+}
+
 /// What one apply step showed this node's clock, for its metrics.
 #[derive(Debug, Default, PartialEq)]
 pub struct Observed {
@@ -83,24 +97,12 @@ impl LeaseTimers {
                 Some(h) => {
                     seen.intervals_ms
                         .push((h.queue.clone(), now_ms.saturating_sub(h.renewed_ms)));
-                    h.renewals = l.renewals;
-                    h.at_ms = now_ms;
-                    h.renewed_ms = now_ms;
-                    h.ttl_ms = l.ttl_ms;
-                    h.voted_at_ms = None;
+                    *h = Heard::now(l.renewals, l.ttl_ms, h.queue.clone(), now_ms);
                 }
                 None => {
-                    self.heard.insert(
-                        l.token,
-                        Heard {
-                            renewals: l.renewals,
-                            at_ms: now_ms,
-                            renewed_ms: now_ms,
-                            ttl_ms: l.ttl_ms,
-                            voted_at_ms: None,
-                            queue: l.queue.clone().unwrap_or_else(|| "".into()),
-                        },
-                    );
+                    let queue = l.queue.clone().unwrap_or_else(|| "".into());
+                    let h = Heard::now(l.renewals, l.ttl_ms, queue, now_ms);
+                    self.heard.insert(l.token, h);
                 }
             }
         }
@@ -115,17 +117,8 @@ impl LeaseTimers {
     pub fn reset<'a>(&mut self, leases: impl Iterator<Item = (&'a Lease, Name)>, now_ms: u64) {
         self.heard.clear();
         for (l, queue) in leases {
-            self.heard.insert(
-                l.token,
-                Heard {
-                    renewals: l.renewals,
-                    at_ms: now_ms,
-                    renewed_ms: now_ms,
-                    ttl_ms: l.ttl_ms,
-                    voted_at_ms: None,
-                    queue,
-                },
-            );
+            let h = Heard::now(l.renewals, l.ttl_ms, queue, now_ms);
+            self.heard.insert(l.token, h);
         }
     }
 

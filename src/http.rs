@@ -5,7 +5,7 @@
 use crate::metrics::{WorkerMetrics, CONTENT_TYPE};
 use crate::node::Node;
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
@@ -19,59 +19,48 @@ pub async fn bind(addr: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("cannot listen on {addr} (metrics and health over HTTP): {e}"))
 }
 
-fn metrics_response(text: String) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+/// `/metrics`, answered with what `render` makes (OpenMetrics text) at each scrape.
+fn metrics_route(render: impl Fn() -> String + Clone + Send + Sync + 'static) -> Router {
+    let answer = move || {
+        let text = render();
+        async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response() }
+    };
+    Router::new().route("/metrics", get(answer))
 }
 
 /// A node's routes: `/metrics`, and `/health` (200 with a leader known, 503 without).
 pub fn node_routes(node: Arc<Node>) -> Router {
     let n = node.clone();
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let n = n.clone();
-                async move { metrics_response(n.render_metrics()) }
-            }),
-        )
-        .route(
-            "/health",
-            get(move || {
-                let node = node.clone();
-                async move {
-                    let m = node.metrics();
-                    let body = serde_json::json!({
-                        "node_id": node.id,
-                        "leader_id": m.current_leader,
-                        "term": m.current_term,
-                        "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
-                        "clock_off": node.clocks.is_off(),
-                    });
-                    let code = if m.current_leader.is_some() {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    (code, axum::Json(body))
-                }
-            }),
-        )
+    metrics_route(move || n.render_metrics()).route(
+        "/health",
+        get(move || {
+            let node = node.clone();
+            async move {
+                let m = node.metrics();
+                let body = serde_json::json!({
+                    "node_id": node.id,
+                    "leader_id": m.current_leader,
+                    "term": m.current_term,
+                    "applied_index": m.last_applied.map(|l| l.index).unwrap_or(0),
+                    "clock_off": node.clocks.is_off(),
+                });
+                let code = if m.current_leader.is_some() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (code, axum::Json(body))
+            }
+        }),
+    )
 }
 
 /// A worker's routes: `/metrics` and `/health` (always 200 while it runs).
 pub fn worker_routes(metrics: Arc<WorkerMetrics>) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move { metrics_response(m.encode()) }
-            }),
-        )
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({"ok": true})) }),
-        )
+    metrics_route(move || metrics.encode()).route(
+        "/health",
+        get(|| async { axum::Json(serde_json::json!({"ok": true})) }),
+    )
 }
 
 /// Serves `routes` on `listener` until `shutdown` turns true.

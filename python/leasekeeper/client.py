@@ -264,16 +264,12 @@ class Client:
         """`sent` (a one-element list) counts the sends of this report across calls, and numbers
         each in `report_try`; `exited` is when the task's process exited (`time.monotonic()`),
         sent as `exit_to_send_us`. Both feed the cluster's report metrics."""
+        base = pb.CompleteTaskRequest(task_id=task_id, lease_token=lease_token, lease_secret=lease_secret,
+                                      success=success, exit_code=exit_code, result=result, error=error)
+
         def make():
-            req = pb.CompleteTaskRequest(
-                task_id=task_id,
-                lease_token=lease_token,
-                lease_secret=lease_secret,
-                success=success,
-                exit_code=exit_code,
-                result=result,
-                error=error,
-            )
+            req = pb.CompleteTaskRequest()
+            req.CopyFrom(base)
             if sent is not None:
                 sent[0] += 1
                 req.report_try = sent[0]

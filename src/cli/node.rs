@@ -420,15 +420,9 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
     if let Some(v) = a.peer_client_cert_auth {
         c.peer_client_cert_auth = v;
     }
-    if a.metrics_listen.is_some() {
-        c.metrics_listen = a.metrics_listen;
-    }
-    if let Some(v) = a.metrics_max_queues {
-        c.metrics_max_queues = v;
-    }
-    if let Some(v) = a.clock_rate_bound {
-        c.clock_rate_bound = v;
-    }
+    c.metrics_listen = a.metrics_listen.or(c.metrics_listen);
+    c.metrics_max_queues = a.metrics_max_queues.unwrap_or(c.metrics_max_queues);
+    c.clock_rate_bound = a.clock_rate_bound.unwrap_or(c.clock_rate_bound);
     if !a.initial_cluster.is_empty() {
         c.initial_cluster = parse_members(&a.initial_cluster)?;
     }

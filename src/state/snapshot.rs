@@ -92,43 +92,23 @@ struct AttemptRecordV0 {
     expiry_voters: Vec<NodeId>,
 }
 
+/// `$To { f: $from.f, ... }` for the fields both layouts share, plus `$rest`.
+macro_rules! moved {
+    ($from:ident => $To:ident { $($f:ident),* } $($rest:tt)*) => {
+        $To { $($f: $from.$f,)* $($rest)* }
+    };
+}
+
 impl From<TaskV0> for Task {
     fn from(t: TaskV0) -> Task {
-        Task {
-            spec: t.spec,
-            state: t.state,
-            attempt: t.attempt,
-            failures: t.failures,
-            progress: t.progress,
-            result: t.result,
-            exit_code: t.exit_code,
-            error: t.error,
-            history: t
-                .history
-                .into_iter()
-                .map(|r| AttemptRecord {
-                    attempt: r.attempt,
-                    worker_id: r.worker_id,
-                    lease_token: r.lease_token,
-                    outcome: r.outcome,
-                    exit_code: r.exit_code,
-                    error: r.error,
-                    started_rev: r.started_rev,
-                    ended_rev: r.ended_rev,
-                    late: r.late,
-                    reported: r.reported,
-                    expiry_voters: r.expiry_voters,
-                    expiry_silence_ms: Vec::new(),
-                })
-                .collect(),
-            created_rev: t.created_rev,
-            updated_rev: t.updated_rev,
-            created_at_unix_ms: t.created_at_unix_ms,
-            updated_at_unix_ms: t.updated_at_unix_ms,
-            not_before_unix_ms: t.not_before_unix_ms,
-            lease: t.lease,
-            trace_parent: String::new(),
-        }
+        let history = t.history.into_iter().map(|r| {
+            moved!(r => AttemptRecord { attempt, worker_id, lease_token, outcome, exit_code, error,
+                started_rev, ended_rev, late, reported, expiry_voters } expiry_silence_ms: Vec::new())
+        });
+        let history = history.collect();
+        moved!(t => Task { spec, state, attempt, failures, progress, result, exit_code, error,
+            created_rev, updated_rev, created_at_unix_ms, updated_at_unix_ms, not_before_unix_ms,
+            lease } history, trace_parent: String::new())
     }
 }
 
@@ -136,39 +116,14 @@ impl From<TaskV0> for Task {
 #[cfg(test)]
 pub(super) fn task_v0(t: &Task) -> TaskV0 {
     let t = t.clone();
-    TaskV0 {
-        spec: t.spec,
-        state: t.state,
-        attempt: t.attempt,
-        failures: t.failures,
-        progress: t.progress,
-        result: t.result,
-        exit_code: t.exit_code,
-        error: t.error,
-        history: t
-            .history
-            .into_iter()
-            .map(|r| AttemptRecordV0 {
-                attempt: r.attempt,
-                worker_id: r.worker_id,
-                lease_token: r.lease_token,
-                outcome: r.outcome,
-                exit_code: r.exit_code,
-                error: r.error,
-                started_rev: r.started_rev,
-                ended_rev: r.ended_rev,
-                late: r.late,
-                reported: r.reported,
-                expiry_voters: r.expiry_voters,
-            })
-            .collect(),
-        created_rev: t.created_rev,
-        updated_rev: t.updated_rev,
-        created_at_unix_ms: t.created_at_unix_ms,
-        updated_at_unix_ms: t.updated_at_unix_ms,
-        not_before_unix_ms: t.not_before_unix_ms,
-        lease: t.lease,
-    }
+    let history = t.history.into_iter().map(|r| {
+        moved!(r => AttemptRecordV0 { attempt, worker_id, lease_token, outcome, exit_code, error,
+            started_rev, ended_rev, late, reported, expiry_voters })
+    });
+    let history = history.collect();
+    moved!(t => TaskV0 { spec, state, attempt, failures, progress, result, exit_code, error,
+        created_rev, updated_rev, created_at_unix_ms, updated_at_unix_ms, not_before_unix_ms,
+        lease } history)
 }
 
 impl<T: Into<Task>> Persisted<T> {

@@ -77,6 +77,14 @@ impl Sm {
             },
         })
     }
+    /// A machine holding task `id`, claimed: its lease's token.
+    fn claimed(id: &str) -> (Sm, Token) {
+        let mut sm = Sm::new();
+        sm.run(Command::Submit(spec(id, 3)));
+        let (_, lease) = sm.claim();
+        (sm, lease.token)
+    }
+
     fn vote(&mut self, voter: NodeId, token: Token, renewals: u64) -> Response {
         self.run(Command::ExpiryVote {
             voter,
@@ -168,10 +176,7 @@ fn repeated_report_gets_the_same_answer() {
 /// without a silence, count but leave none). It survives a snapshot.
 #[test]
 fn an_expiry_keeps_each_voters_silence_as_its_evidence() {
-    let mut sm = Sm::new();
-    sm.run(Command::Submit(spec("a", 3)));
-    let (_, lease) = sm.claim();
-    let t = lease.token;
+    let (mut sm, t) = Sm::claimed("a");
     let silent = |voter, renewals, ms| Command::ExpiryVoteSilence {
         voter,
         votes: vec![(t, renewals, ms)],
@@ -293,10 +298,7 @@ fn counts_by_queue_follow_every_change() {
 
 #[test]
 fn expiry_needs_a_majority_at_the_same_renewal_count() {
-    let mut sm = Sm::new();
-    sm.run(Command::Submit(spec("a", 3)));
-    let (_, lease) = sm.claim();
-    let t = lease.token;
+    let (mut sm, t) = Sm::claimed("a");
     assert_eq!(sm.vote(1, t, 0), Response::Voted { expired: vec![] });
     // A renewal lands between the votes: earlier votes are void.
     sm.run(Command::RenewBatch { tokens: vec![t] });

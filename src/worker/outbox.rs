@@ -182,48 +182,33 @@ async fn deliver_once(
     exited: Option<Instant>,
     sent: &std::sync::atomic::AtomicU32,
 ) -> Result<(), Status> {
-    match &r.outcome {
-        Outcome::Success { result } => client
-            .complete_counting(
-                pb::CompleteTaskRequest {
-                    task_id: r.task_id.clone(),
-                    lease_token: r.lease_token,
-                    success: true,
-                    exit_code: 0,
-                    result: result.clone(),
-                    error: String::new(),
-                    lease_secret: r.lease_secret.clone(),
-                    ..Default::default()
-                },
-                sent,
-                exited,
-            )
-            .await
-            .map(|_| ()),
+    let (success, exit_code, result, error) = match &r.outcome {
+        Outcome::Success { result } => (true, 0, result, String::new()),
         Outcome::Failure {
             exit_code,
             error,
             result,
-        } => client
-            .complete_counting(
-                pb::CompleteTaskRequest {
-                    task_id: r.task_id.clone(),
-                    lease_token: r.lease_token,
-                    success: false,
-                    exit_code: *exit_code,
-                    result: result.clone(),
-                    error: error.clone(),
-                    lease_secret: r.lease_secret.clone(),
-                    ..Default::default()
-                },
-                sent,
-                exited,
-            )
-            .await
-            .map(|_| ()),
-        Outcome::Release { reason } => client
-            .release(r.lease_token, &r.lease_secret, reason)
-            .await
-            .map(|_| ()),
-    }
+        } => (false, *exit_code, result, error.clone()),
+        Outcome::Release { reason } => {
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return client
+                .release(r.lease_token, &r.lease_secret, reason)
+                .await
+                .map(|_| ());
+        }
+    };
+    let req = pb::CompleteTaskRequest {
+        task_id: r.task_id.clone(),
+        lease_token: r.lease_token,
+        success,
+        exit_code,
+        result: result.clone(),
+        error,
+        lease_secret: r.lease_secret.clone(),
+        ..Default::default()
+    };
+    client
+        .complete_counting(req, sent, exited)
+        .await
+        .map(|_| ())
 }
