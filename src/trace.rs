@@ -85,22 +85,20 @@ impl Injector for Inject<'_> {
     }
 }
 
-struct Extract<'a>(&'a MetadataMap);
-
-impl Extractor for Extract<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-    fn keys(&self) -> Vec<&str> {
-        Vec::new()
-    }
+/// A `traceparent` with only the flag this propagator knows (sampled) kept: newer senders (the
+/// Python SDK) also set W3C level 2's "random" flag, which this propagator would refuse.
+fn normalized(traceparent: &str) -> Option<String> {
+    let (head, flags) = traceparent.trim().rsplit_once('-')?;
+    let flags = u8::from_str_radix(flags, 16).ok()? & 0x01;
+    Some(format!("{head}-{flags:02x}"))
 }
 
-struct One<'a>(&'a str);
+/// The one `traceparent` an extraction looks at.
+struct One(Option<String>);
 
-impl Extractor for One<'_> {
+impl Extractor for One {
     fn get(&self, key: &str) -> Option<&str> {
-        (key == TRACEPARENT).then_some(self.0)
+        (key == TRACEPARENT).then_some(self.0.as_deref()?)
     }
     fn keys(&self) -> Vec<&str> {
         vec![TRACEPARENT]
@@ -130,12 +128,13 @@ pub fn inject_current(md: &mut MetadataMap) {
 
 /// The context incoming metadata carries (empty without a valid `traceparent`).
 pub fn extract(md: &MetadataMap) -> Context {
-    TraceContextPropagator::new().extract(&Extract(md))
+    let tp = md.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+    from_traceparent(tp.unwrap_or(""))
 }
 
 /// The context of a stored `traceparent` string (empty if it does not parse).
 pub fn from_traceparent(traceparent: &str) -> Context {
-    TraceContextPropagator::new().extract(&One(traceparent))
+    TraceContextPropagator::new().extract(&One(normalized(traceparent)))
 }
 
 /// The `traceparent` of incoming metadata, if it is a well-formed one (what a submit keeps with
@@ -195,6 +194,11 @@ mod tests {
             trace_id(&from_traceparent(good)).as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
+        // W3C level 2's random flag (the Python SDK sets it) is accepted.
+        let random = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03";
+        let mut md = MetadataMap::new();
+        md.insert(TRACEPARENT, random.parse().unwrap());
+        assert_eq!(incoming_traceparent(&md).as_deref(), Some(random));
         for bad in [
             "",
             "garbage",

@@ -10,6 +10,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import grpc
 
+from . import tracing
+
 from .v1 import leasekeeper_pb2 as pb
 from .v1 import leasekeeper_pb2_grpc as rpc
 
@@ -128,11 +130,12 @@ class Client:
             stub = getattr(rpc, service + "Stub")(self.channel(node))
             # A callable request is made anew for every attempt (a report numbers its sends).
             req = request() if callable(request) else request
+            # The caller's trace (W3C traceparent), when OpenTelemetry is installed.
+            md = self.metadata + tracing.metadata()
             try:
                 if interrupt is None:
-                    return getattr(stub, method)(req, timeout=self.attempt_timeout + wait, metadata=self.metadata)
-                return _interruptible(getattr(stub, method), req, self.attempt_timeout + wait, interrupt,
-                                      self.metadata)
+                    return getattr(stub, method)(req, timeout=self.attempt_timeout + wait, metadata=md)
+                return _interruptible(getattr(stub, method), req, self.attempt_timeout + wait, interrupt, md)
             except grpc.RpcError as e:
                 if e.code() in RETRYABLE and time.monotonic() + backoff < deadline:
                     self.move_from(node)

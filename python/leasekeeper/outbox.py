@@ -4,6 +4,7 @@ fsynced to the journal before it is sent, sent to any node until the cluster ack
 replayed at the next start if the worker stops first."""
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -99,7 +100,10 @@ class Outbox:
             self.journal.close()
 
     def _deliver_async(self, r: Report, exited: Optional[float]) -> None:
-        threading.Thread(target=self._deliver, args=(r, exited), name="leasekeeper-report", daemon=True).start()
+        # Delivered in the caller's context: the report continues the task's trace.
+        ctx = contextvars.copy_context()
+        threading.Thread(target=ctx.run, args=(self._deliver, r, exited), name="leasekeeper-report",
+                         daemon=True).start()
 
     def _deliver(self, r: Report, exited: Optional[float]) -> None:
         """Sends `r` until the cluster acknowledges it (or refuses it for good), then acks the

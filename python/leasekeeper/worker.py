@@ -37,6 +37,7 @@ from .journal import Journal
 from .leases import Leases
 from .outbox import Outbox
 from .report import Outcome, Report
+from .tracing import task_span
 from .v1 import leasekeeper_pb2 as pb
 
 log = logging.getLogger("leasekeeper.worker")
@@ -254,11 +255,13 @@ class Worker:
     def _handle(self, handler: Handler, ctx: TaskContext, slots: threading.Semaphore) -> None:
         """Runs one handler, then journals and delivers its outcome."""
         try:
-            try:
-                res = handler(ctx)
-                outcome = res if isinstance(res, Outcome) else Outcome.success(res or b"")
-            except Exception as e:  # the task failed; the report says how
-                outcome = Outcome.failure(P.CRASH_EXIT_CODE, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-            self.report(ctx, outcome)
+            # The handler runs, and its report is sent, in the task's trace.
+            with task_span(ctx.task):
+                try:
+                    res = handler(ctx)
+                    outcome = res if isinstance(res, Outcome) else Outcome.success(res or b"")
+                except Exception as e:  # the task failed; the report says how
+                    outcome = Outcome.failure(P.CRASH_EXIT_CODE, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+                self.report(ctx, outcome)
         finally:
             slots.release()

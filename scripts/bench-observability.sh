@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The cost of metrics and tracing on renew (and lifecycle) throughput, in one run: three-node
+# `dev` clusters driven alternately by the same load generator,
+#   off     the build at REV, before metrics and tracing existed (default: the last commit
+#           without them);
+#   metrics this checkout, every node's /metrics scraped once a second (as Prometheus would,
+#           more often);
+#   traces  the same, and every node exporting spans over OTLP to a local collector stand-in
+#           that accepts and discards them.
+#
+#   bash scripts/bench-observability.sh [REV] [seconds-per-run] [clients]
+#
+# Prints one row per shape, setting and round, and each setting's median against `off`; raw JSON
+# in target/bench/. The collector stand-in is a few lines of Python on grpcio and
+# opentelemetry-proto, installed into target/py-venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REV=${1:-c3b4abe}
+SECS=${2:-10}
+CLIENTS=${3:-64}
+OUT=target/bench
+mkdir -p "$OUT"
+cargo build --release --locked -q
+NEW=$PWD/target/release/leasekeeper
+TREE=$PWD/target/bench-before/$REV
+if [ ! -d "$TREE" ]; then
+  git worktree add -f --detach "$TREE" "$REV" >/dev/null
+fi
+(cd "$TREE" && cargo build --release --locked -q)
+OLD=$TREE/target/release/leasekeeper
+venv=target/py-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet grpcio "opentelemetry-proto>=1.20"
+WORK=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cat >"$WORK/sink.py" <<'PY'
+# Accepts OTLP trace exports and discards them, counting spans (printed at exit).
+import signal, sys
+from concurrent import futures
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+spans = 0
+class Sink(trace_service_pb2_grpc.TraceServiceServicer):
+    def Export(self, request, context):
+        global spans
+        spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)
+server.add_insecure_port(sys.argv[1])
+server.start()
+def stop(*_):
+    print(f"sink: {spans} spans received", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+server.wait_for_termination()
+PY
+SINK=127.0.0.1:27799
+"$venv/bin/python" "$WORK/sink.py" "$SINK" >"$WORK/sink.log" 2>&1 &
+sink=$!
+pids+=("$sink")
+
+EPS=127.0.0.1:27701,127.0.0.1:27702,127.0.0.1:27703
+cluster=""
+scraper=""
+start() { # off|metrics|traces
+  rm -rf "$WORK/lk"
+  case "$1" in
+    off) "$OLD" dev --dir "$WORK/lk" --base-port 27701 --peer-base-port 27711 >"$WORK/dev.log" 2>&1 & ;;
+    metrics) "$NEW" dev --dir "$WORK/lk" --base-port 27701 --peer-base-port 27711 \
+      --metrics-base-port 27721 >"$WORK/dev.log" 2>&1 & ;;
+    traces) "$NEW" dev --dir "$WORK/lk" --base-port 27701 --peer-base-port 27711 \
+      --metrics-base-port 27721 --otlp-endpoint "http://$SINK" >"$WORK/dev.log" 2>&1 & ;;
+  esac
+  cluster=$!
+  pids+=("$cluster")
+  for _ in $(seq 1 100); do "$NEW" status --endpoints "$EPS" >/dev/null 2>&1 && break; sleep 0.2; done
+  "$NEW" status --endpoints "$EPS" >/dev/null 2>&1 || { echo "the $1 cluster did not start"; cat "$WORK/dev.log"; exit 1; }
+  if [ "$1" != off ]; then
+    (while :; do for p in 27721 27722 27723; do curl -s -o /dev/null "http://127.0.0.1:$p/metrics"; done; sleep 1; done) &
+    scraper=$!
+    pids+=("$scraper")
+  fi
+}
+stop() {
+  [ -n "$scraper" ] && { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; scraper=""; }
+  kill "$cluster"; wait "$cluster" 2>/dev/null || true; cluster=""
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); off = $REV, metrics and traces = $(git rev-parse --short HEAD)"
+rows=()
+for round in 1 2; do
+  for setting in off metrics traces; do
+    for shape in renew lifecycle; do
+      start "$setting"
+      f="$OUT/observability-$shape-$setting-$round.json"
+      "$NEW" bench --endpoints "$EPS" --shape "$shape" --clients "$CLIENTS" --duration-s "$SECS" --json >"$f"
+      rows+=("$shape|$setting|$round|$(cat "$f")")
+      stop
+    done
+  done
+done
+kill -TERM "$sink"; wait "$sink" 2>/dev/null || true
+cat "$WORK/sink.log"
+python3 - "${rows[@]}" <<'PY'
+import json, statistics, sys
+by = {}
+print(f"{'shape':<11}{'setting':<9}{'round':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+for item in sys.argv[1:]:
+    shape, setting, rnd, r = item.split("|", 3)
+    r = json.loads(r)
+    by.setdefault((shape, setting), []).append(r["ops_per_s"])
+    lat = r["latency"]
+    print(f"{shape:<11}{setting:<9}{rnd:>6}{r['ops_per_s']:>10.0f}{lat['p50_ms']:>9.2f}{lat['p99_ms']:>9.2f}{r['errors']:>8}")
+for shape in ("renew", "lifecycle"):
+    off = statistics.median(by[(shape, "off")])
+    for setting in ("metrics", "traces"):
+        on = statistics.median(by[(shape, setting)])
+        print(f"{shape:<11}{setting:<9} median {on:.0f}/s against off {off:.0f}/s: {100 * (on - off) / off:+.1f} %")
+PY
