@@ -18,27 +18,11 @@ cd "$(dirname "$0")/.."
 REV=${1:-c3b4abe}
 SECS=${2:-10}
 CLIENTS=${3:-64}
-OUT=target/bench
-mkdir -p "$OUT"
-cargo build --release --locked -q
-NEW=$PWD/target/release/leasekeeper
-TREE=$PWD/target/bench-before/$REV
-if [ ! -d "$TREE" ]; then
-  git worktree add -f --detach "$TREE" "$REV" >/dev/null
-fi
-(cd "$TREE" && cargo build --release --locked -q)
-OLD=$TREE/target/release/leasekeeper
+source scripts/bench-lib.sh
+OLD=$(binary_at "$REV")
 venv=target/py-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet grpcio "opentelemetry-proto>=1.20"
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 cat >"$WORK/sink.py" <<'PY'
 # Accepts OTLP trace exports and discards them, counting spans (printed at exit).
@@ -95,33 +79,7 @@ stop() {
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); off = $REV, metrics and traces = $(git rev-parse --short HEAD)"
-rows=()
-for round in 1 2; do
-  for setting in off metrics traces; do
-    for shape in renew lifecycle; do
-      start "$setting"
-      f="$OUT/observability-$shape-$setting-$round.json"
-      "$NEW" bench --endpoints "$EPS" --shape "$shape" --clients "$CLIENTS" --duration-s "$SECS" --json >"$f"
-      rows+=("$shape|$setting|$round|$(cat "$f")")
-      stop
-    done
-  done
-done
+run_rounds observability off,metrics,traces
 kill -TERM "$sink"; wait "$sink" 2>/dev/null || true
 cat "$WORK/sink.log"
-python3 - "${rows[@]}" <<'PY'
-import json, statistics, sys
-by = {}
-print(f"{'shape':<11}{'setting':<9}{'round':>6}{'ops/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-for item in sys.argv[1:]:
-    shape, setting, rnd, r = item.split("|", 3)
-    r = json.loads(r)
-    by.setdefault((shape, setting), []).append(r["ops_per_s"])
-    lat = r["latency"]
-    print(f"{shape:<11}{setting:<9}{rnd:>6}{r['ops_per_s']:>10.0f}{lat['p50_ms']:>9.2f}{lat['p99_ms']:>9.2f}{r['errors']:>8}")
-for shape in ("renew", "lifecycle"):
-    off = statistics.median(by[(shape, "off")])
-    for setting in ("metrics", "traces"):
-        on = statistics.median(by[(shape, setting)])
-        print(f"{shape:<11}{setting:<9} median {on:.0f}/s against off {off:.0f}/s: {100 * (on - off) / off:+.1f} %")
-PY
+summarize off,metrics,traces "${rows[@]}"

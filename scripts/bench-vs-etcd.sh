@@ -26,14 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 cargo build --release --locked -q
 LK=target/release/leasekeeper
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source scripts/bench-lib.sh
 
 # ---------------------------------------------------------------- etcd, three members
 TLS=${TLS:-0}

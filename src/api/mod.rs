@@ -4,6 +4,7 @@ mod admin;
 pub mod convert;
 mod error;
 mod health_watch;
+mod observe;
 mod raft_service;
 pub(crate) mod scheduler;
 pub mod validate;

@@ -236,7 +236,7 @@ impl Worker for WorkerSvc {
                         lease,
                         secret,
                     } => {
-                        claimed_span(&task, &lease);
+                        super::observe::claimed_span(&task, &lease);
                         return Ok(answer(&task, &lease, secret));
                     }
                     SmResponse::NoTask => {}
@@ -275,7 +275,7 @@ impl Worker for WorkerSvc {
             RenewOutcome::Alive { .. } => pb::LeaseStatus::Alive,
             RenewOutcome::Lost(reason) => convert::lost_to_status(reason),
         };
-        count_renewals(
+        super::observe::count_renewals(
             &self.node.shared.metrics,
             received,
             &[pb::LeaseRenewal {
@@ -448,7 +448,7 @@ impl Worker for WorkerSvc {
                         renew_interval_ms: 0,
                     },
                 };
-                count_renewals(&node.shared.metrics, received, &resp.leases);
+                super::observe::count_renewals(&node.shared.metrics, received, &resp.leases);
                 // A client that stopped reading answers holds the stream's slot and memory.
                 match tokio::time::timeout(stall, tx.send(Ok(resp))).await {
                     Ok(Ok(())) => {}
@@ -563,53 +563,4 @@ impl Worker for WorkerSvc {
             other => Err(error::unexpected("release", &other)),
         }
     }
-}
-
-/// Counts a heartbeat's (or a renewal's) answers by status, and how long it took to answer.
-fn count_renewals(
-    m: &crate::metrics::NodeMetrics,
-    received: std::time::Instant,
-    leases: &[pb::LeaseRenewal],
-) {
-    m.renew_duration.observe(received.elapsed().as_secs_f64());
-    let mut counts = [0u64; 8];
-    for l in leases {
-        counts[(l.status.clamp(0, 7)) as usize] += 1;
-    }
-    for (status, n) in counts.iter().enumerate() {
-        if *n == 0 {
-            continue;
-        }
-        let status = match pb::LeaseStatus::try_from(status as i32) {
-            Ok(pb::LeaseStatus::Alive) => "alive",
-            Ok(pb::LeaseStatus::Expired) => "expired",
-            Ok(pb::LeaseStatus::Cancelled) => "cancelled",
-            Ok(pb::LeaseStatus::Finished) => "finished",
-            Ok(pb::LeaseStatus::Unknown) => "unknown",
-            Ok(pb::LeaseStatus::Retry) => "retry",
-            Ok(pb::LeaseStatus::Denied) => "denied",
-            _ => "unspecified",
-        };
-        m.renewal_answers
-            .get_or_create(&crate::metrics::StatusLabel { status })
-            .inc_by(*n);
-    }
-}
-
-/// A span in the trace of the task's submit, for the claim that starts an attempt of it (the
-/// claim call itself cannot carry that trace: the worker learns the task from its answer).
-fn claimed_span(task: &crate::state::Task, lease: &crate::state::Lease) {
-    if !crate::trace::enabled() || task.trace_parent.is_empty() {
-        return;
-    }
-    let span = tracing::info_span!(
-        "task.claimed",
-        task = %task.id(),
-        queue = %task.queue(),
-        attempt = lease.attempt,
-        worker = %lease.worker_id,
-        trace_id = tracing::field::Empty,
-    );
-    crate::trace::adopt(&span, crate::trace::from_traceparent(&task.trace_parent));
-    span.in_scope(|| tracing::debug!(token = lease.token, "claimed"));
 }

@@ -14,34 +14,11 @@ use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+mod bearer;
+pub use bearer::Bearer;
+
 /// A connection to one node that carries the client's credentials on every call.
 pub type Conn = InterceptedService<Channel, Bearer>;
-
-/// Adds `authorization: Bearer <token>` to every call (nothing without a token), and the
-/// caller's trace context. The token is never shown in `Debug` output.
-#[derive(Clone, Default)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl std::fmt::Debug for Bearer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Bearer(<redacted>)"
-        } else {
-            "Bearer(none)"
-        })
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        // The caller's trace, when spans are exported (W3C `traceparent`).
-        crate::trace::inject_current(req.metadata_mut());
-        Ok(req)
-    }
-}
 
 /// Answers up to this size are accepted: any answer a legal task can produce (see
 /// [`crate::api::MAX_ANSWER_BYTES`]).

@@ -138,49 +138,6 @@ impl State {
         Self::default()
     }
 
-    // ------------------------------------------------------------------ reads
-
-    pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id).map(|t| &**t)
-    }
-    pub fn lease(&self, token: Token) -> Option<&Lease> {
-        self.leases.get(&token)
-    }
-    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
-        self.leases.values()
-    }
-    /// Every live lease with its task's queue.
-    pub fn leases_with_queues(&self) -> impl Iterator<Item = (&Lease, Name)> {
-        self.leases.values().map(|l| {
-            let queue = self
-                .tasks
-                .get(&l.task_id)
-                .map(|t| t.spec.queue.clone())
-                .unwrap_or_else(|| "".into());
-            (l, queue)
-        })
-    }
-    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values().map(|t| &**t)
-    }
-    /// Tasks per state (in [`TaskState::ALL`]'s order), per queue.
-    pub fn counts_by_queue(&self) -> impl Iterator<Item = (&Name, &[u64; 5])> {
-        self.counts.iter()
-    }
-    pub fn task_count(&self) -> usize {
-        self.tasks.len()
-    }
-    pub fn lease_count(&self) -> usize {
-        self.leases.len()
-    }
-    /// The highest fencing token handed out.
-    pub fn last_token(&self) -> Token {
-        self.last_token
-    }
-    pub fn last_revision(&self) -> Revision {
-        self.last_revision
-    }
-
     // ------------------------------------------------------------------ apply
 
     /// Applies log entry `index`: its command, or each command of a batch, at revisions

@@ -287,7 +287,7 @@ fn apply_entries(
         .lock()
         .expect("lock")
         .apply(&fx, shared.clock.monotonic_ms());
-    observe(&shared.metrics, &fx, seen, out.len());
+    shared.metrics.observe_apply(&fx, seen, out.len());
     {
         let mut ev = shared.events.lock().expect("lock");
         for e in fx.events {
@@ -297,45 +297,6 @@ fn apply_entries(
     }
     shared.applied_index.send_replace(last);
     out
-}
-
-/// Counts what one apply step did into the node's metrics.
-fn observe(
-    m: &crate::metrics::NodeMetrics,
-    fx: &Effects,
-    seen: crate::clock::Observed,
-    entries: usize,
-) {
-    m.entries_applied.inc_by(entries as u64);
-    for e in &fx.events {
-        m.event(e.kind, e.task.queue());
-    }
-    for e in &fx.ended {
-        m.lease_ended(&e.queue, e.outcome);
-    }
-    for q in &fx.late_successes {
-        m.queue(q).late_successes.inc();
-    }
-    for v in &fx.votes {
-        m.expiry_votes_received.get_or_create(&m.peer(*v)).inc();
-    }
-    // Renewals come in runs of one queue: look each queue up once per run.
-    let mut last: Option<(&str, std::sync::Arc<crate::metrics::QueueMetrics>)> = None;
-    for (queue, ms) in &seen.intervals_ms {
-        let q = match &last {
-            Some((name, q)) if *name == &**queue => q.clone(),
-            _ => {
-                let q = m.queue(queue);
-                last = Some((queue, q.clone()));
-                q
-            }
-        };
-        q.renewed.inc();
-        q.heartbeat_interval.observe(*ms as f64 / 1000.0);
-    }
-    for (queue, ms) in &seen.expiry_late_ms {
-        m.queue(queue).expiry_late.observe(*ms as f64 / 1000.0);
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
