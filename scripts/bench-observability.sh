@@ -6,7 +6,8 @@
 #   metrics this checkout, every node's /metrics scraped once a second (as Prometheus would,
 #           more often);
 #   traces  the same, and every node exporting spans over OTLP to a local collector stand-in
-#           that accepts and discards them.
+#           that accepts and discards them;
+#   sampled the same with --otlp-sample-ratio 0.1 (one trace in ten exported).
 #
 #   bash scripts/bench-observability.sh [REV] [seconds-per-run] [clients]
 #
@@ -54,7 +55,7 @@ pids+=("$sink")
 EPS=127.0.0.1:27701,127.0.0.1:27702,127.0.0.1:27703
 cluster=""
 scraper=""
-start() { # off|metrics|traces
+start() { # off|metrics|traces|sampled
   rm -rf "$WORK/lk"
   case "$1" in
     off) "$OLD" dev --dir "$WORK/lk" --base-port 27701 --peer-base-port 27711 >"$WORK/dev.log" 2>&1 & ;;
@@ -62,6 +63,9 @@ start() { # off|metrics|traces
       --metrics-base-port 27721 >"$WORK/dev.log" 2>&1 & ;;
     traces) "$NEW" dev --dir "$WORK/lk" --base-port 27701 --peer-base-port 27711 \
       --metrics-base-port 27721 --otlp-endpoint "http://$SINK" >"$WORK/dev.log" 2>&1 & ;;
+    sampled) "$NEW" dev --dir "$WORK/lk" --base-port 27701 --peer-base-port 27711 \
+      --metrics-base-port 27721 --otlp-endpoint "http://$SINK" --otlp-sample-ratio 0.1 \
+      >"$WORK/dev.log" 2>&1 & ;;
   esac
   cluster=$!
   pids+=("$cluster")
@@ -78,8 +82,8 @@ stop() {
   kill "$cluster"; wait "$cluster" 2>/dev/null || true; cluster=""
 }
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); off = $REV, metrics and traces = $(git rev-parse --short HEAD)"
-run_rounds observability off,metrics,traces
+echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); off = $REV, metrics, traces and sampled = $(git rev-parse --short HEAD)"
+run_rounds observability off,metrics,traces,sampled
 kill -TERM "$sink"; wait "$sink" 2>/dev/null || true
 cat "$WORK/sink.log"
-summarize off,metrics,traces "${rows[@]}"
+summarize off,metrics,traces,sampled "${rows[@]}"

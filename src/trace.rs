@@ -27,11 +27,13 @@ pub fn enabled() -> bool {
 }
 
 /// The layer that turns this process's spans into OpenTelemetry spans exported to `endpoint`
-/// (e.g. `http://127.0.0.1:4317`) as `service`. Spans are batched and sent from a thread of
-/// their own; [`shutdown`] sends what is left.
+/// (e.g. `http://127.0.0.1:4317`) as `service`. A trace this process starts is sampled with
+/// probability `sample_ratio` (0 to 1); one it continues follows its caller's decision. Spans
+/// are batched and sent from a thread of their own; [`shutdown`] sends what is left.
 pub fn otlp_layer<S>(
     endpoint: &str,
     service: &str,
+    sample_ratio: f64,
 ) -> Result<impl tracing_subscriber::Layer<S>, String>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -44,6 +46,9 @@ where
         .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
     let provider = opentelemetry_sdk::trace::TracerProvider::builder()
         .with_batch_exporter(exporter, opentelemetry_sdk::runtime::TokioCurrentThread)
+        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(sample_ratio.clamp(0.0, 1.0)),
+        )))
         .with_resource(opentelemetry_sdk::Resource::new([KeyValue::new(
             "service.name",
             service.to_string(),

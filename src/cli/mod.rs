@@ -36,6 +36,10 @@ pub struct Cli {
     /// carry their W3C trace context, and a task's run continues its submit's trace.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     otlp_endpoint: Option<String>,
+    /// The share of traces this process starts that are exported (0 to 1; default 1, all).
+    /// A call that arrives in a trace follows its caller's decision.
+    #[arg(long, default_value_t = 1.0, global = true)]
+    otlp_sample_ratio: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -46,8 +50,8 @@ enum LogFormat {
 
 /// Set once from `--log-format` before anything logs.
 static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-/// Set once from `--otlp-endpoint` before anything logs.
-static OTLP_ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// Set once from `--otlp-endpoint` (and `--otlp-sample-ratio`) before anything logs.
+static OTLP_ENDPOINT: std::sync::OnceLock<(String, f64)> = std::sync::OnceLock::new();
 
 #[derive(Args, Clone)]
 struct Conn {
@@ -216,11 +220,11 @@ pub fn init_logging(default: &str, service: &str) {
             .with_filter(filter)
             .boxed()
     }];
-    if let Some(endpoint) = OTLP_ENDPOINT.get() {
+    if let Some((endpoint, ratio)) = OTLP_ENDPOINT.get() {
         // Spans of this program only (not its libraries'), whatever the log filter says.
         let ours = tracing_subscriber::filter::Targets::new()
             .with_target("leasekeeper", tracing::Level::DEBUG);
-        match crate::trace::otlp_layer(endpoint, service) {
+        match crate::trace::otlp_layer(endpoint, service, *ratio) {
             Ok(l) => layers.push(l.with_filter(ours).boxed()),
             Err(e) => eprintln!("warning: not exporting spans: {e}"),
         }
@@ -254,8 +258,15 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         cli.log_format == LogFormat::Json,
         std::sync::atomic::Ordering::Relaxed,
     );
+    if !(0.0..=1.0).contains(&cli.otlp_sample_ratio) {
+        return Err(format!(
+            "--otlp-sample-ratio {} is not a share: give 0 to 1 (0.1 exports one trace in ten)",
+            cli.otlp_sample_ratio
+        )
+        .into());
+    }
     if let Some(e) = cli.otlp_endpoint.filter(|e| !e.is_empty()) {
-        let _ = OTLP_ENDPOINT.set(e);
+        let _ = OTLP_ENDPOINT.set((e, cli.otlp_sample_ratio));
     }
     if matches!(
         cli.command,
