@@ -15,8 +15,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The metadata key of the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
-/// A `traceparent` is 55 characters (version 00); longer values are not kept.
-pub const MAX_TRACEPARENT_LEN: usize = 64;
+/// Longer `traceparent`s are not kept (the limit the state machine enforces).
+pub use crate::state::MAX_TRACE_PARENT_LEN;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static PROVIDER: OnceLock<opentelemetry_sdk::trace::TracerProvider> = OnceLock::new();
@@ -146,7 +146,7 @@ pub fn from_traceparent(traceparent: &str) -> Context {
 /// its task). Checked by parsing, so nothing arbitrary is stored.
 pub fn incoming_traceparent(md: &MetadataMap) -> Option<String> {
     let raw = md.get(TRACEPARENT)?.to_str().ok()?;
-    if raw.len() > MAX_TRACEPARENT_LEN {
+    if raw.len() > MAX_TRACE_PARENT_LEN {
         return None;
     }
     let cx = extract(md);

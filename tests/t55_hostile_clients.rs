@@ -155,11 +155,15 @@ async fn a_hostile_client_can_neither_forge_crash_wedge_nor_steal() {
             }
         }
     }
-    // Counted on every node, and shown in status.
+    // Counted on every node, shown in status, and the same count in its metrics.
     let st = c.cluster_status().await.unwrap();
     for m in &st.members {
         let refused = m.status.as_ref().unwrap().refused_peer_calls;
         assert!(refused >= 21, "node {} counted {refused}", m.node_id);
+        let i = (m.node_id - 1) as usize;
+        let (_, text) = http_get(&cluster.metrics_addrs[i], "/metrics").await;
+        let counted = metric(&text, "leasekeeper_peer_calls_refused_total", &[]);
+        assert_eq!(counted, refused as f64, "node {}", m.node_id);
     }
 
     // 3. Even a member cannot vote in another's name, purge, or nest batches.

@@ -28,6 +28,7 @@ impl RaftSvc {
                 .map(|a| a.ip().to_string())
                 .unwrap_or_else(|| "unknown".into());
             self.node.refusals.note(&source, &why);
+            self.node.shared.metrics.peer_calls_refused.inc();
             Status::unauthenticated(format!("peer call refused: {why}"))
         })
     }
@@ -59,21 +60,27 @@ impl RaftSvc {
             PeerCall::Membership => {
                 super::admin::change_membership_for_peer(&self.node, body).await
             }
-            PeerCall::Propose if crate::trace::enabled() => {
+            _ => {
                 use tracing::Instrument;
-                let span = tracing::info_span!(
-                    "raft.propose",
-                    otel.kind = "server",
-                    from,
-                    trace_id = tracing::field::Empty
-                );
-                crate::trace::adopt(&span, crate::trace::extract(req.metadata()));
+                // A forwarded proposal continues its writer's trace.
+                let span = match kind {
+                    PeerCall::Propose if crate::trace::enabled() => {
+                        let span = tracing::info_span!(
+                            "raft.propose",
+                            otel.kind = "server",
+                            from,
+                            trace_id = tracing::field::Empty
+                        );
+                        crate::trace::adopt(&span, crate::trace::extract(req.metadata()));
+                        span
+                    }
+                    _ => tracing::Span::none(),
+                };
                 self.node
                     .handle_peer(from, kind, body)
                     .instrument(span)
                     .await
             }
-            _ => self.node.handle_peer(from, kind, body).await,
         };
         match answer {
             Ok(data) => Ok(Response::new(RaftMessage { data: data.into() })),

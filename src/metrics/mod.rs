@@ -81,6 +81,8 @@ type GaugeF64 = Gauge<f64, AtomicU64>;
 /// Every family of a node.
 pub struct NodeMetrics {
     registry: Registry,
+    /// Held while a scrape sets the read gauges and encodes (`Node::render_metrics`).
+    pub(crate) scrape: parking_lot::Mutex<()>,
     max_queues: usize,
     queues: RwLock<HashMap<Name, Arc<QueueMetrics>>>,
     /// The series every queue past the cap shares (made when first needed).
@@ -315,6 +317,7 @@ impl NodeMetrics {
                 Family::<QueueStateLabel, Gauge>::default()
             ),
             registry: Registry::default(),
+            scrape: parking_lot::Mutex::new(()),
             max_queues,
             queues: RwLock::new(HashMap::new()),
             other: std::sync::OnceLock::new(),

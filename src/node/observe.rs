@@ -134,6 +134,8 @@ impl Node {
     /// peers' clocks) and returns every family in the OpenMetrics text format.
     pub fn render_metrics(&self) -> String {
         let m = &self.shared.metrics;
+        // One scrape at a time: the task gauge is cleared and refilled before it is encoded.
+        let _one = m.scrape.lock();
         let r = self.metrics();
         m.has_leader.set(r.current_leader.is_some() as i64);
         m.is_leader.set((r.current_leader == Some(self.id)) as i64);
@@ -144,9 +146,6 @@ impl Node {
         m.snapshot_index
             .set(r.snapshot.map(|l| l.index).unwrap_or(0) as i64);
         m.proposals_pending.set(self.pending_writes() as i64);
-        let refused = self.refusals.total();
-        m.peer_calls_refused
-            .inc_by(refused.saturating_sub(m.peer_calls_refused.get()));
         {
             let a = self.shared.read();
             m.leases_live.set(a.state.lease_count() as i64);

@@ -187,16 +187,20 @@ impl Leases {
         }
     }
     pub(super) fn confirm(&self, token: u64, sent_at: Instant, interval_ms: u64) {
-        if let Some(t) = self.map.lock().expect("lock").get_mut(&token) {
-            if crate::trace::enabled() {
-                tracing::debug!(parent: &t.span, token, "lease renewed");
-            }
+        let span = {
+            let mut m = self.map.lock().expect("lock");
+            let Some(t) = m.get_mut(&token) else { return };
             if sent_at > t.confirmed_at {
                 t.confirmed_at = sent_at;
             }
             if interval_ms > 0 {
                 t.interval_ms = interval_ms;
             }
+            crate::trace::enabled().then(|| t.span.clone())
+        };
+        // Recorded on the attempt's span, outside the lock.
+        if let Some(span) = span {
+            tracing::debug!(parent: &span, token, "lease renewed");
         }
     }
     pub fn len(&self) -> usize {
