@@ -19,6 +19,18 @@ pub async fn bind(addr: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("cannot listen on {addr} (metrics and health over HTTP): {e}"))
 }
 
+/// The HTTP listener's address as others reach it: its own, or, when bound to every
+/// interface, the host of the node's advertised client address with the listener's port.
+pub fn advertised(bound: std::net::SocketAddr, client_advertise: &str) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    match client_advertise.rsplit_once(':') {
+        Some((host, _)) => format!("{host}:{}", bound.port()),
+        None => bound.to_string(),
+    }
+}
+
 /// `/metrics`, answered with what `render` makes (OpenMetrics text) at each scrape.
 fn metrics_route(render: impl Fn() -> String + Clone + Send + Sync + 'static) -> Router {
     let answer = move || {

@@ -88,6 +88,9 @@ impl Server {
         };
         let tls = (client_tls.is_some(), peer_tls.is_some());
         let node = Node::start(config).await?;
+        if let Some(a) = metrics_addr {
+            let _ = node.history.http_addr.set(crate::http::advertised(a, &node.config.advertise()));
+        }
         if let Some(a) = &auth {
             tokio::spawn(a.clone().watch(node.shutdown_signal()));
         }

@@ -64,6 +64,18 @@ pub fn node_status(node: &Node) -> pb::NodeStatusResponse {
                 round_trip_us: p.round_trip_us.unwrap_or(0),
             })
             .collect(),
+        http_addr: node.history.http_addr.get().cloned().unwrap_or_default(),
+        report_latency: node
+            .shared
+            .metrics
+            .queues()
+            .iter()
+            .map(|q| pb::QueueHistogram {
+                queue: q.label.clone(),
+                counts: q.report_chart.counts(),
+            })
+            .filter(|h| h.counts.iter().any(|c| *c > 0))
+            .collect(),
     }
 }
 

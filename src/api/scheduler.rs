@@ -34,6 +34,21 @@ pub(crate) fn generate_id() -> String {
 
 type WatchStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
 
+impl SchedulerSvc {
+    /// A change by id (cancel, retry) needs the scheduler role on the task's queue, as the
+    /// leader knows it (a grant may cover some queues only).
+    async fn authorize_on_queue<T>(&self, req: &Request<T>, id: &str) -> Result<(), Status> {
+        if self.auth.is_none() {
+            return Ok(());
+        }
+        let (queue, _) = read(&self.node, 0, |s| s.task(id).map(|t| t.queue().to_string())).await?;
+        match queue {
+            Some(q) => authorize(self.auth.as_deref(), req, Need::Schedule(&q)),
+            None => Ok(()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Scheduler for SchedulerSvc {
     async fn submit_task(
@@ -194,16 +209,8 @@ impl Scheduler for SchedulerSvc {
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         authorize(self.auth.as_deref(), &req, Need::CancelById)?;
-        if self.auth.is_some() {
-            // The grant may cover some queues only: the task's queue, as the leader knows it.
-            let id = &req.get_ref().id;
-            validate::task_id(id)?;
-            let (queue, _) =
-                read(&self.node, 0, |s| s.task(id).map(|t| t.queue().to_string())).await?;
-            if let Some(q) = queue {
-                authorize(self.auth.as_deref(), &req, Need::Schedule(&q))?;
-            }
-        }
+        validate::task_id(&req.get_ref().id)?;
+        self.authorize_on_queue(&req, &req.get_ref().id).await?;
         let r = req.into_inner();
         validate::task_id(&r.id)?;
         validate::bytes("reason", r.reason.len(), validate::MAX_ERROR_LEN)?;
@@ -221,6 +228,33 @@ impl Scheduler for SchedulerSvc {
             })),
             SmResponse::Rejected(rej) => Err(error::rejection(&rej)),
             other => Err(error::unexpected("cancel", &other)),
+        }
+    }
+
+    async fn retry_task(
+        &self,
+        req: Request<pb::RetryTaskRequest>,
+    ) -> Result<Response<pb::RetryTaskResponse>, Status> {
+        authorize(self.auth.as_deref(), &req, Need::CancelById)?;
+        let id = &req.get_ref().id;
+        validate::task_id(id)?;
+        self.authorize_on_queue(&req, id).await?;
+        let r = req.into_inner();
+        validate::bytes("reason", r.reason.len(), validate::MAX_ERROR_LEN)?;
+        match self
+            .node
+            .propose(Command::Retry {
+                task_id: r.id,
+                reason: r.reason,
+            })
+            .await
+            .map_err(error::node)?
+        {
+            SmResponse::Retried { task } => Ok(Response::new(pb::RetryTaskResponse {
+                task: Some(convert::task_to_pb(&task, None)),
+            })),
+            SmResponse::Rejected(rej) => Err(error::rejection(&rej)),
+            other => Err(error::unexpected("retry", &other)),
         }
     }
 

@@ -525,8 +525,7 @@ impl Worker for WorkerSvc {
                 }
                 if r.exit_to_send_us > 0 {
                     let sent = Duration::from_micros(r.exit_to_send_us.min(u32::MAX as u64));
-                    q.report_latency
-                        .observe((sent + received.elapsed()).as_secs_f64());
+                    q.observe_report((sent + received.elapsed()).as_secs_f64());
                 }
                 Ok(Response::new(pb::CompleteTaskResponse {
                     task: Some(convert::task_to_pb(&task, None)),

@@ -51,6 +51,13 @@ pub enum TaskCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Send a FAILED or CANCELLED task back to PENDING, with a new budget of attempts.
+    Retry {
+        id: String,
+        /// Why, recorded with the task while it waits.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Every change, in revision order, then live.
     Watch {
         /// First revision to show (0 = only new changes).
@@ -77,6 +84,7 @@ impl TaskCmd {
             TaskCmd::Get { .. } => "task get",
             TaskCmd::List { .. } => "task list",
             TaskCmd::Cancel { .. } => "task cancel",
+            TaskCmd::Retry { .. } => "task retry",
             TaskCmd::Watch { .. } => "task watch",
         }
     }
@@ -171,6 +179,7 @@ pub async fn task(cmd: TaskCmd, conn: Conn) -> Result<(), BoxError> {
             output::tasks(&all, conn.json);
         }
         TaskCmd::Cancel { id, reason } => output::task(&c.cancel(&id, &reason).await?, conn.json),
+        TaskCmd::Retry { id, reason } => output::task(&c.retry(&id, &reason).await?, conn.json),
         TaskCmd::Watch {
             from,
             queue,

@@ -388,6 +388,22 @@ impl Client {
             .ok_or_else(|| Status::internal("server answered without a task"))
     }
 
+    /// Sends a FAILED or CANCELLED task back to PENDING with a new budget of attempts.
+    pub async fn retry(&self, id: &str, reason: &str) -> Result<pb::Task, Status> {
+        let req = pb::RetryTaskRequest {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        let r = self
+            .call(|c| {
+                let req = req.clone();
+                async move { scheduler_client(c).retry_task(req).await }
+            })
+            .await?;
+        r.task
+            .ok_or_else(|| Status::internal("server answered without a task"))
+    }
+
     /// Change events from `from_revision` (0 = from now). On a broken stream, resume with the
     /// last revision seen + 1.
     pub async fn watch(

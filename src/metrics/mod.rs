@@ -28,7 +28,7 @@ macro_rules! reg {
 mod queue;
 mod worker;
 use queue::QueueFamilies;
-pub use queue::QueueMetrics;
+pub use queue::{Buckets, QueueMetrics, CHART_BUCKETS};
 pub use worker::WorkerMetrics;
 
 /// The queue label of every queue past the cap (not a legal queue name, so it cannot clash).
@@ -344,6 +344,14 @@ impl NodeMetrics {
         q
     }
 
+    /// Every queue with series of its own, and the shared `(other)` series once in use.
+    pub fn queues(&self) -> Vec<Arc<QueueMetrics>> {
+        let mut all: Vec<_> = self.queues.read().values().cloned().collect();
+        all.extend(self.other.get().cloned());
+        all.sort_by(|a, b| a.label.cmp(&b.label));
+        all
+    }
+
     /// Counts one applied event.
     pub fn event(&self, kind: EventKind, queue: &str) {
         let q = self.queue(queue);
@@ -414,8 +422,8 @@ impl NodeMetrics {
         for e in &fx.ended {
             m.lease_ended(&e.queue, e.outcome);
         }
-        for q in &fx.late_successes {
-            m.queue(q).late_successes.inc();
+        for l in &fx.late_successes {
+            m.queue(&l.queue).late_successes.inc();
         }
         for v in &fx.votes {
             m.expiry_votes_received.get_or_create(&m.peer(*v)).inc();
@@ -432,7 +440,7 @@ impl NodeMetrics {
                 }
             };
             q.renewed.inc();
-            q.heartbeat_interval.observe(*ms as f64 / 1000.0);
+            q.observe_heartbeat(*ms as f64 / 1000.0);
         }
         for (queue, ms) in &seen.expiry_late_ms {
             m.queue(queue).expiry_late.observe(*ms as f64 / 1000.0);

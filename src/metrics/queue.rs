@@ -4,6 +4,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The per-queue series of one queue (handles into the families, cloned once per queue so that
 /// the apply path does not look labels up per event).
@@ -21,7 +23,45 @@ pub struct QueueMetrics {
     pub reports: Counter,
     pub reports_retried: Counter,
     pub expiry_late: Histogram,
-    pub(super) label: String,
+    /// The same observations as `heartbeat_interval` and `report_latency`, in buckets the
+    /// dashboard reads (prometheus-client does not expose a histogram's buckets).
+    pub heartbeat_chart: Arc<Buckets>,
+    pub report_chart: Arc<Buckets>,
+    pub label: String,
+}
+
+impl QueueMetrics {
+    pub fn observe_heartbeat(&self, seconds: f64) {
+        self.heartbeat_interval.observe(seconds);
+        self.heartbeat_chart.observe(seconds);
+    }
+    pub fn observe_report(&self, seconds: f64) {
+        self.report_latency.observe(seconds);
+        self.report_chart.observe(seconds);
+    }
+}
+
+/// Buckets of a chart: bucket i counts observations up to 2^i ms (i < 16), the last one the rest.
+pub const CHART_BUCKETS: usize = 17;
+
+/// Counts per bucket of [`CHART_BUCKETS`], for the dashboard's charts.
+#[derive(Default, Debug)]
+pub struct Buckets([AtomicU64; CHART_BUCKETS]);
+
+impl Buckets {
+    /// The bucket of `seconds`.
+    pub fn index(seconds: f64) -> usize {
+        let ms = seconds * 1000.0;
+        (0..CHART_BUCKETS - 1)
+            .find(|i| ms <= (1u64 << i) as f64)
+            .unwrap_or(CHART_BUCKETS - 1)
+    }
+    pub fn observe(&self, seconds: f64) {
+        self.0[Self::index(seconds)].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn counts(&self) -> Vec<u64> {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
 }
 
 /// The families with a series per queue.
@@ -157,6 +197,8 @@ impl QueueFamilies {
             reports: self.reports.get_or_create(&l).clone(),
             reports_retried: self.reports_retried.get_or_create(&l).clone(),
             expiry_late: self.expiry_late.get_or_create(&l).clone(),
+            heartbeat_chart: Arc::default(),
+            report_chart: Arc::default(),
             label: l.queue,
         }
     }

@@ -71,6 +71,7 @@ pub(super) async fn contact_watcher(node: Arc<Node>) {
         if t != term || l != leader {
             tracing::info!(term = t, leader = ?l, "leadership changed; hearing every lease now");
             node.shared.metrics.leader_changes.inc();
+            node.history.leader_changed(node.clock.unix_ms(), t, l);
             node.shared.timers.lock().expect("lock").refresh_all(now);
             term = t;
             leader = l;
@@ -83,5 +84,19 @@ pub(super) async fn contact_watcher(node: Arc<Node>) {
             }
             lost_quorum = stale;
         }
+    }
+}
+
+/// Samples every queue's counters once a second (the dashboard's throughput).
+pub(super) async fn throughput_sampler(node: Arc<Node>) {
+    let mut shutdown = node.shutdown_signal();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let queues = node.shared.metrics.queues();
+        node.history.sample(node.clock.monotonic_ms(), &queues);
     }
 }

@@ -3,6 +3,7 @@
 mod commit;
 mod config;
 mod duties;
+pub mod history;
 mod observe;
 
 pub use config::{
@@ -85,6 +86,8 @@ pub struct Node {
     snapshot_in: tokio::sync::Mutex<Option<Streaming<TypeConfig>>>,
     /// Other members' clock rates and round trips, from this node's clock probes.
     pub clocks: observe::Clocks,
+    /// Leader changes and throughput of the recent past (the dashboard).
+    pub history: history::History,
     shutdown: watch::Sender<bool>,
 }
 
@@ -206,6 +209,7 @@ impl Node {
             submitter,
             snapshot_in: tokio::sync::Mutex::new(None),
             clocks: observe::Clocks::default(),
+            history: history::History::default(),
             shutdown,
             config,
         });
@@ -224,6 +228,7 @@ impl Node {
         }
         tokio::spawn(expiry_scanner(node.clone()));
         tokio::spawn(duties::contact_watcher(node.clone()));
+        tokio::spawn(duties::throughput_sampler(node.clone()));
         tokio::spawn(observe::clock_prober(node.clone()));
         if node.config.terminal_retention_ms > 0 {
             tokio::spawn(duties::retention_sweeper(node.clone()));

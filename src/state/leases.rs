@@ -258,6 +258,7 @@ impl State {
         fx.gone.push(token);
         fx.ended.push(EndedLease {
             token,
+            task_id: t.spec.id.clone(),
             queue: t.spec.queue.clone(),
             outcome,
             ttl_ms: lease.ttl_ms,

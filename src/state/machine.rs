@@ -39,9 +39,21 @@ pub struct HeardLease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndedLease {
     pub token: Token,
+    pub task_id: Name,
     pub queue: Name,
     pub outcome: AttemptOutcome,
     pub ttl_ms: u64,
+}
+
+/// A late success accepted in an apply step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateSuccess {
+    pub task_id: Name,
+    pub queue: Name,
+    /// The lease of the attempt whose report it was (ended before the report).
+    pub token: Token,
+    /// The newer attempt's lease it superseded, if one was running.
+    pub superseded: Option<Token>,
 }
 
 /// What the node around the state machine must know about one apply step.
@@ -54,9 +66,9 @@ pub struct Effects {
     pub gone: Vec<Token>,
     /// The same leases, with their queue and outcome (for the node's metrics).
     pub ended: Vec<EndedLease>,
-    /// The queue of each late success accepted (a report of an earlier attempt that finished
-    /// the task: what another scheduler would have recorded as a failure).
-    pub late_successes: Vec<Name>,
+    /// Each late success accepted (a report of an earlier attempt that finished the task:
+    /// what another scheduler would have recorded as a failure).
+    pub late_successes: Vec<LateSuccess>,
     /// The voter of each expiry vote counted.
     pub votes: Vec<NodeId>,
 }
@@ -269,6 +281,7 @@ impl State {
             } => self.complete(rev, now, task_id, *token, report, fx),
             Command::Release { token, reason } => self.release(rev, now, *token, reason, fx),
             Command::Cancel { task_id, reason } => self.cancel(rev, now, task_id, reason, fx),
+            Command::Retry { task_id, reason } => self.retry(rev, now, task_id, reason, fx),
             Command::ExpiryVote { voter, votes } => {
                 let votes: Vec<_> = votes.iter().map(|&(t, r)| (t, r, None)).collect();
                 self.vote(rev, now, *voter, &votes, configs, fx)
@@ -489,6 +502,7 @@ impl State {
             }
         } else if report.success {
             // The work did finish: accept it, and stop any newer attempt.
+            let superseded = t.lease;
             if let Some(current) = t.lease {
                 self.end_lease(rev, &mut t, current, AttemptOutcome::Cancelled, fx);
                 if let Some(r) = t.record_mut(current) {
@@ -504,7 +518,12 @@ impl State {
                 r.outcome = AttemptOutcome::Succeeded;
                 r.late = true;
             }
-            fx.late_successes.push(t.spec.queue.clone());
+            fx.late_successes.push(LateSuccess {
+                task_id: t.spec.id.clone(),
+                queue: t.spec.queue.clone(),
+                token,
+                superseded,
+            });
             kind = EventKind::Succeeded;
         } else {
             kind = EventKind::LateReport;
@@ -549,44 +568,5 @@ impl State {
         t.not_before_unix_ms = now;
         let task = self.put(rev, now, t, Some(EventKind::RetryScheduled), fx);
         Response::Released { task }
-    }
-
-    fn cancel(
-        &mut self,
-        rev: Revision,
-        now: u64,
-        id: &str,
-        reason: &str,
-        fx: &mut Effects,
-    ) -> Response {
-        let Some(task) = self.tasks.get(id) else {
-            return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() });
-        };
-        match task.state {
-            TaskState::Cancelled => {
-                return Response::Cancelled {
-                    task: (**task).clone(),
-                }
-            }
-            s if s.is_terminal() => {
-                return Response::Rejected(Rejection::Terminal {
-                    id: id.to_string(),
-                    state: s,
-                })
-            }
-            _ => {}
-        }
-        let mut t = self.take(id).expect("present");
-        if let Some(token) = t.lease {
-            self.end_lease(rev, &mut t, token, AttemptOutcome::Cancelled, fx);
-        }
-        t.state = TaskState::Cancelled;
-        t.error = if reason.is_empty() {
-            "cancelled".to_string()
-        } else {
-            reason.to_string()
-        };
-        let task = self.put(rev, now, t, Some(EventKind::Cancelled), fx);
-        Response::Cancelled { task }
     }
 }

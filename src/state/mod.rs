@@ -6,11 +6,12 @@ mod index;
 mod invariants;
 mod leases;
 mod machine;
+mod operator;
 mod snapshot;
 mod types;
 
 pub use machine::{
-    backoff_ms, entry_revision, last_revision_of_entry, Effects, EndedLease, HeardLease, State,
+    backoff_ms, entry_revision, last_revision_of_entry, Effects, EndedLease, HeardLease, LateSuccess, State,
     VoterConfigs, HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
 };
 pub use snapshot::{SnapshotError, SNAPSHOT_MAGIC};

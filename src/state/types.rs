@@ -273,6 +273,12 @@ pub enum Command {
         spec: TaskSpec,
         trace_parent: String,
     },
+    /// An operator's retry of a FAILED or CANCELLED task: it goes back to PENDING with its
+    /// attempts budget renewed, and keeps its history.
+    Retry {
+        task_id: String,
+        reason: String,
+    },
 }
 
 // Variants are appended, never reordered or changed: logs written by older versions decode.
@@ -328,6 +334,7 @@ impl Command {
             Command::Complete { .. } => "complete",
             Command::Release { .. } => "release",
             Command::Cancel { .. } => "cancel",
+            Command::Retry { .. } => "retry",
             Command::Purge { .. } => "purge",
             Command::Batch(_) => "batch",
             Command::ExpiryVote { .. } | Command::ExpiryVoteSilence { .. } => "expiry_vote",
@@ -465,6 +472,10 @@ pub enum Response {
     /// One answer per command of a `Batch`, in order.
     Batch(Vec<Response>),
     Rejected(Rejection),
+    /// A retry's answer: the task, PENDING again (or as it was, when it was not finished).
+    Retried {
+        task: Task,
+    },
 }
 
 impl Serialize for Response {

@@ -9,10 +9,12 @@
 mod events;
 mod log;
 mod sm;
+mod verdicts;
 
 pub use events::{EventLog, WatchError};
 pub use log::LogStore;
 pub use sm::{Applied, Shared, StateMachineStore};
+pub use verdicts::{Verdict, VerdictKind, Verdicts, VERDICTS_KEPT};
 
 use std::path::Path;
 

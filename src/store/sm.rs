@@ -45,6 +45,8 @@ pub struct Shared {
     inline: std::sync::atomic::AtomicBool,
     /// The node's metrics (fed by every apply, every log fsync and every snapshot).
     pub metrics: Arc<crate::metrics::NodeMetrics>,
+    /// The latest expiries and late successes applied (the dashboard's recent verdicts).
+    pub verdicts: Mutex<super::Verdicts>,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
             applied_index: watch::channel(0).0,
             received: Mutex::new(None),
             inline: std::sync::atomic::AtomicBool::new(false),
+            verdicts: Mutex::new(super::Verdicts::default()),
             metrics: Arc::new(crate::metrics::NodeMetrics::new(
                 0,
                 crate::metrics::DEFAULT_MAX_QUEUES,
@@ -288,6 +291,9 @@ fn apply_entries(
         .expect("lock")
         .apply(&fx, shared.clock.monotonic_ms());
     shared.metrics.observe_apply(&fx, seen, out.len());
+    if !fx.ended.is_empty() {
+        shared.verdicts.lock().expect("lock").record(&fx);
+    }
     {
         let mut ev = shared.events.lock().expect("lock");
         for e in fx.events {
