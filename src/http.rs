@@ -1,7 +1,9 @@
-//! The HTTP listener of a node or a worker (`--metrics-listen`): `/metrics` in the OpenMetrics
-//! text format, which Prometheus scrapes, and `/health`. Plain HTTP on its own port, apart from
-//! the gRPC ports, as etcd's `--listen-metrics-urls`; it shows counts and names of queues and
-//! members, never a task, a payload or a secret.
+//! The HTTP listener of a node or a worker (`--metrics-listen`, also `--http-listen`):
+//! `/metrics` in the OpenMetrics text format, which Prometheus scrapes, and `/health`. Plain
+//! HTTP on its own port, apart from the gRPC ports, as etcd's `--listen-metrics-urls`. A node
+//! also serves the web dashboard there (`crate::dash`), whose pages need a token when the node
+//! has an auth file; `/metrics` and `/health` show counts and names of queues and members,
+//! never a task, a payload or a secret.
 use crate::metrics::{WorkerMetrics, CONTENT_TYPE};
 use crate::node::Node;
 use axum::http::{header, StatusCode};
@@ -40,10 +42,15 @@ fn metrics_route(render: impl Fn() -> String + Clone + Send + Sync + 'static) ->
     Router::new().route("/metrics", get(answer))
 }
 
-/// A node's routes: `/metrics`, and `/health` (200 with a leader known, 503 without).
-pub fn node_routes(node: Arc<Node>) -> Router {
+/// A node's routes: `/metrics`, `/health` (200 with a leader known, 503 without), and the
+/// dashboard unless it is turned off.
+pub fn node_routes(node: Arc<Node>, auth: Option<Arc<crate::auth::Auth>>) -> Router {
     let n = node.clone();
-    metrics_route(move || n.render_metrics()).route(
+    let dash = node
+        .config
+        .dashboard
+        .then(|| crate::dash::routes(node.clone(), auth));
+    let routes = metrics_route(move || n.render_metrics()).route(
         "/health",
         get(move || {
             let node = node.clone();
@@ -64,7 +71,11 @@ pub fn node_routes(node: Arc<Node>) -> Router {
                 (code, axum::Json(body))
             }
         }),
-    )
+    );
+    match dash {
+        Some(d) => routes.merge(d),
+        None => routes,
+    }
 }
 
 /// A worker's routes: `/metrics` and `/health` (always 200 while it runs).

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod dash;
 pub mod http;
 pub mod metrics;
 pub mod node;

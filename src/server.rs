@@ -89,17 +89,25 @@ impl Server {
         let tls = (client_tls.is_some(), peer_tls.is_some());
         let node = Node::start(config).await?;
         if let Some(a) = metrics_addr {
-            let _ = node.history.http_addr.set(crate::http::advertised(a, &node.config.advertise()));
+            let _ = node
+                .history
+                .http_addr
+                .set(crate::http::advertised(a, &node.config.advertise()));
         }
         if let Some(a) = &auth {
             tokio::spawn(a.clone().watch(node.shutdown_signal()));
         }
         let serving = vec![
             tokio::spawn(crate::api::serve_peer(node.clone(), peer, peer_tls)),
-            tokio::spawn(crate::api::serve(node.clone(), client, client_tls, auth)),
+            tokio::spawn(crate::api::serve(
+                node.clone(),
+                client,
+                client_tls,
+                auth.clone(),
+            )),
         ];
         if let Some(l) = metrics {
-            let routes = crate::http::node_routes(node.clone());
+            let routes = crate::http::node_routes(node.clone(), auth.clone());
             let stop = node.shutdown_signal();
             tokio::spawn(async move {
                 if let Err(e) = crate::http::serve(l, routes, stop).await {

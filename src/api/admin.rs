@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
+/// How long a member's status is awaited by `ClusterStatus`.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub struct AdminSvc {
     pub node: Arc<Node>,
     pub auth: Option<Arc<crate::auth::Auth>>,
@@ -117,7 +120,7 @@ pub(crate) async fn change_membership_for_peer(
     let change: MembershipChange =
         codec::decode(body).map_err(|e| format!("undecodable membership change: {e}"))?;
     let reply = match change_here(node, change).await {
-        Ok(()) => MembershipReply::Done(cluster_status(node).await.encode_to_vec()),
+        Ok(()) => MembershipReply::Done(cluster_status(node, STATUS_TIMEOUT).await.encode_to_vec()),
         Err(s) => MembershipReply::Refused {
             code: s.code() as i32,
             message: s.message().to_string(),
@@ -191,34 +194,32 @@ fn check_new_member(node_id: NodeId, addr: &str) -> Result<(), Status> {
 }
 
 /// Every member's status, as this node can reach them over the peer port.
-async fn cluster_status(node: &Node) -> pb::ClusterStatusResponse {
+/// The cluster as this node sees it, with each member's own status (asked of all members at
+/// once, each answer awaited at most `timeout`).
+pub(crate) async fn cluster_status(node: &Node, timeout: Duration) -> pb::ClusterStatusResponse {
     let m = node.metrics();
     let membership = m.membership_config.membership().clone();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let mut members = Vec::new();
-    for (id, n) in membership.nodes() {
+    let voters = &voters;
+    let asks = membership.nodes().map(|(id, n)| async move {
         let status = if *id == node.id {
             Some(node_status(node))
         } else {
-            node.peer_call(
-                &n.addr,
-                PeerCall::Status,
-                Vec::new(),
-                Duration::from_secs(1),
-            )
-            .await
-            .ok()
-            .and_then(|b| pb::NodeStatusResponse::decode(b.as_slice()).ok())
+            node.peer_call(&n.addr, PeerCall::Status, Vec::new(), timeout)
+                .await
+                .ok()
+                .and_then(|b| pb::NodeStatusResponse::decode(b.as_slice()).ok())
         };
-        members.push(pb::Member {
+        pb::Member {
             node_id: *id,
             addr: status.as_ref().map(|s| s.addr.clone()).unwrap_or_default(),
             peer_addr: n.addr.clone(),
             voter: voters.contains(id),
             reachable: status.is_some(),
             status,
-        });
-    }
+        }
+    });
+    let members = futures::future::join_all(asks).await;
     let leader_id = m.current_leader.unwrap_or(0);
     let leader_addr = members
         .iter()
@@ -240,7 +241,7 @@ impl AdminSvc {
         match self.node.leader() {
             Some((id, _)) if id == self.node.id => {
                 change_here(&self.node, change).await?;
-                Ok(cluster_status(&self.node).await)
+                Ok(cluster_status(&self.node, STATUS_TIMEOUT).await)
             }
             Some((id, addr)) => {
                 let answer = self
@@ -289,7 +290,9 @@ impl Admin for AdminSvc {
         req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         authorize(self.auth.as_deref(), &req, Need::Status)?;
-        Ok(Response::new(cluster_status(&self.node).await))
+        Ok(Response::new(
+            cluster_status(&self.node, STATUS_TIMEOUT).await,
+        ))
     }
 
     async fn node_status(

@@ -10,6 +10,7 @@ pub(crate) mod scheduler;
 pub mod validate;
 mod worker;
 
+pub(crate) use admin::cluster_status;
 pub use admin::node_status;
 pub use worker::advised_interval_ms;
 

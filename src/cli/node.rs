@@ -98,10 +98,18 @@ pub struct ServerArgs {
     /// nothing else shares.
     #[arg(long)]
     insecure: bool,
-    /// HTTP listener for /metrics (Prometheus, OpenMetrics text) and /health, host:port (default
-    /// none). Plain HTTP, apart from the gRPC ports: bind it where only your Prometheus reaches.
-    #[arg(long)]
+    /// HTTP listener for the web dashboard, /metrics (Prometheus, OpenMetrics text) and
+    /// /health, host:port (default none). Plain HTTP, apart from the gRPC ports: bind it where
+    /// only your operators and Prometheus reach (with --auth-file, pages need a token).
+    #[arg(long, visible_alias = "http-listen")]
     metrics_listen: Option<String>,
+    /// Serve no dashboard on the HTTP listener (only /metrics and /health).
+    #[arg(long)]
+    no_dashboard: bool,
+    /// Link each task's trace in this trace UI: an address holding {trace_id}, e.g.
+    /// http://jaeger:16686/trace/{trace_id}.
+    #[arg(long)]
+    trace_url: Option<String>,
     /// Queues that get their own metric series (default 64); the rest share queue="(other)".
     #[arg(long)]
     metrics_max_queues: Option<usize>,
@@ -421,6 +429,8 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
         c.peer_client_cert_auth = v;
     }
     c.metrics_listen = a.metrics_listen.or(c.metrics_listen);
+    c.dashboard = c.dashboard && !a.no_dashboard;
+    c.trace_url = a.trace_url.or(c.trace_url);
     c.metrics_max_queues = a.metrics_max_queues.unwrap_or(c.metrics_max_queues);
     c.clock_rate_bound = a.clock_rate_bound.unwrap_or(c.clock_rate_bound);
     if !a.initial_cluster.is_empty() {

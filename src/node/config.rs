@@ -168,9 +168,14 @@ pub struct NodeConfig {
     /// on the client port but health must then name a principal allowed to make it. Reloaded
     /// when it changes.
     pub auth_file: Option<PathBuf>,
-    /// The HTTP listener for `/metrics` (Prometheus) and `/health`: plain HTTP, apart from the
-    /// gRPC ports (etcd's `--listen-metrics-urls`). None: no listener.
+    /// The HTTP listener for the dashboard, `/metrics` (Prometheus) and `/health`: plain HTTP,
+    /// apart from the gRPC ports (etcd's `--listen-metrics-urls`). None: no listener.
     pub metrics_listen: Option<String>,
+    /// Serve the web dashboard on the HTTP listener.
+    pub dashboard: bool,
+    /// A trace UI's address for one trace, `{trace_id}` standing for the id (e.g.
+    /// `http://jaeger:16686/trace/{trace_id}`): the dashboard links each task's trace there.
+    pub trace_url: Option<String>,
     /// Queues that get their own metric series; the rest share one (`queue="(other)"`).
     pub metrics_max_queues: usize,
     /// A node whose clock runs at a rate off by more than this fraction against most other
@@ -209,6 +214,8 @@ impl Default for NodeConfig {
             peer_client_cert_auth: true,
             auth_file: None,
             metrics_listen: None,
+            dashboard: true,
+            trace_url: None,
             metrics_max_queues: crate::metrics::DEFAULT_MAX_QUEUES,
             clock_rate_bound: 0.1,
         }
@@ -365,6 +372,18 @@ impl NodeConfig {
                 "metrics_max_queues is {}: give 1 to 10000 (queues past it share one series)",
                 self.metrics_max_queues
             )));
+        }
+        if let Some(u) = &self.trace_url {
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && u.contains("{trace_id}")
+                && u.len() <= 512
+                && !u.contains(['"', '<', '>', ' ']);
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "trace_url {:?} must be an http(s) address of at most 512 characters holding {{trace_id}}, e.g. http://jaeger:16686/trace/{{trace_id}}",
+                    crate::api::validate::clip(u)
+                )));
+            }
         }
         if let Some(a) = &self.metrics_listen {
             check_addr(a).map_err(|e| ConfigError::Invalid(format!("metrics_listen: {e}")))?;

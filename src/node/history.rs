@@ -105,7 +105,10 @@ impl History {
                 .iter()
                 .map(|(_, c)| c.get(queue).map_or(0, |c| c.1))
                 .collect();
-            t.finished_each_s = finished.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+            t.finished_each_s = finished
+                .windows(2)
+                .map(|w| w[1].saturating_sub(w[0]))
+                .collect();
             out.insert(queue.clone(), t);
         }
         out

@@ -33,6 +33,14 @@ impl State {
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values().map(|t| &**t)
     }
+    /// Tasks in id order, from the first id at or after `start` (an id-prefix search starts
+    /// at the prefix).
+    pub fn tasks_from<'a>(&'a self, start: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        use std::ops::Bound::{Included, Unbounded};
+        self.tasks
+            .range::<str, _>((Included(start), Unbounded))
+            .map(|(_, t)| &**t)
+    }
     /// Tasks per state (in [`TaskState::ALL`]'s order), per queue.
     pub fn counts_by_queue(&self) -> impl Iterator<Item = (&Name, &[u64; 5])> {
         self.counts.iter()

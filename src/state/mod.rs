@@ -11,8 +11,8 @@ mod snapshot;
 mod types;
 
 pub use machine::{
-    backoff_ms, entry_revision, last_revision_of_entry, Effects, EndedLease, HeardLease, LateSuccess, State,
-    VoterConfigs, HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
+    backoff_ms, entry_revision, last_revision_of_entry, Effects, EndedLease, HeardLease,
+    LateSuccess, State, VoterConfigs, HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
 };
 pub use snapshot::{SnapshotError, SNAPSHOT_MAGIC};
 pub use types::*;

@@ -46,7 +46,11 @@ impl Verdicts {
                 .find(|e| e.task.spec.id == *id)
                 .map_or(0, |e| e.task.updated_at_unix_ms)
         };
-        for e in fx.ended.iter().filter(|e| e.outcome == AttemptOutcome::Expired) {
+        for e in fx
+            .ended
+            .iter()
+            .filter(|e| e.outcome == AttemptOutcome::Expired)
+        {
             self.push(Verdict {
                 kind: VerdictKind::Expired,
                 task_id: e.task_id.clone(),
