@@ -300,6 +300,7 @@ mod tests {
         let expired = Effects {
             gone: vec![7],
             ended: vec![EndedLease {
+                task_id: "t".into(),
                 token: 7,
                 queue: "etl".into(),
                 outcome: AttemptOutcome::Expired,

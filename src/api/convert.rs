@@ -56,6 +56,7 @@ fn record_to_pb(r: &AttemptRecord) -> pb::AttemptRecord {
                 silence_ms,
             })
             .collect(),
+        renewals: r.renewals,
     }
 }
 

@@ -436,8 +436,8 @@ pub struct AttemptView {
     pub error: String,
     pub started_rev: u64,
     pub ended_rev: u64,
-    /// Renewals committed while its lease lived (known for the live lease only).
-    pub renewals: Option<u64>,
+    /// Renewals committed while its lease lived (the live lease's so far).
+    pub renewals: u64,
     /// It reported after its lease had ended.
     pub late: bool,
     /// The lease expired (even if a late success was accepted afterwards).
@@ -461,7 +461,7 @@ pub fn outcome_name(o: AttemptOutcome) -> &'static str {
     }
 }
 
-fn attempt_view(t: &Task, r: &AttemptRecord, renewals: Option<u64>) -> AttemptView {
+fn attempt_view(t: &Task, r: &AttemptRecord, live_renewals: Option<u64>) -> AttemptView {
     let expired = r.outcome == AttemptOutcome::Expired || !r.expiry_voters.is_empty();
     // A late success ends the attempt running at the time, noting the token that stopped it.
     let superseded_by = (r.outcome == AttemptOutcome::Cancelled)
@@ -496,7 +496,7 @@ fn attempt_view(t: &Task, r: &AttemptRecord, renewals: Option<u64>) -> AttemptVi
         error: cut(&r.error, 2000),
         started_rev: r.started_rev,
         ended_rev: r.ended_rev,
-        renewals,
+        renewals: live_renewals.unwrap_or(r.renewals),
         late: r.late,
         expired,
         expiry_voters: r.expiry_voters.clone(),

@@ -468,7 +468,7 @@ fn attempt_line(s: &mut String, a: &AttemptView) {
         esc(&a.worker_id),
         a.lease_token,
         badge(a.outcome),
-        a.renewals.map(|r| r.to_string()).unwrap_or_else(|| "–".into()),
+        a.renewals,
         a.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "–".into()),
         a.started_rev,
         if a.ended_rev == 0 { String::new() } else { a.ended_rev.to_string() },

@@ -110,6 +110,7 @@ impl State {
             reported: None,
             expiry_voters: Vec::new(),
             expiry_silence_ms: Vec::new(),
+            renewals: 0,
         });
         self.tokens.insert(
             token,
@@ -254,6 +255,7 @@ impl State {
         if let Some(r) = t.record_mut(token) {
             r.outcome = outcome;
             r.ended_rev = rev;
+            r.renewals = lease.renewals;
         }
         fx.gone.push(token);
         fx.ended.push(EndedLease {

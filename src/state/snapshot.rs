@@ -31,7 +31,9 @@ struct PersistedV1<T> {
 }
 
 /// What a snapshot of the state starts with, followed by the CRC-32 (little endian) of the rest.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"LKSTATE3";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"LKSTATE4";
+/// The layout before attempts kept their renewals ([`TaskV3`]), with the same CRC.
+const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"LKSTATE3";
 /// The layout before the votes' silences were kept ([`TaskV0`]), with the same CRC.
 const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"LKSTATE2";
 
@@ -92,6 +94,45 @@ struct AttemptRecordV0 {
     expiry_voters: Vec<NodeId>,
 }
 
+/// A task as `LKSTATE3` snapshots hold it: its attempts carry no renewal count.
+#[derive(Serialize, Deserialize)]
+pub(super) struct TaskV3 {
+    spec: TaskSpec,
+    state: TaskState,
+    attempt: u32,
+    failures: u32,
+    #[serde(with = "serde_bytes")]
+    progress: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    result: Vec<u8>,
+    exit_code: Option<i32>,
+    error: String,
+    history: Vec<AttemptRecordV3>,
+    created_rev: Revision,
+    updated_rev: Revision,
+    created_at_unix_ms: u64,
+    updated_at_unix_ms: u64,
+    not_before_unix_ms: u64,
+    lease: Option<Token>,
+    trace_parent: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AttemptRecordV3 {
+    attempt: u32,
+    worker_id: String,
+    lease_token: Token,
+    outcome: AttemptOutcome,
+    exit_code: Option<i32>,
+    error: String,
+    started_rev: Revision,
+    ended_rev: Revision,
+    late: bool,
+    reported: Option<WorkerReport>,
+    expiry_voters: Vec<NodeId>,
+    expiry_silence_ms: Vec<(NodeId, u64)>,
+}
+
 /// `$To { f: $from.f, ... }` for the fields both layouts share, plus `$rest`.
 macro_rules! moved {
     ($from:ident => $To:ident { $($f:ident),* } $($rest:tt)*) => {
@@ -99,11 +140,39 @@ macro_rules! moved {
     };
 }
 
+impl From<TaskV3> for Task {
+    fn from(t: TaskV3) -> Task {
+        let history = t.history.into_iter().map(|r| {
+            moved!(r => AttemptRecord { attempt, worker_id, lease_token, outcome, exit_code, error,
+                started_rev, ended_rev, late, reported, expiry_voters, expiry_silence_ms } renewals: 0)
+        });
+        let history = history.collect();
+        moved!(t => Task { spec, state, attempt, failures, progress, result, exit_code, error,
+            created_rev, updated_rev, created_at_unix_ms, updated_at_unix_ms, not_before_unix_ms,
+            lease, trace_parent } history)
+    }
+}
+
+/// The `LKSTATE3` layout of a task, for tests of loading older snapshots.
+#[cfg(test)]
+pub(super) fn task_v3(t: &Task) -> TaskV3 {
+    let t = t.clone();
+    let history = t.history.into_iter().map(|r| {
+        moved!(r => AttemptRecordV3 { attempt, worker_id, lease_token, outcome, exit_code, error,
+            started_rev, ended_rev, late, reported, expiry_voters, expiry_silence_ms })
+    });
+    let history = history.collect();
+    moved!(t => TaskV3 { spec, state, attempt, failures, progress, result, exit_code, error,
+        created_rev, updated_rev, created_at_unix_ms, updated_at_unix_ms, not_before_unix_ms,
+        lease, trace_parent } history)
+}
+
 impl From<TaskV0> for Task {
     fn from(t: TaskV0) -> Task {
         let history = t.history.into_iter().map(|r| {
             moved!(r => AttemptRecord { attempt, worker_id, lease_token, outcome, exit_code, error,
-                started_rev, ended_rev, late, reported, expiry_voters } expiry_silence_ms: Vec::new())
+                started_rev, ended_rev, late, reported, expiry_voters } expiry_silence_ms: Vec::new(),
+                renewals: 0)
         });
         let history = history.collect();
         moved!(t => Task { spec, state, attempt, failures, progress, result, exit_code, error,
@@ -200,6 +269,7 @@ impl State {
     pub fn check_snapshot_bytes(bytes: &[u8]) -> Result<(), SnapshotError> {
         match bytes
             .strip_prefix(SNAPSHOT_MAGIC.as_slice())
+            .or_else(|| bytes.strip_prefix(SNAPSHOT_MAGIC_V3.as_slice()))
             .or_else(|| bytes.strip_prefix(SNAPSHOT_MAGIC_V2.as_slice()))
         {
             None => Ok(()),
@@ -212,6 +282,8 @@ impl State {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let p: Persisted<Task> = if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
             postcard::from_bytes(snapshot_body(rest)?)?
+        } else if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC_V3.as_slice()) {
+            postcard::from_bytes::<Persisted<TaskV3>>(snapshot_body(rest)?)?.upgrade()
         } else if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC_V2.as_slice()) {
             postcard::from_bytes::<Persisted<TaskV0>>(snapshot_body(rest)?)?.upgrade()
         } else {

@@ -265,6 +265,110 @@ fn snapshots_from_before_vote_evidence_load() {
     );
 }
 
+/// Snapshots of the layout before attempts kept their renewals (`LKSTATE3`) still load.
+#[test]
+fn snapshots_from_before_attempt_renewals_load() {
+    #[derive(serde::Serialize)]
+    struct V3 {
+        tasks: Vec<super::snapshot::TaskV3>,
+        leases: Vec<Lease>,
+        last_token: Token,
+        last_revision: Revision,
+        used_claims: Vec<(String, String, Token)>,
+        secrets: Vec<(Token, LeaseSecret)>,
+    }
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    let (_, lease) = sm.claim();
+    let v3 = V3 {
+        tasks: sm.s.tasks().map(super::snapshot::task_v3).collect(),
+        leases: sm.s.leases().cloned().collect(),
+        last_token: sm.s.last_token(),
+        last_revision: sm.s.last_revision(),
+        used_claims: Vec::new(),
+        secrets: vec![(lease.token, sm.s.secret_of(lease.token).unwrap())],
+    };
+    let body = postcard::to_stdvec(&v3).unwrap();
+    let mut bytes = b"LKSTATE3".to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    State::check_snapshot_bytes(&bytes).unwrap();
+    assert_eq!(State::from_bytes(&bytes).unwrap(), sm.s);
+}
+
+/// An attempt's record keeps the renewals of its lease once the lease ends.
+#[test]
+fn an_ended_attempt_keeps_its_renewals() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    let (_, lease) = sm.claim();
+    for _ in 0..3 {
+        sm.run(Command::RenewBatch {
+            tokens: vec![lease.token],
+        });
+    }
+    assert_eq!(
+        sm.s.task("a").unwrap().history[0].renewals,
+        0,
+        "counted by the lease while it lives"
+    );
+    sm.run(Command::Cancel {
+        task_id: "a".into(),
+        reason: String::new(),
+    });
+    assert_eq!(sm.s.task("a").unwrap().history[0].renewals, 3);
+}
+
+/// Retry sends a FAILED or CANCELLED task back to PENDING with a new budget; it leaves a
+/// PENDING one as it is and refuses a SUCCEEDED one.
+#[test]
+fn retry_renews_a_finished_task_but_never_a_success() {
+    let mut sm = Sm::new();
+    sm.run(Command::Submit(spec("a", 3)));
+    let retry = |sm: &mut Sm, id: &str| {
+        sm.run(Command::Retry {
+            task_id: id.into(),
+            reason: "operator".into(),
+        })
+    };
+    let before = sm.s.task("a").unwrap().clone();
+    assert!(matches!(retry(&mut sm, "a"), Response::Retried { task } if task == before));
+    sm.run(Command::Cancel {
+        task_id: "a".into(),
+        reason: String::new(),
+    });
+    match retry(&mut sm, "a") {
+        Response::Retried { task } => {
+            assert_eq!(task.state, TaskState::Pending);
+            assert_eq!(task.failures, 0);
+            assert_eq!(task.error, "retried by an operator: operator");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, lease) = sm.claim();
+    sm.run(Command::Complete {
+        task_id: "a".into(),
+        token: lease.token,
+        report: WorkerReport {
+            success: true,
+            exit_code: 0,
+            result: vec![],
+            error: String::new(),
+        },
+    });
+    assert!(matches!(
+        retry(&mut sm, "a"),
+        Response::Rejected(Rejection::Terminal {
+            state: TaskState::Succeeded,
+            ..
+        })
+    ));
+    assert!(matches!(
+        retry(&mut sm, "nope"),
+        Response::Rejected(Rejection::TaskNotFound { .. })
+    ));
+}
+
 /// The per-queue, per-state counts (the metrics' task gauge) follow every change.
 #[test]
 fn counts_by_queue_follow_every_change() {
@@ -894,7 +998,11 @@ fn arb_cmd() -> impl Strategy<Value = (u64, Command)> {
             token,
             reason: String::new()
         }),
-        id.prop_map(|task_id| Command::Cancel {
+        id.clone().prop_map(|task_id| Command::Cancel {
+            task_id,
+            reason: String::new()
+        }),
+        id.prop_map(|task_id| Command::Retry {
             task_id,
             reason: String::new()
         }),
@@ -1039,10 +1147,21 @@ proptest! {
             } else {
                 prop_assert!(purged.is_empty(), "only a purge forgets tasks");
             }
+            // Terminal tasks never change, but for an operator's retry of a FAILED or
+            // CANCELLED one, which sends it back to PENDING with its spec and history. A
+            // SUCCEEDED task never changes.
             for t in before.tasks() {
                 let id = t.id();
-                if t.state.is_terminal() && sm.s.task(id).is_some() {
-                    prop_assert_eq!(Some(t), sm.s.task(id), "terminal task {} changed", id);
+                let Some(now) = sm.s.task(id) else { continue };
+                let retried = matches!(&cmd_seen, Command::Retry { task_id, .. } if task_id == id)
+                    && matches!(t.state, TaskState::Failed | TaskState::Cancelled);
+                if retried {
+                    prop_assert_eq!(now.state, TaskState::Pending);
+                    prop_assert_eq!(&now.spec, &t.spec);
+                    prop_assert_eq!(&now.history, &t.history);
+                    prop_assert_eq!(now.failures, 0);
+                } else if t.state.is_terminal() {
+                    prop_assert_eq!(Some(t), Some(now), "terminal task {} changed", id);
                 }
             }
             // Every event is of this revision and shows the task as it now is.

@@ -93,6 +93,9 @@ pub struct AttemptRecord {
     /// voted. While the lease lives these are the votes cast since its last renewal; once it
     /// expired, the votes that decided it. Votes logged before silences were sent are absent.
     pub expiry_silence_ms: Vec<(NodeId, u64)>,
+    /// Renewals committed while its lease lived (set when the lease ends; the live lease
+    /// counts its own).
+    pub renewals: u64,
 }
 
 /// A worker's final report of an attempt, as recorded.

@@ -1,6 +1,7 @@
 //! A harness for tests that run a real cluster in this process: real gRPC on loopback, real
 //! sled in temporary directories.
 #![allow(dead_code)]
+pub mod browser;
 pub mod certs;
 pub mod netns;
 pub mod procs;

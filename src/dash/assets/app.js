@@ -109,12 +109,14 @@
     });
     es.onerror = () => {
       broken = true;
+      document.body.dataset.live = "broken";
       health();
     };
     es.onopen = () => {
       // Events may have been missed while the stream was down.
       if (broken) refresh();
       broken = false;
+      document.body.dataset.live = "open";
     };
     sources.push(es);
   }
