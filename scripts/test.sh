@@ -14,6 +14,9 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v openssl >/dev/null || missing+=(openssl)
 # The alert rules in deploy/ are checked and unit-tested with promtool (Debian's prometheus).
 command -v promtool >/dev/null || missing+=(prometheus)
+# The dashboard's browser test drives Debian's Chromium through its WebDriver (chromedriver).
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq

@@ -28,7 +28,8 @@ pub struct DevArgs {
     /// verifying each other), an auth file, and an admin token printed ready to use.
     #[arg(long)]
     secure: bool,
-    /// Node i serves /metrics and /health over HTTP on metrics-base-port + i - 1 (0: none).
+    /// Node i serves the dashboard, /metrics and /health over HTTP on metrics-base-port + i - 1
+    /// (0: none).
     #[arg(long, default_value_t = 7201)]
     metrics_base_port: u16,
 }
@@ -241,7 +242,7 @@ pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
     for id in members.keys() {
         match metrics.get(id) {
             Some(m) => println!(
-                "  node {id}: clients {}, peers {}, metrics http://{m}/metrics",
+                "  node {id}: clients {}, peers {}, dashboard http://{m}/, metrics http://{m}/metrics",
                 clients[id], members[id]
             ),
             None => println!(

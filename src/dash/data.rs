@@ -348,7 +348,7 @@ pub fn tasks(node: &Node, f: &Filter) -> Result<TaskPage, String> {
         };
         let (page, next) = s.list(queue, state, after.as_ref(), limit);
         return Ok(TaskPage {
-            tasks: page.into_iter().map(|t| task_row(t)).collect(),
+            tasks: page.into_iter().map(task_row).collect(),
             next: next.as_ref().map(crate::api::validate::encode_page),
             revision,
         });

@@ -139,7 +139,7 @@ async fn forward(
                         let change = Change {
                             revision: e.revision,
                             kind: kind_name(e.kind),
-                            matches: state.is_none_or(|s| e.task.state == s),
+                            matches: state.map_or(true, |s| e.task.state == s),
                             html: pages::task_line(&row),
                             row,
                         };

@@ -31,11 +31,14 @@ pub struct Throughput {
     pub finished_each_s: Vec<u64>,
 }
 
+/// One throughput sample: (monotonic ms, queue → (submitted, finished)).
+type Sample = (u64, BTreeMap<String, (u64, u64)>);
+
 #[derive(Default)]
 pub struct History {
     leaders: Mutex<VecDeque<LeaderChange>>,
-    /// (monotonic ms, queue → (submitted, finished)), oldest first.
-    samples: Mutex<VecDeque<(u64, BTreeMap<String, (u64, u64)>)>>,
+    /// Oldest first.
+    samples: Mutex<VecDeque<Sample>>,
     /// The node's HTTP listener, as others reach it (set when it is bound).
     pub http_addr: OnceLock<String>,
 }

@@ -117,16 +117,21 @@ impl State {
                 break;
             }
             // The bound within a queue applies to the queue the listing starts at only.
+            // Entries are ordered by state first: a state filter starts at its first entry and
+            // ends the queue at the next state, whatever the queue holds in other states.
             let lower = match (start, within.take()) {
                 (Included(sq), Some(w)) if sq == &**q => w,
-                _ => Unbounded,
+                _ => match state {
+                    Some(s) => Included((s, "".into())),
+                    None => Unbounded,
+                },
             };
             for (st, id) in entries.range((lower, Unbounded)) {
                 if let Some(s) = state {
+                    if *st > s {
+                        break;
+                    }
                     if *st != s {
-                        if queue.is_some() && *st > s {
-                            break;
-                        }
                         continue;
                     }
                 }
