@@ -182,6 +182,11 @@ class Client:
     def cancel(self, id: str, reason: str = "") -> pb.Task:
         return self._call("Scheduler", "CancelTask", pb.CancelTaskRequest(id=id, reason=reason)).task
 
+    def retry(self, id: str, reason: str = "") -> pb.Task:
+        """Sends a FAILED or CANCELLED task back to PENDING with a new budget of attempts (a
+        PENDING or RUNNING one is answered unchanged; a SUCCEEDED one is refused)."""
+        return self._call("Scheduler", "RetryTask", pb.RetryTaskRequest(id=id, reason=reason)).task
+
     def watch(self, from_revision: int = 0, queue: str = "", task_id: str = "",
               kinds: Sequence[int] = ()) -> Iterator[pb.TaskEvent]:
         """Change events from `from_revision` (0 = from now), in revision order. A broken stream

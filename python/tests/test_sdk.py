@@ -60,6 +60,14 @@ def test_lifecycle_seen_by_a_watcher(cluster):
     with pytest.raises(Exception) as e:
         c.get("no-such-task")
     assert "no-such-task" in str(e.value)
+    # A success is never retried; a cancelled task is, with its history kept.
+    with pytest.raises(Exception) as e:
+        c.retry("job-1")
+    assert "SUCCEEDED" in str(e.value)
+    c.submit("py", id="job-2", payload=b"x", lease_ttl_ms=3000)
+    c.cancel("job-2", reason="wrong input")
+    t = c.retry("job-2", reason="input fixed")
+    assert t.state == pb.TASK_STATE_PENDING and "input fixed" in t.error
 
 
 def test_journal_keeps_unacknowledged_reports_and_cuts_torn_tails(tmp_path):

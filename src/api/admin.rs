@@ -68,6 +68,7 @@ pub fn node_status(node: &Node) -> pb::NodeStatusResponse {
             })
             .collect(),
         http_addr: node.history.http_addr.get().cloned().unwrap_or_default(),
+        commit_index: commit_index(&m, node.id),
         report_latency: node
             .shared
             .metrics
@@ -80,6 +81,24 @@ pub fn node_status(node: &Node) -> pb::NodeStatusResponse {
             .filter(|h| h.counts.iter().any(|c| *c > 0))
             .collect(),
     }
+}
+
+/// On the leader, the highest index a majority of voters hold (its own last log counts for
+/// itself); 0 elsewhere.
+fn commit_index(m: &crate::raft::RaftMetrics, me: NodeId) -> u64 {
+    let Some(rep) = &m.replication else {
+        return 0;
+    };
+    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    let mut held: Vec<u64> = voters
+        .iter()
+        .map(|v| match *v == me {
+            true => m.last_log_index.unwrap_or(0),
+            false => rep.get(v).copied().flatten().map_or(0, |l| l.index),
+        })
+        .collect();
+    held.sort_unstable_by(|a, b| b.cmp(a));
+    held.get(voters.len() / 2).copied().unwrap_or(0)
 }
 
 /// A membership change a follower passes to the leader over the peer port.

@@ -29,6 +29,8 @@ pub struct MemberView {
     pub term: u64,
     pub last_log_index: u64,
     pub applied_index: u64,
+    /// The commit index, as the leader reports it (0 on other members).
+    pub commit_index: u64,
     pub snapshot_index: u64,
     pub addr: String,
     pub peer_addr: String,
@@ -68,6 +70,7 @@ pub fn member_view(m: &pb::Member) -> MemberView {
         term: s.term,
         last_log_index: s.last_log_index,
         applied_index: s.applied_index,
+        commit_index: s.commit_index,
         snapshot_index: s.snapshot_index,
         addr: s.addr,
         peer_addr: m.peer_addr.clone(),
@@ -335,6 +338,10 @@ pub fn tasks(node: &Node, f: &Filter) -> Result<TaskPage, String> {
     if !f.queue.is_empty() {
         crate::api::validate::queue(&f.queue).map_err(|s| s.message().to_string())?;
     }
+    check_prefix(&f.prefix)?;
+    if !f.prefix.is_empty() && f.after.len() > crate::api::validate::MAX_ID_LEN {
+        return Err("after is not a task id this node returned: pass next unchanged".into());
+    }
     let limit = f.limit.unwrap_or(50).clamp(1, MAX_TASKS_PAGE);
     let queue = (!f.queue.is_empty()).then_some(f.queue.as_str());
     let a = node.shared.read();
@@ -384,6 +391,18 @@ pub fn tasks(node: &Node, f: &Filter) -> Result<TaskPage, String> {
         next,
         revision,
     })
+}
+
+/// An id prefix is at most a task id long.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    let max = crate::api::validate::MAX_ID_LEN;
+    if prefix.len() > max {
+        return Err(format!(
+            "prefix is {} bytes, a task id at most {max}: shorten it",
+            prefix.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Bytes as shown: text when they are UTF-8, hex otherwise; at most [`MAX_SHOWN_BYTES`].

@@ -71,6 +71,7 @@ fn open(d: &Arc<Dash>, h: &HeaderMap, f: LiveFilter) -> Result<Response, Refusal
     if !f.queue.is_empty() {
         crate::api::validate::queue(&f.queue)?;
     }
+    data::check_prefix(&f.prefix).map_err(Refusal::bad)?;
     if !f.task_id.is_empty() {
         crate::api::validate::task_id(&f.task_id)?;
     }

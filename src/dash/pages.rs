@@ -109,7 +109,7 @@ pub async fn overview(State(d): Shared, h: HeaderMap) -> Response {
 fn cluster_section(s: &mut String, c: &ClusterView) {
     let _ = write!(
         s,
-        "<section><h2>Cluster</h2><table id=\"members\"><thead><tr><th>node</th><th>role</th><th>term</th><th>last log</th><th>applied</th><th>snapshot</th><th>reachable</th><th>clock</th><th>live leases</th><th>tasks</th><th>dashboard</th></tr></thead><tbody>"
+        "<section><h2>Cluster</h2><table id=\"members\"><thead><tr><th>node</th><th>role</th><th>term</th><th>last log</th><th>committed</th><th>applied</th><th>snapshot</th><th>reachable</th><th>clock</th><th>live leases</th><th>tasks</th><th>dashboard</th></tr></thead><tbody>"
     );
     for m in &c.members {
         let clock = if !m.reachable {
@@ -136,13 +136,14 @@ fn cluster_section(s: &mut String, c: &ClusterView) {
         };
         let _ = write!(
             s,
-            "<tr class=\"{}\" data-http=\"{}\"><td>{}{}</td><td>{role}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{clock}</td><td>{}</td><td>{}</td><td>{dash}</td></tr>",
+            "<tr class=\"{}\" data-http=\"{}\"><td>{}{}</td><td>{role}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{clock}</td><td>{}</td><td>{}</td><td>{dash}</td></tr>",
             if m.reachable { "" } else { "down" },
             esc(&m.http_addr),
             m.node_id,
             if m.voter { "" } else { " <span class=\"muted\">(learner)</span>" },
             m.term,
             m.last_log_index,
+            if m.commit_index > 0 { m.commit_index.to_string() } else { "–".into() },
             m.applied_index,
             m.snapshot_index,
             if m.reachable { "yes" } else { "<b class=\"bad\">no</b>" },

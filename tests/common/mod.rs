@@ -244,13 +244,29 @@ pub async fn cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String) {
 
 /// GETs `path` from the HTTP listener at `addr`: the status code and the body.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_call(addr, "GET", path, &[], "").await
+}
+
+/// Sends one HTTP/1.1 request to `addr` with `headers` and `body`: the status code and the body.
+pub async fn http_call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
         .await
