@@ -5,6 +5,7 @@
 #   bash scripts/bench-vs-etcd.sh [seconds-per-run] [clients]
 #   TLS=1 bash scripts/bench-vs-etcd.sh ...   # both with TLS on client and peer ports;
 #                                             # leasekeeper with auth (a token) as well
+#   LK_ARGS="--log-store sled" bash scripts/bench-vs-etcd.sh ...   # extra `leasekeeper dev` flags
 #
 # Installs Debian's etcd-server and etcd-client if they are missing. Prints one row per shape and system and the
 # ratio; the raw JSON rows go to target/bench/*.json.
@@ -77,7 +78,8 @@ etcd_eps="$leader,$ETCD_EPS"
 # ---------------------------------------------------------------- leasekeeper, three nodes
 lk_secure=()
 [ "$TLS" = 1 ] && lk_secure=(--secure)
-"$LK" dev "${lk_secure[@]}" --dir "$WORK/lk" --base-port 27301 --peer-base-port 27311 >"$WORK/lk.log" 2>&1 &
+read -r -a lk_args <<<"${LK_ARGS:-}"
+"$LK" dev "${lk_secure[@]}" "${lk_args[@]}" --dir "$WORK/lk" --base-port 27301 --peer-base-port 27311 >"$WORK/lk.log" 2>&1 &
 pids+=($!)
 LK_EPS=127.0.0.1:27301,127.0.0.1:27302,127.0.0.1:27303
 bench_lk_tls=()

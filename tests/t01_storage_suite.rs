@@ -1,4 +1,4 @@
-//! openraft's own storage test suite against the sled log store and the state machine store.
+//! openraft's own storage test suite against the segment log store and the state machine store.
 use leasekeeper::clock::SystemClock;
 use leasekeeper::raft::{StorageError, TypeConfig};
 use leasekeeper::store::{self, LogStore, Shared, StateMachineStore};

@@ -32,6 +32,9 @@ pub struct DevArgs {
     /// (0: none).
     #[arg(long, default_value_t = 7201)]
     metrics_base_port: u16,
+    /// Where the Raft log lives (see `server --log-store`).
+    #[arg(long, value_enum, default_value = "segments")]
+    log_store: crate::node::LogStoreKind,
 }
 
 #[derive(Args)]
@@ -118,6 +121,11 @@ pub struct ServerArgs {
     /// against most other voters' casts no expiry votes until it is back. 0 turns it off.
     #[arg(long)]
     clock_rate_bound: Option<f64>,
+    /// Where the Raft log lives: segments (default; a sled log of the previous layout is
+    /// converted on start) or sled (the previous layout, kept to measure against; refuses a
+    /// directory already converted).
+    #[arg(long, value_enum)]
+    log_store: Option<crate::node::LogStoreKind>,
     /// Where the log and snapshots live (default .leasekeeper/node-<id>).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -216,6 +224,7 @@ pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
             cluster_secret: Some(secret.clone()),
             data_dir: a.dir.join(format!("node-{id}")),
             initial_cluster: members.clone(),
+            log_store: a.log_store,
             ..NodeConfig::default()
         };
         if let Some(s) = &secure {
@@ -434,6 +443,7 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
     c.trace_url = a.trace_url.or(c.trace_url);
     c.metrics_max_queues = a.metrics_max_queues.unwrap_or(c.metrics_max_queues);
     c.clock_rate_bound = a.clock_rate_bound.unwrap_or(c.clock_rate_bound);
+    c.log_store = a.log_store.unwrap_or(c.log_store);
     if !a.initial_cluster.is_empty() {
         c.initial_cluster = parse_members(&a.initial_cluster)?;
     }

@@ -182,6 +182,22 @@ pub struct NodeConfig {
     /// voters' (0.1: 10 %) judges its own clock off, warns, and casts no expiry votes until it
     /// is back within the bound. 0 turns the check off.
     pub clock_rate_bound: f64,
+    /// Where the Raft log lives: segment files (the default), or the previous layout's sled
+    /// tree, kept to measure against.
+    pub log_store: LogStoreKind,
+}
+
+/// The Raft log's store (`--log-store`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStoreKind {
+    /// Append-only segment files under `raftlog/` (a sled log of the previous layout is
+    /// converted on start).
+    #[default]
+    Segments,
+    /// The previous layout, the log in a sled tree under `sled/`: for comparison only; a
+    /// directory already converted is refused.
+    Sled,
 }
 
 impl Default for NodeConfig {
@@ -218,6 +234,7 @@ impl Default for NodeConfig {
             trace_url: None,
             metrics_max_queues: crate::metrics::DEFAULT_MAX_QUEUES,
             clock_rate_bound: 0.1,
+            log_store: LogStoreKind::Segments,
         }
     }
 }

@@ -7,7 +7,8 @@ pub mod history;
 mod observe;
 
 pub use config::{
-    check_addr, ClusterSecret, ConfigError, Limits, NodeConfig, RaftTiming, TEST_CLUSTER_SECRET,
+    check_addr, ClusterSecret, ConfigError, Limits, LogStoreKind, NodeConfig, RaftTiming,
+    TEST_CLUSTER_SECRET,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -120,6 +121,10 @@ impl Node {
             }),
         };
         let shared = Self::new_shared(&config, clock);
+        if config.log_store == LogStoreKind::Sled {
+            let (log, sm) = store::open_sled(&config.data_dir, shared.clone())?;
+            return Self::start_with_parts(config, parts, shared, log, sm).await;
+        }
         let (log, sm) = store::open(&config.data_dir, shared.clone())?;
         Self::start_with_parts(config, parts, shared, log, sm).await
     }

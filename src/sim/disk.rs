@@ -1,66 +1,38 @@
-//! A simulated disk for the Raft log: everything written is visible at once, but only what a
-//! flush covered survives a crash.
+//! A simulated disk under the real segment log ([`crate::store::SegLog`]): files whose writes
+//! are visible at once, but of which only what a `sync` covered survives a crash.
 //!
-//! To ensure correctness (the same promises as the sled store): `append` calls its callback only
-//! after the simulated fsync that covers the batch; `save_vote` returns only after the vote is
-//! flushed. A crash ([`SimDisk::crash`]) throws away every write since the last flush, and the
-//! store handles of the crashed incarnation stop touching the disk.
-use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+//! A crash ([`SimDisk::crash`]) cuts every file back to what its last sync covered, plus a torn
+//! prefix of what came after (a power cut mid-write); files whose creation no directory sync
+//! covered vanish; the file handles of the crashed incarnation stop working. A removal is durable
+//! at once (the log removes only segments it no longer needs).
+//!
+//! The planted bug ([`SimDisk::broken_acks_before_flush`]): a disk whose cache lies, a sync
+//! making durable only what the previous sync was asked for. The log acknowledges appends that
+//! a crash then loses, which the simulation must catch.
+use crate::store::seglog::{Fs, LogFile};
+use crate::store::SegLog;
 use std::collections::BTreeMap;
-use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-#[derive(Clone, Default)]
-struct LogData {
-    entries: BTreeMap<u64, Entry>,
-    vote: Option<Vote>,
-    committed: Option<LogId>,
-    purged: Option<LogId>,
-}
-
-enum Op {
-    Append(Vec<Entry>),
-    Truncate(u64),
-    Purge(LogId),
-    Vote(Vote),
-    Committed(Option<LogId>),
-}
-
-impl LogData {
-    fn apply(&mut self, op: &Op) {
-        match op {
-            Op::Append(es) => {
-                for e in es {
-                    self.entries.insert(e.log_id.index, e.clone());
-                }
-            }
-            Op::Truncate(from) => {
-                self.entries.split_off(from);
-            }
-            Op::Purge(id) => {
-                self.purged = Some(*id);
-                self.entries = self.entries.split_off(&(id.index + 1));
-            }
-            Op::Vote(v) => self.vote = Some(*v),
-            Op::Committed(c) => self.committed = *c,
-        }
-    }
+#[derive(Default)]
+struct FileData {
+    data: Vec<u8>,
+    /// What survives a crash.
+    durable: Vec<u8>,
+    /// Whether a directory sync covered the file's creation.
+    created_durably: bool,
+    /// The broken disk: the length the previous sync was asked for.
+    lagging_mark: usize,
 }
 
 #[derive(Default)]
 struct DiskState {
-    /// What survives a crash.
-    durable: LogData,
-    /// What readers see: durable plus every write since.
-    current: LogData,
-    /// Writes since the last flush, in order.
-    pending: Vec<Op>,
-    /// Bumped by each crash; store handles of an older incarnation are dead.
+    files: BTreeMap<String, Arc<Mutex<FileData>>>,
+    /// Bumped by each crash; handles of an older incarnation are dead.
     incarnation: u64,
+    crashes: u64,
 }
 
 /// One node's log disk; outlives the node's incarnations.
@@ -69,9 +41,7 @@ pub struct SimDisk {
     inner: Arc<Mutex<DiskState>>,
     /// Simulated fsync latency.
     fsync: Duration,
-    /// A deliberately broken disk that acknowledges appends before they are flushed (the bug
-    /// the storage rules forbid), to show that the simulation catches it.
-    acks_before_flush: bool,
+    broken: bool,
 }
 
 impl SimDisk {
@@ -79,165 +49,189 @@ impl SimDisk {
         Self {
             inner: Default::default(),
             fsync,
-            acks_before_flush: false,
+            broken: false,
         }
     }
 
-    /// See [`SimDisk::acks_before_flush`](SimDisk): for the test that the simulation catches it.
+    /// See the module docs: for the test that the simulation catches it.
     pub fn broken_acks_before_flush(mut self) -> Self {
-        self.acks_before_flush = true;
+        self.broken = true;
         self
     }
 
-    /// Loses every write since the last flush and kills the current store handles.
+    /// Loses what no sync covered (keeping a torn prefix of it) and kills the current handles.
     pub fn crash(&self) {
         let mut d = self.inner.lock().expect("lock");
-        d.pending.clear();
-        d.current = d.durable.clone();
+        d.crashes += 1;
         d.incarnation += 1;
+        let crashes = d.crashes;
+        d.files
+            .retain(|_, f| f.lock().expect("lock").created_durably);
+        for (k, f) in d.files.values().enumerate() {
+            let mut f = f.lock().expect("lock");
+            let unsynced = f.data.len().saturating_sub(f.durable.len());
+            // A deterministic share of the unsynced bytes made it: none, some, or all.
+            let keep = unsynced * ((crashes as usize * 7 + k * 3) % 5) / 4;
+            let mut kept = f.durable.clone();
+            if f.data.starts_with(&f.durable) {
+                kept.extend_from_slice(
+                    &f.data[f.durable.len()..f.durable.len() + keep.min(unsynced)],
+                );
+            }
+            f.data = kept.clone();
+            f.durable = kept;
+            f.lagging_mark = f.lagging_mark.min(f.data.len());
+        }
     }
 
-    /// A log store for a new incarnation of the node.
-    pub fn open(&self) -> SimLogStore {
+    /// The real log store, for a new incarnation of the node, on this disk. Small segments, so
+    /// that a run rotates and removes them.
+    pub fn open(&self) -> SegLog<SimFs> {
         let incarnation = self.inner.lock().expect("lock").incarnation;
-        SimLogStore {
+        let fs = SimFs {
             disk: self.clone(),
             incarnation,
-        }
+        };
+        SegLog::open_with(fs, Default::default(), 16 << 10).unwrap_or_else(|e| {
+            panic!("the log of a simulated disk must open after any crash: {e}")
+        })
     }
 }
 
+/// The file layer of one incarnation of a node.
 #[derive(Clone)]
-pub struct SimLogStore {
+pub struct SimFs {
     disk: SimDisk,
     incarnation: u64,
 }
 
-fn dead() -> StorageError {
-    let e = std::io::Error::other("simulated crash: this incarnation's disk is gone");
-    StorageIOError::write(&e).into()
+pub struct SimFile {
+    disk: SimDisk,
+    incarnation: u64,
+    data: Arc<Mutex<FileData>>,
 }
 
-impl SimLogStore {
-    fn write(&self, op: Op) -> Result<(), StorageError> {
-        let mut d = self.disk.inner.lock().expect("lock");
-        if d.incarnation != self.incarnation {
-            return Err(dead());
-        }
-        d.current.apply(&op);
-        d.pending.push(op);
-        Ok(())
-    }
+fn dead() -> io::Error {
+    io::Error::other("simulated crash: this incarnation's disk is gone")
+}
 
-    /// Flushes what was written before the call (after the simulated fsync latency).
-    async fn flush(&self) -> Result<(), StorageError> {
-        let upto = {
-            let d = self.disk.inner.lock().expect("lock");
-            if d.incarnation != self.incarnation {
-                return Err(dead());
-            }
-            d.pending.len()
-        };
-        tokio::time::sleep(self.disk.fsync).await;
-        let mut d = self.disk.inner.lock().expect("lock");
-        if d.incarnation != self.incarnation {
-            return Err(dead());
-        }
-        // Earlier flushes may have covered part of what this one was asked to cover.
-        let n = upto.min(d.pending.len());
-        let ops: Vec<Op> = d.pending.drain(..n).collect();
-        for op in &ops {
-            d.durable.apply(op);
-        }
-        Ok(())
-    }
-
-    fn read<T>(&self, f: impl FnOnce(&LogData) -> T) -> Result<T, StorageError> {
+impl SimFs {
+    fn state(&self) -> io::Result<std::sync::MutexGuard<'_, DiskState>> {
         let d = self.disk.inner.lock().expect("lock");
         if d.incarnation != self.incarnation {
             return Err(dead());
         }
-        Ok(f(&d.current))
+        Ok(d)
     }
-}
 
-impl RaftLogReader<TypeConfig> for SimLogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        self.read(|d| d.entries.range(range).map(|(_, e)| e.clone()).collect())
-    }
-}
-
-impl RaftLogStorage<TypeConfig> for SimLogStore {
-    type LogReader = Self;
-
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        self.read(|d| LogState {
-            last_purged_log_id: d.purged,
-            last_log_id: d
-                .entries
-                .last_key_value()
-                .map(|(_, e)| e.log_id)
-                .or(d.purged),
+    fn handle(&self, data: Arc<Mutex<FileData>>) -> Arc<SimFile> {
+        Arc::new(SimFile {
+            disk: self.disk.clone(),
+            incarnation: self.incarnation,
+            data,
         })
     }
+}
 
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
+impl Fs for SimFs {
+    type File = SimFile;
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.state()?.files.keys().cloned().collect())
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.write(Op::Vote(*vote))?;
-        self.flush().await
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read(|d| d.vote)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write(Op::Committed(committed))
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.read(|d| d.committed)
-    }
-
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        self.write(Op::Append(entries.into_iter().collect()))?;
-        let me = self.clone();
-        if self.disk.acks_before_flush {
-            callback.log_io_completed(Ok(()));
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                let _ = me.flush().await;
-            });
-            return Ok(());
+    fn create(&self, name: &str) -> io::Result<Arc<SimFile>> {
+        let mut d = self.state()?;
+        if d.files.contains_key(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                name.to_string(),
+            ));
         }
-        tokio::spawn(async move {
-            match me.flush().await {
-                Ok(()) => callback.log_io_completed(Ok(())),
-                Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
-            }
-        });
+        let f: Arc<Mutex<FileData>> = Default::default();
+        d.files.insert(name.to_string(), f.clone());
+        drop(d);
+        Ok(self.handle(f))
+    }
+
+    fn open(&self, name: &str) -> io::Result<Arc<SimFile>> {
+        let f = self.state()?.files.get(name).cloned();
+        f.map(|f| self.handle(f))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.state()?.files.remove(name);
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.write(Op::Truncate(log_id.index))
+    fn sync_dir(&self) -> io::Result<()> {
+        for f in self.state()?.files.values() {
+            f.lock().expect("lock").created_durably = true;
+        }
+        Ok(())
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.write(Op::Purge(log_id))
+    fn inline_sync(&self) -> Option<Duration> {
+        Some(self.disk.fsync)
+    }
+}
+
+impl SimFile {
+    fn with<T>(&self, f: impl FnOnce(&mut FileData) -> io::Result<T>) -> io::Result<T> {
+        let d = self.disk.inner.lock().expect("lock");
+        if d.incarnation != self.incarnation {
+            return Err(dead());
+        }
+        let mut data = self.data.lock().expect("lock");
+        drop(d);
+        f(&mut data)
+    }
+}
+
+impl LogFile for SimFile {
+    fn size(&self) -> io::Result<u64> {
+        self.with(|f| Ok(f.data.len() as u64))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.with(|f| {
+            let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+            match f.data.get(start..start + buf.len()) {
+                Some(b) => {
+                    buf.copy_from_slice(b);
+                    Ok(())
+                }
+                None => Err(io::ErrorKind::UnexpectedEof.into()),
+            }
+        })
+    }
+
+    fn append(&self, data: &[u8]) -> io::Result<()> {
+        self.with(|f| {
+            f.data.extend_from_slice(data);
+            Ok(())
+        })
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.with(|f| {
+            f.data.truncate(len as usize);
+            Ok(())
+        })
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let broken = self.disk.broken;
+        self.with(|f| {
+            if broken {
+                let upto = f.lagging_mark.min(f.data.len());
+                f.durable = f.data[..upto].to_vec();
+                f.lagging_mark = f.data.len();
+            } else {
+                f.durable = f.data.clone();
+            }
+            Ok(())
+        })
     }
 }

@@ -4,9 +4,9 @@
 //! time, every choice drawn from one seed, so a failing seed replays exactly.
 //!
 //! What is simulated and what is real: the nodes are the production `Node`; only the
-//! [`Transport`](crate::raft::network::Transport) (here [`net::SimNet`]), the log disk
-//! ([`disk::SimDisk`], which loses unflushed writes on a crash) and the clocks
-//! ([`net::SimClock`]) are replaced. Snapshot files are real files in a temporary directory.
+//! [`Transport`](crate::raft::network::Transport) (here [`net::SimNet`]), the file layer under
+//! the real segment log ([`disk::SimDisk`], which loses unsynced writes on a crash, keeping a
+//! torn part of them) and the clocks ([`net::SimClock`]) are replaced. Snapshot files are real files in a temporary directory.
 //! The gRPC layer is not in the loop (the real-cluster tests cover it).
 //!
 //! Checked on every run ([`cluster::run`]): no lease expires less than a TTL after its holder's

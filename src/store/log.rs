@@ -1,4 +1,5 @@
-//! The Raft log and vote, in sled.
+//! The Raft log and vote in sled: the layout before segment files, kept to convert from (and to
+//! measure against, `--log-store sled`).
 //!
 //! To ensure correctness:
 //! - `append` calls its callback only after the batch is flushed (fsync) to disk, so openraft
@@ -27,7 +28,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
 #[derive(Clone)]
-pub struct LogStore {
+pub struct SledLog {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
@@ -146,7 +147,7 @@ fn io<E: std::error::Error + 'static>(e: E) -> StorageError {
     StorageIOError::write(&e).into()
 }
 
-impl LogStore {
+impl SledLog {
     pub fn new(
         db: sled::Db,
         metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
@@ -202,13 +203,36 @@ impl LogStore {
         self.purged.lock().map_or(0, |p| p.index + 1)
     }
 
+    /// What the log holds, for conversion: vote, committed and purged ids, and the live
+    /// entries in index order.
+    pub(super) fn export(
+        &self,
+    ) -> Result<
+        (
+            super::seglog::Meta,
+            impl Iterator<Item = Result<Entry, StorageError>> + '_,
+        ),
+        StorageError,
+    > {
+        let meta = super::seglog::Meta {
+            vote: self.get_meta("vote")?,
+            committed: self.get_meta::<Option<LogId>>("committed")?.flatten(),
+            purged: *self.purged.lock(),
+        };
+        let entries = self.log.range(key(self.first_kept())..).map(|kv| {
+            let (_, v) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
+            Ok(codec::decode::<Entry>(&v).map_err(|e| StorageIOError::read_logs(&e))?)
+        });
+        Ok((meta, entries))
+    }
+
     /// Bytes the database takes on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl RaftLogReader<TypeConfig> for SledLog {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -235,7 +259,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
+impl RaftLogStorage<TypeConfig> for SledLog {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
@@ -347,7 +371,7 @@ mod tests {
     }
 
     /// Writes entries straight into the tree, as appends (or keys a crash left behind) would.
-    fn put(store: &LogStore, indexes: impl IntoIterator<Item = u64>) {
+    fn put(store: &SledLog, indexes: impl IntoIterator<Item = u64>) {
         for i in indexes {
             let e = Entry {
                 log_id: log_id(i),
@@ -357,12 +381,12 @@ mod tests {
         }
     }
 
-    async fn indexes(store: &mut LogStore) -> Vec<u64> {
+    async fn indexes(store: &mut SledLog) -> Vec<u64> {
         let got = store.try_get_log_entries(0..=1000).await.unwrap();
         got.iter().map(|e| e.log_id.index).collect()
     }
 
-    fn wait_deleted(store: &LogStore, up_to: u64) {
+    fn wait_deleted(store: &SledLog, up_to: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.log.range(..=key(up_to)).next().is_some() {
             assert!(
@@ -377,7 +401,7 @@ mod tests {
     async fn purged_entries_are_never_read_and_are_deleted_in_the_background() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let mut store = LogStore::new(db.clone(), Default::default()).unwrap();
+        let mut store = SledLog::new(db.clone(), Default::default()).unwrap();
         put(&store, 1..=100);
 
         store.purge(log_id(60)).await.unwrap();
@@ -391,7 +415,7 @@ mod tests {
         // Keys below the purged id that a crash left behind: skipped after a restart too...
         put(&store, 10..=20);
         drop(store);
-        let mut store = LogStore::new(db.clone(), Default::default()).unwrap();
+        let mut store = SledLog::new(db.clone(), Default::default()).unwrap();
         assert_eq!(indexes(&mut store).await, (61..=100).collect::<Vec<_>>());
         assert_eq!(
             store.try_get_log_entries(15..70).await.unwrap()[0].log_id,

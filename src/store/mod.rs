@@ -1,36 +1,134 @@
-//! Durable storage: the Raft log and vote in sled, the state machine in memory with atomic
-//! snapshot files on disk.
+//! Durable storage: the Raft log in segment files ([`seglog`]), the state machine in memory with
+//! atomic snapshot files on disk.
 //!
 //! Why the state machine is not a sled tree: every entry is applied in memory (the pure
 //! [`crate::state::State`]), and durability comes from the log (fsynced before any
 //! acknowledgement) plus snapshots. On restart the node loads its last snapshot and openraft
-//! re-applies the committed log after it. This keeps sled out of the apply path; logs are
-//! purged only up to a snapshot that is already on disk.
+//! re-applies the committed log after it. Logs are purged only up to a snapshot that is already
+//! on disk.
+//!
+//! Layout under the data directory: `raftlog/` (segments), `snapshot` (the last snapshot).
+//! A directory of the previous layout (`sled/`, the Raft log in sled) is converted on start
+//! ([`open`]); `--log-store sled` keeps running on it, for comparison.
 mod events;
 mod log;
+pub mod seglog;
 mod sm;
 mod verdicts;
 
 pub use events::{EventLog, WatchError};
-pub use log::LogStore;
+pub use log::SledLog;
+pub use seglog::{OsFs, SegLog};
 pub use sm::{Applied, Shared, StateMachineStore};
 pub use verdicts::{Verdict, VerdictKind, Verdicts, VERDICTS_KEPT};
 
+use crate::raft::StorageError;
+use openraft::StorageIOError;
 use std::path::Path;
 
-/// Opens (or creates) the node's storage under `dir`.
+/// The node's Raft log store: segment files on the machine's disk.
+pub type LogStore = SegLog<OsFs>;
+
+fn io(e: std::io::Error) -> StorageError {
+    StorageIOError::write(&e).into()
+}
+
+/// Opens (or creates) the node's storage under `dir`, converting a log of the previous layout
+/// first (see [`convert_sled_log`]).
 pub fn open(
     dir: &Path,
     shared: std::sync::Arc<Shared>,
-) -> Result<(LogStore, StateMachineStore), crate::raft::StorageError> {
-    std::fs::create_dir_all(dir).map_err(|e| openraft::StorageIOError::write(&e))?;
-    let db = sled::Config::new()
-        .path(dir.join("sled"))
+) -> Result<(LogStore, StateMachineStore), StorageError> {
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let (log_dir, sled_dir) = (dir.join("raftlog"), dir.join("sled"));
+    if sled_dir.exists() {
+        if log_dir.exists() {
+            // A conversion that finished but was stopped before removing the old log.
+            tracing::info!(dir = %sled_dir.display(), "removing the sled log left by a finished conversion");
+            std::fs::remove_dir_all(&sled_dir).map_err(io)?;
+        } else {
+            convert_sled_log(dir, shared.metrics.clone())?;
+        }
+    }
+    let log = SegLog::open(OsFs::new(&log_dir).map_err(io)?, shared.metrics.clone())?;
+    let sm = StateMachineStore::open(dir.join("snapshot"), shared)?;
+    Ok((log, sm))
+}
+
+/// Opens the previous layout's log (`sled/` under `dir`), for `--log-store sled`. Refuses a
+/// directory already converted to segments.
+pub fn open_sled(
+    dir: &Path,
+    shared: std::sync::Arc<Shared>,
+) -> Result<(SledLog, StateMachineStore), StorageError> {
+    std::fs::create_dir_all(dir).map_err(io)?;
+    if dir.join("raftlog").exists() {
+        return Err(io(std::io::Error::other(format!(
+            "{} holds a segment log (raftlog/): --log-store sled runs only on the sled layout, \
+             and nothing converts back; start without --log-store",
+            dir.display()
+        ))));
+    }
+    let log = SledLog::new(open_sled_db(&dir.join("sled"))?, shared.metrics.clone())?;
+    let sm = StateMachineStore::open(dir.join("snapshot"), shared)?;
+    Ok((log, sm))
+}
+
+fn open_sled_db(path: &Path) -> Result<sled::Db, StorageError> {
+    sled::Config::new()
+        .path(path)
         .cache_capacity(64 * 1024 * 1024)
         .flush_every_ms(None)
         .open()
-        .map_err(|e| openraft::StorageIOError::write(&e))?;
-    let log = LogStore::new(db, shared.metrics.clone())?;
-    let sm = StateMachineStore::open(dir.join("snapshot"), shared)?;
-    Ok((log, sm))
+        .map_err(|e| StorageIOError::write(&e).into())
+}
+
+/// Converts the sled log under `dir/sled` into segment files under `dir/raftlog`.
+///
+/// Crash-safe at every step: the segments are written and made durable under
+/// `raftlog.converting/`, which is then renamed to `raftlog/` (the directory synced), and only
+/// then is `sled/` removed. A crash before the rename leaves the sled log, converted again on
+/// the next start; after it, the segment log, and the old log is removed on the next start.
+pub fn convert_sled_log(
+    dir: &Path,
+    metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
+) -> Result<(), StorageError> {
+    let started = std::time::Instant::now();
+    let (tmp, log_dir, sled_dir) = (
+        dir.join("raftlog.converting"),
+        dir.join("raftlog"),
+        dir.join("sled"),
+    );
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io)?;
+    }
+    let old = SledLog::new(open_sled_db(&sled_dir)?, metrics.clone())?;
+    let (meta, entries) = old.export()?;
+    let mut new = SegLog::open(OsFs::new(&tmp).map_err(io)?, metrics)?;
+    let mut count = 0u64;
+    let mut chunk = Vec::new();
+    new.import_meta(&meta)?;
+    for e in entries {
+        chunk.push(e?);
+        if chunk.len() == 1024 {
+            count += chunk.len() as u64;
+            new.import_entries(std::mem::take(&mut chunk))?;
+        }
+    }
+    count += chunk.len() as u64;
+    new.import_entries(chunk)?;
+    new.sync_now()?;
+    drop(new);
+    drop(old);
+    std::fs::rename(&tmp, &log_dir).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    std::fs::remove_dir_all(&sled_dir).map_err(io)?;
+    tracing::info!(
+        entries = count,
+        ms = started.elapsed().as_millis() as u64,
+        "converted the Raft log from sled to segment files"
+    );
+    Ok(())
 }
