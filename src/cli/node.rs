@@ -126,6 +126,9 @@ pub struct ServerArgs {
     /// directory already converted).
     #[arg(long, value_enum)]
     log_store: Option<crate::node::LogStoreKind>,
+    /// Close a Raft log segment and start a new one at this size, in bytes (default 64 MiB).
+    #[arg(long)]
+    log_segment_bytes: Option<u64>,
     /// Where the log and snapshots live (default .leasekeeper/node-<id>).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -161,7 +164,7 @@ pub struct ServerArgs {
     #[arg(long)]
     terminal_retention_ms: Option<u64>,
     /// Threads running the node's event loop (gRPC, Raft, the state machine). 1, the default,
-    /// runs it on one thread; fsyncs, sled and snapshot builds have threads of their own.
+    /// runs it on one thread; log fsyncs and snapshot builds have threads of their own.
     /// 0 = one per core. See docs/PERFORMANCE.md ("One thread per node").
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -444,6 +447,7 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
     c.metrics_max_queues = a.metrics_max_queues.unwrap_or(c.metrics_max_queues);
     c.clock_rate_bound = a.clock_rate_bound.unwrap_or(c.clock_rate_bound);
     c.log_store = a.log_store.unwrap_or(c.log_store);
+    c.log_segment_bytes = a.log_segment_bytes.unwrap_or(c.log_segment_bytes);
     if !a.initial_cluster.is_empty() {
         c.initial_cluster = parse_members(&a.initial_cluster)?;
     }

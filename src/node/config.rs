@@ -185,6 +185,8 @@ pub struct NodeConfig {
     /// Where the Raft log lives: segment files (the default), or the previous layout's sled
     /// tree, kept to measure against.
     pub log_store: LogStoreKind,
+    /// A Raft log segment is closed and a new one started at this size (bytes, at least 4 KiB).
+    pub log_segment_bytes: u64,
 }
 
 /// The Raft log's store (`--log-store`).
@@ -235,6 +237,7 @@ impl Default for NodeConfig {
             metrics_max_queues: crate::metrics::DEFAULT_MAX_QUEUES,
             clock_rate_bound: 0.1,
             log_store: LogStoreKind::Segments,
+            log_segment_bytes: crate::store::seglog::SEGMENT_BYTES,
         }
     }
 }
@@ -376,6 +379,12 @@ impl NodeConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(4096..=1 << 30).contains(&self.log_segment_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "log_segment_bytes {} must be between 4096 and 1073741824 (default 64 MiB)",
+                self.log_segment_bytes
+            )));
+        }
         self.client_tls()?;
         self.peer_tls()?;
         if !(0.0..1.0).contains(&self.clock_rate_bound) {

@@ -125,7 +125,8 @@ impl Node {
             let (log, sm) = store::open_sled(&config.data_dir, shared.clone())?;
             return Self::start_with_parts(config, parts, shared, log, sm).await;
         }
-        let (log, sm) = store::open(&config.data_dir, shared.clone())?;
+        let (log, sm) =
+            store::open_with(&config.data_dir, shared.clone(), config.log_segment_bytes)?;
         Self::start_with_parts(config, parts, shared, log, sm).await
     }
 

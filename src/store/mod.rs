@@ -39,6 +39,15 @@ pub fn open(
     dir: &Path,
     shared: std::sync::Arc<Shared>,
 ) -> Result<(LogStore, StateMachineStore), StorageError> {
+    open_with(dir, shared, seglog::SEGMENT_BYTES)
+}
+
+/// [`open`], closing log segments at `segment_bytes`.
+pub fn open_with(
+    dir: &Path,
+    shared: std::sync::Arc<Shared>,
+    segment_bytes: u64,
+) -> Result<(LogStore, StateMachineStore), StorageError> {
     std::fs::create_dir_all(dir).map_err(io)?;
     let (log_dir, sled_dir) = (dir.join("raftlog"), dir.join("sled"));
     if sled_dir.exists() {
@@ -50,7 +59,11 @@ pub fn open(
             convert_sled_log(dir, shared.metrics.clone())?;
         }
     }
-    let log = SegLog::open(OsFs::new(&log_dir).map_err(io)?, shared.metrics.clone())?;
+    let log = SegLog::open_with(
+        OsFs::new(&log_dir).map_err(io)?,
+        shared.metrics.clone(),
+        segment_bytes,
+    )?;
     let sm = StateMachineStore::open(dir.join("snapshot"), shared)?;
     Ok((log, sm))
 }
