@@ -38,7 +38,7 @@ impl State {
     pub fn tasks_from<'a>(&'a self, start: &str) -> impl Iterator<Item = &'a Task> + 'a {
         use std::ops::Bound::{Included, Unbounded};
         self.tasks
-            .range::<str, _>((Included(start), Unbounded))
+            .range::<_, str>((Included(start), Unbounded))
             .map(|(_, t)| &**t)
     }
     /// Tasks per state (in [`TaskState::ALL`]'s order), per queue.

@@ -5,6 +5,7 @@ use super::machine::{
 };
 use super::types::*;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 fn quorum(votes: &BTreeSet<NodeId>, configs: &VoterConfigs) -> bool {
     !configs.is_empty()
@@ -192,7 +193,7 @@ impl State {
             if let Some(r) = self
                 .tasks
                 .get_mut(&l.task_id)
-                .and_then(|t| t.record_mut(token))
+                .and_then(|t| Arc::make_mut(t).record_mut(token))
             {
                 r.expiry_silence_ms.clear();
             }
@@ -297,7 +298,7 @@ impl State {
             if let Some(r) = self
                 .tasks
                 .get_mut(&lease.task_id)
-                .and_then(|t| t.record_mut(token))
+                .and_then(|t| Arc::make_mut(t).record_mut(token))
             {
                 r.expiry_silence_ms.retain(|(n, _)| *n != voter);
                 if let Some(s) = silence_ms {

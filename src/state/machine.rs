@@ -4,6 +4,7 @@
 //! and the same answers on every node. Time-like inputs travel inside the commands.
 use super::types::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Attempt records kept per task; older ones are dropped (their tokens then read as unknown).
 pub const HISTORY_LIMIT: usize = 64;
@@ -103,12 +104,15 @@ pub const USED_CLAIMS_KEPT: usize = 65_536;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct State {
-    /// Boxed: a B-tree node keeps its entries inline and is on average a third empty, so a
-    /// 300-byte task inline would waste about 100 bytes a task (measured: docs/PERFORMANCE.md).
-    pub(super) tasks: BTreeMap<Name, Box<Task>>,
-    pub(super) leases: BTreeMap<Token, Lease>,
+    /// Persistent maps (`imbl`): a snapshot copies them in O(1) under the state's lock and
+    /// serializes the copy while applies go on (a change then copies only the tree nodes on its
+    /// path). Tasks behind an `Arc`: a B-tree node keeps its entries inline and is on average a
+    /// third empty, so a 300-byte task inline would waste about 100 bytes a task (measured:
+    /// docs/PERFORMANCE.md), and a node copied for a change copies pointers, not tasks.
+    pub(super) tasks: imbl::OrdMap<Name, Arc<Task>>,
+    pub(super) leases: imbl::OrdMap<Token, Lease>,
     /// Every token still in some task's history → that task, and the lease's secret.
-    pub(super) tokens: BTreeMap<Token, Owner>,
+    pub(super) tokens: imbl::OrdMap<Token, Owner>,
     /// (finished_at_unix_ms, id) of terminal tasks, oldest first, for retention.
     pub(super) finished: BTreeSet<(u64, Name)>,
     /// (worker_id, claim_id) → token of the live lease that claim created.
@@ -117,8 +121,8 @@ pub struct State {
     /// `used_order`: a claim key makes one lease, ever. A duplicate of a claim that arrives late
     /// (a forwarded proposal re-sent, an attempt the worker gave up on) must not make a second
     /// lease, on another task, that nobody knows of and that expires as a failed attempt.
-    pub(super) used_claims: BTreeMap<(String, String), Token>,
-    pub(super) used_order: std::collections::VecDeque<(String, String)>,
+    pub(super) used_claims: imbl::OrdMap<(String, String), Token>,
+    pub(super) used_order: imbl::Vector<(String, String)>,
     /// Queue → (state, id), for listing (the queue name kept once per queue, not per task).
     pub(super) by_queue_state: BTreeMap<Name, BTreeSet<(TaskState, Name)>>,
     /// Queue → tasks per state (in [`TaskState::ALL`]'s order), kept with `by_queue_state`.
@@ -313,7 +317,7 @@ impl State {
 
     /// Takes a task out of the indexes for a change; `put` puts it back.
     pub(super) fn take(&mut self, id: &str) -> Option<Task> {
-        let t = *self.tasks.remove(id)?;
+        let t = Arc::unwrap_or_clone(self.tasks.remove(id)?);
         debug_assert!(
             !t.state.is_terminal(),
             "terminal task {id} taken for a change"
@@ -344,7 +348,7 @@ impl State {
                 task: t.clone(),
             });
         }
-        self.tasks.insert(t.spec.id.clone(), Box::new(t.clone()));
+        self.tasks.insert(t.spec.id.clone(), Arc::new(t.clone()));
         t
     }
 

@@ -1,6 +1,7 @@
 //! What an operator does to a task: cancel it, or retry one that ended without success.
 use super::machine::{Effects, State};
 use super::types::*;
+use std::sync::Arc;
 
 impl State {
     pub(super) fn cancel(
@@ -73,7 +74,7 @@ impl State {
         let Some(t) = self.tasks.remove(id) else {
             return Response::Rejected(Rejection::TaskNotFound { id: id.to_string() });
         };
-        let mut t = *t;
+        let mut t = Arc::unwrap_or_clone(t);
         self.unindex(&t);
         t.state = TaskState::Pending;
         t.failures = 0;

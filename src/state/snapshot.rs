@@ -5,6 +5,7 @@ use super::machine::{Owner, State};
 use super::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The persisted part of the state; indexes are rebuilt on load. Written after
 /// [`SNAPSHOT_MAGIC`] and the CRC-32 of these bytes. `T` is the task layout of the version.
@@ -234,8 +235,43 @@ fn snapshot_body(rest: &[u8]) -> Result<&[u8], SnapshotError> {
     Ok(body)
 }
 
+/// What a snapshot holds, copied from the state in O(1): the persistent maps share their tree
+/// nodes with the state, so taking a view under the state's lock costs microseconds, and
+/// [`SnapshotView::to_bytes`] runs without the lock while applies go on (each change then
+/// copies the nodes on its path, not the state).
+#[derive(Clone)]
+pub struct SnapshotView {
+    tasks: imbl::OrdMap<Name, Arc<Task>>,
+    leases: imbl::OrdMap<Token, Lease>,
+    tokens: imbl::OrdMap<Token, Owner>,
+    used_claims: imbl::OrdMap<(String, String), Token>,
+    used_order: imbl::Vector<(String, String)>,
+    last_token: Token,
+    last_revision: Revision,
+}
+
 impl State {
+    /// A copy of what a snapshot holds, in O(1) (see [`SnapshotView`]).
+    pub fn snapshot_view(&self) -> SnapshotView {
+        SnapshotView {
+            tasks: self.tasks.clone(),
+            leases: self.leases.clone(),
+            tokens: self.tokens.clone(),
+            used_claims: self.used_claims.clone(),
+            used_order: self.used_order.clone(),
+            last_token: self.last_token,
+            last_revision: self.last_revision,
+        }
+    }
+
     /// The state as snapshot bytes: [`SNAPSHOT_MAGIC`], a CRC-32 of the body, the body.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.snapshot_view().to_bytes()
+    }
+}
+
+impl SnapshotView {
+    /// The snapshot bytes: [`SNAPSHOT_MAGIC`], a CRC-32 of the body, the body.
     pub fn to_bytes(&self) -> Vec<u8> {
         let p = PersistedRef {
             tasks: self.tasks.values().map(|t| &**t).collect(),
@@ -263,7 +299,9 @@ impl State {
         out[SNAPSHOT_MAGIC.len()..SNAPSHOT_MAGIC.len() + 4].copy_from_slice(&crc.to_le_bytes());
         out
     }
+}
 
+impl State {
     /// Checks snapshot bytes' CRC without decoding them (older snapshots, which carry none,
     /// pass).
     pub fn check_snapshot_bytes(bytes: &[u8]) -> Result<(), SnapshotError> {
@@ -344,13 +382,18 @@ impl State {
                 );
             }
             s.index(&t);
-            s.tasks.insert(t.spec.id.clone(), Box::new(t));
+            s.tasks.insert(t.spec.id.clone(), Arc::new(t));
         }
-        for l in s.leases.values_mut() {
-            if let Some((id, _)) = s.tasks.get_key_value(&*l.task_id) {
-                l.task_id = id.clone();
-            }
-        }
+        let tasks = &s.tasks;
+        s.leases = std::mem::take(&mut s.leases)
+            .into_iter()
+            .map(|(token, mut l)| {
+                if let Some((id, _)) = tasks.get_key_value(&*l.task_id) {
+                    l.task_id = id.clone();
+                }
+                (token, l)
+            })
+            .collect();
         s.validate().map_err(SnapshotError::Inconsistent)?;
         Ok(s)
     }

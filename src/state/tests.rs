@@ -1106,7 +1106,14 @@ proptest! {
         let mut replica = Sm::new();
         let mut max_token = 0;
         let mut now = NOW;
-        for (dt, cmd) in cmds {
+        // A snapshot view taken halfway serializes the state as it was then, whatever the
+        // commands after it changed (they share tree nodes with it).
+        let half = cmds.len() / 2;
+        let mut halfway = None;
+        for (k, (dt, cmd)) in cmds.into_iter().enumerate() {
+            if k == half {
+                halfway = Some((sm.s.snapshot_view(), sm.s.clone().to_bytes()));
+            }
             now += dt;
             let before = sm.s.clone();
             let cmd_seen = cmd.clone();
@@ -1172,6 +1179,9 @@ proptest! {
         }
         prop_assert_eq!(&sm.s, &replica.s);
         prop_assert_eq!(State::from_bytes(&sm.s.to_bytes()).unwrap(), sm.s);
+        if let Some((view, bytes_then)) = halfway {
+            prop_assert_eq!(view.to_bytes(), bytes_then, "a view is the state when it was taken");
+        }
     }
 }
 

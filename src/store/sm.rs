@@ -311,21 +311,28 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // worker (and with it Raft heartbeats) otherwise.
         let shared = self.shared.clone();
         let started = std::time::Instant::now();
-        let (data, meta) = off_runtime(self.blocking, move || {
-            let a = shared.read();
-            let id = match a.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, shared.clock.unix_ms()),
-                None => format!("empty-{}", shared.clock.unix_ms()),
+        let (data, meta, locked_us) = off_runtime(self.blocking, move || {
+            // Under the state's read lock only the O(1) copy of the persistent maps: applies
+            // never wait for the serialization below.
+            let (view, meta, locked_us) = {
+                let locked = std::time::Instant::now();
+                let a = shared.read();
+                let id = match a.last_applied {
+                    Some(l) => format!("{}-{}-{}", l.leader_id, l.index, shared.clock.unix_ms()),
+                    None => format!("empty-{}", shared.clock.unix_ms()),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: a.last_applied,
+                    last_membership: a.membership.clone(),
+                    snapshot_id: id,
+                };
+                let view = a.state.snapshot_view();
+                drop(a);
+                (view, meta, locked.elapsed().as_micros() as u64)
             };
-            let meta = SnapshotMeta {
-                last_log_id: a.last_applied,
-                last_membership: a.membership.clone(),
-                snapshot_id: id,
-            };
-            (a.state.to_bytes(), meta)
+            (view.to_bytes(), meta, locked_us)
         })
         .await?;
-        // Applies wait for this part (the state's read lock); the file write below does not.
         let serialize_ms = started.elapsed().as_millis() as u64;
         let data = std::sync::Arc::new(data);
         let (path, m, d) = (self.path.clone(), meta.clone(), data.clone());
@@ -342,6 +349,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             snapshot = %meta.snapshot_id,
             bytes = data.len(),
             serialize_ms,
+            locked_us,
             write_ms = started.elapsed().as_millis() as u64 - serialize_ms,
             "snapshot built"
         );
