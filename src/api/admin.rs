@@ -269,7 +269,8 @@ impl AdminSvc {
                         &addr,
                         PeerCall::Membership,
                         codec::encode(&change),
-                        Duration::from_millis(self.node.config.request_timeout_ms.max(10_000)),
+                        // Adding a node waits until it has caught up (see the client's wait).
+                        Duration::from_secs(60),
                     )
                     .await
                     .map_err(|e| {

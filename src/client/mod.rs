@@ -550,7 +550,8 @@ impl Client {
             addr: addr.to_string(),
             learner_only,
         };
-        self.call(|c| {
+        // The leader answers once the new node has caught up (by snapshot, for a large state).
+        self.call_waiting(MEMBERSHIP_WAIT, |c| {
             let req = req.clone();
             async move { admin_client(c).add_node(req).await }
         })
@@ -558,7 +559,7 @@ impl Client {
     }
 
     pub async fn remove_node(&self, node_id: u64) -> Result<pb::RemoveNodeResponse, Status> {
-        self.call(|c| async move {
+        self.call_waiting(MEMBERSHIP_WAIT, |c| async move {
             admin_client(c)
                 .remove_node(pb::RemoveNodeRequest { node_id })
                 .await
@@ -566,6 +567,10 @@ impl Client {
         .await
     }
 }
+
+/// How long a membership change may take beyond the usual attempt timeout: adding a node waits
+/// until it has caught up, by a snapshot of the whole state when that is large.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -179,7 +179,10 @@ impl Node {
             // times this stays under the peer port's message limit, so a lagging follower is
             // never sent a message it must refuse (and then sent it again, forever).
             max_payload_entries: crate::raft::network::MAX_APPEND_ENTRIES,
-            install_snapshot_timeout: 2_000,
+            // Per InstallSnapshot call. The last chunk's answer waits for the follower to decode
+            // and install the snapshot: 2-4 s at a million tasks. A shorter timeout sends the
+            // whole snapshot again, forever (measured with scripts/bench-scale.sh).
+            install_snapshot_timeout: 30_000,
             ..Default::default()
         }
         .validate()?;

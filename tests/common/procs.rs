@@ -21,12 +21,30 @@ pub struct Procs {
     pub namespaces: Option<Vec<String>>,
 }
 
+/// A free loopback port below Linux's ephemeral range (32768-60999). These nodes are killed and
+/// restarted: a port the OS handed out from the ephemeral range could, while its node is down, be
+/// taken as the source port of any outgoing connection, and the restart would fail to bind it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 20) ^ SEQ.fetch_add(1, Ordering::Relaxed);
+    for _ in 0..1000 {
+        // splitmix64: spreads tests that start at the same moment over the range.
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let port = 20_000 + (z % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000 after 1000 tries")
 }
 
 impl Procs {
