@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Scale: load TASKS tasks and LEASES live leases into a three-process cluster on this machine,
-# then report per-node RSS, disk used, snapshot size, the time to restart a node and the time
-# to catch up a wiped follower (by snapshot).
+# then report per-node RSS, disk used, snapshot size, the lifecycle latency with snapshots being
+# built and without any, the time to restart a node and the time to catch up a wiped follower
+# (by snapshot).
 #
 #   bash scripts/bench-scale.sh [tasks=1000000] [leases=100000]
+#   STALL_S=30 (seconds of each lifecycle run), KEEP_WORK=1 (keep the data dirs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${1:-1000000}
@@ -12,6 +14,7 @@ cargo build --release --locked -q
 LK=$PWD/target/release/leasekeeper
 WORK=$(mktemp -d)
 declare -A pid
+EXTRA=()
 cleanup() {
   for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -28,7 +31,7 @@ start() { # id [no-init]
   local init=(--initial-cluster "$CLUSTER")
   [ "${2:-}" = no-init ] && init=()
   "$LK" server --id "$1" --listen "$(addr "$1")" --peer-listen "$(peer "$1")" --data-dir "$WORK/node-$1" "${init[@]}" \
-    --max-ttl-ms 86400000 >>"$WORK/node-$1.log" 2>&1 &
+    --max-ttl-ms 86400000 "${EXTRA[@]}" >>"$WORK/node-$1.log" 2>&1 &
   pid[$1]=$!
 }
 field() { # node-id field -> value from `status --json`
@@ -40,11 +43,14 @@ leader_commit() {
 d=json.load(sys.stdin); print(max(m.get('applied_index',0) for m in d['members']))"
 }
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+wait_leader() {
+  for _ in $(seq 1 300); do
+    "$LK" status --endpoints "$EPS" --json 2>/dev/null | grep -q '"leader_addr":"1' && return
+    sleep 0.2
+  done
+}
 for i in 1 2 3; do start "$i"; done
-for _ in $(seq 1 100); do
-  "$LK" status --endpoints "$EPS" --json 2>/dev/null | grep -q '"leader_addr":"1' && break
-  sleep 0.2
-done
+wait_leader
 
 term() { "$LK" status --endpoints "$EPS" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["term"])'; }
 term0=$(term)
@@ -71,6 +77,33 @@ report() {
   done
 }
 report
+
+# Snapshots against the lifecycle tail: the same lifecycle run while every node builds a snapshot
+# every 20 000 entries (the default), then, after a restart of all three, with no snapshots.
+restart_all() { # extra server flags
+  for i in 1 2 3; do kill "${pid[$i]}"; done
+  for i in 1 2 3; do wait "${pid[$i]}" 2>/dev/null || true; done
+  EXTRA=("$@")
+  for i in 1 2 3; do start "$i"; done
+  wait_leader
+  local target
+  target=$(leader_commit)
+  for i in 1 2 3; do
+    for _ in $(seq 1 6000); do [ "$(field "$i" applied_index)" -ge "$target" ] 2>/dev/null && break; sleep 0.05; done
+  done
+}
+built() { cat "$WORK"/node-*.log | grep -c "snapshot built" || true; }
+lifecycle() { # label
+  local b0
+  b0=$(built)
+  echo "lifecycle, 64 clients, ${STALL_S:-30} s, $1:"
+  "$LK" bench --endpoints "$EPS" --shape lifecycle --clients 64 --duration-s "${STALL_S:-30}"
+  echo "  snapshots built by the three nodes during the run: $(( $(built) - b0 ))"
+}
+lifecycle "a snapshot every 20 000 entries"
+restart_all --snapshot-every-entries 1000000000
+lifecycle "no snapshots"
+restart_all
 
 # Restart a follower (SIGKILL, then start): time until it has applied what the leader had.
 leader=$("$LK" status --endpoints "$EPS" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader_id"])')

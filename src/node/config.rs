@@ -424,6 +424,12 @@ impl NodeConfig {
                 r.heartbeat_ms, r.election_min_ms, r.election_max_ms
             )));
         }
+        if r.snapshot_every_entries < 10 {
+            return Err(ConfigError::Invalid(format!(
+                "snapshot_every_entries is {}: give at least 10 (default 20000); every snapshot writes the whole state",
+                r.snapshot_every_entries
+            )));
+        }
         let l = &self.limits;
         if l.min_ttl_ms <= 3 * r.election_max_ms {
             return Err(ConfigError::TtlBelowFailover {
@@ -604,5 +610,16 @@ mod tests {
         ] {
             assert!(check_addr(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_snapshot_policy_that_would_snapshot_every_entry_is_refused() {
+        let mut c = super::NodeConfig::for_tests(1, std::env::temp_dir().join("lk-config-test"));
+        assert!(c.validate().is_ok());
+        c.raft.snapshot_every_entries = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("snapshot_every_entries is 0"), "{e}");
+        c.raft.snapshot_every_entries = 10;
+        assert!(c.validate().is_ok());
     }
 }
