@@ -97,15 +97,10 @@ async fn a_node_killed_anywhere_comes_back_and_nothing_acknowledged_is_lost() {
         // Each restart opened its log: the process is still running a moment later.
         tokio::time::sleep(Duration::from_millis(150)).await;
         if let Some(st) = p.children[victim].as_mut().unwrap().try_wait().unwrap() {
-            let log =
-                std::fs::read_to_string(p.dir.path().join(format!("node-{}.log", victim + 1)))
-                    .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
                 "node {} exited on restart ({st}):\n{}",
                 victim + 1,
-                tail.join("\n")
+                p.log_tail(victim, 40)
             );
         }
     }
@@ -161,13 +156,6 @@ async fn a_node_killed_anywhere_comes_back_and_nothing_acknowledged_is_lost() {
         )
         .await;
     }
-    let torn: usize = (1..=3)
-        .map(|i| {
-            std::fs::read_to_string(p.dir.path().join(format!("node-{i}.log")))
-                .unwrap_or_default()
-                .matches("torn write")
-                .count()
-        })
-        .sum();
+    let torn: usize = (0..3).map(|i| p.log(i).matches("torn write").count()).sum();
     eprintln!("torn tails cut on restart: {torn}");
 }

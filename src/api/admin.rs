@@ -269,8 +269,8 @@ impl AdminSvc {
                         &addr,
                         PeerCall::Membership,
                         codec::encode(&change),
-                        // Adding a node waits until it has caught up (see the client's wait).
-                        Duration::from_secs(60),
+                        // Adding a node waits until it has caught up, as the client does.
+                        crate::client::MEMBERSHIP_WAIT,
                     )
                     .await
                     .map_err(|e| {

@@ -570,7 +570,7 @@ impl Client {
 
 /// How long a membership change may take beyond the usual attempt timeout: adding a node waits
 /// until it has caught up, by a snapshot of the whole state when that is large.
-const MEMBERSHIP_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const MEMBERSHIP_WAIT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -155,7 +155,6 @@ pub struct StateMachineStore {
     blocking: bool,
 }
 
-/// Runs `f` on a blocking thread, or right here.
 /// Runs `f` on a thread of its own at the lowest CPU priority (nice 19), for a snapshot build:
 /// serializing a large state takes seconds of CPU, and at normal priority it takes them from
 /// the applies, the Raft messages and the clients' calls on a machine with few cores. Runs
@@ -200,6 +199,7 @@ fn return_freed_memory() {
     }
 }
 
+/// Runs `f` on a blocking thread, or right here.
 async fn off_runtime<T: Send + 'static>(
     blocking: bool,
     f: impl FnOnce() -> T + Send + 'static,
@@ -409,8 +409,8 @@ fn apply_entries(
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // Serialized on a blocking thread: a large state takes long enough to stall a runtime
-        // worker (and with it Raft heartbeats) otherwise.
+        // Serialized and written on a thread of its own: a large state takes long enough to
+        // stall a runtime worker (and with it Raft heartbeats) otherwise.
         let shared = self.shared.clone();
         let started = std::time::Instant::now();
         let path = self.path.clone();
@@ -437,11 +437,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             drop(view);
             let serialize_ms = started.elapsed().as_millis() as u64;
             write_atomically(&path, &file_parts(&meta, &data))?;
+            return_freed_memory();
             Ok::<_, std::io::Error>((data, meta, locked_us, serialize_ms))
         })
         .await?
         .map_err(write_err)?;
-        return_freed_memory();
         let m = &self.shared.metrics;
         m.snapshot_build.observe(started.elapsed().as_secs_f64());
         m.snapshot_bytes.set(data.len() as i64);
@@ -516,10 +516,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             this.write_file(&m, &data)?;
             this.shared.replace(state, &m);
-            Ok::<_, StorageError>(data.len())
+            let bytes = data.len();
+            drop(data);
+            return_freed_memory();
+            Ok::<_, StorageError>(bytes)
         })
         .await??;
-        return_freed_memory();
         let m = &self.shared.metrics;
         m.snapshot_install.observe(started.elapsed().as_secs_f64());
         m.snapshot_bytes.set(bytes as i64);
@@ -531,14 +533,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Reading and checking hundreds of MiB: not on the runtime, which runs Raft's heartbeats.
         let this = self.clone();
         let read = off_runtime(self.blocking, move || {
-            let file = this.read_file()?;
-            let checked = file
-                .as_ref()
-                .map(|(_, data)| State::check_snapshot_bytes(data));
-            Ok::<_, StorageError>((file, checked))
+            Ok::<_, StorageError>(this.read_file()?.map(|(meta, data)| {
+                let checked = State::check_snapshot_bytes(&data);
+                (meta, data, checked)
+            }))
         })
         .await??;
-        let (Some((meta, data)), Some(checked)) = read else {
+        let Some((meta, data, checked)) = read else {
             return Ok(None);
         };
         if let Err(e) = checked {

@@ -229,16 +229,26 @@ impl Procs {
         }
     }
 
+    /// Node `i`'s log since its last start.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{}.log", i + 1)))
+            .unwrap_or_default()
+    }
+
+    /// The last `n` lines of node `i`'s log.
+    pub fn log_tail(&self, i: usize, n: usize) -> String {
+        let text = self.log(i);
+        let tail: Vec<&str> = text.lines().rev().take(n).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for i in 0..self.addrs.len() {
-            let p = self.dir.path().join(format!("node-{}.log", i + 1));
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
             out.push_str(&format!(
                 "--- node {} (last lines)\n{}\n",
                 i + 1,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                self.log_tail(i, 15)
             ));
         }
         out
