@@ -94,14 +94,16 @@ restart_all() { # extra server flags
   done
   sleep 5 # any snapshot the restart starts is done before the run
 }
-built() { cat "$WORK"/node-*.log | grep "snapshot built" || true; }
+built_since() { # ISO time -> the "snapshot built" lines logged since then
+  cat "$WORK"/node-*.log | grep "snapshot built" | awk -v s="$1" '$1 >= s' || true
+}
 lifecycle() { # label
-  local b0
-  b0=$(built | wc -l)
+  local since
+  since=$(date -u +%Y-%m-%dT%H:%M:%S)
   echo "lifecycle, 64 clients, ${STALL_S:-40} s, $1:"
   "$LK" bench --endpoints "$EPS" --shape lifecycle --clients 64 --duration-s "${STALL_S:-40}"
-  echo "  snapshots built by the three nodes during the run: $(( $(built | wc -l) - b0 ))"
-  built | tail -n +$((b0 + 1)) | grep -o 'bytes=.*' | sed 's/^/    /'
+  echo "  snapshots built by the three nodes during the run: $(built_since "$since" | wc -l)"
+  built_since "$since" | { grep -o 'bytes=.*' || true; } | sed 's/^/    /'
 }
 restart_all --snapshot-every-entries 1000000000
 lifecycle "no snapshots"

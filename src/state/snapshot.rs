@@ -366,24 +366,48 @@ impl State {
             }
             s.leases.insert(l.token, l);
         }
-        for mut t in p.tasks {
-            // Names shared as `submit` shares them: one allocation per queue.
-            if let Some((queue, _)) = s.by_queue_state.get_key_value(&*t.spec.queue) {
-                t.spec.queue = queue.clone();
+        // Names shared as `submit` shares them: one allocation per queue.
+        let mut queues: std::collections::BTreeSet<Name> = std::collections::BTreeSet::new();
+        let tasks: Vec<Arc<Task>> = p
+            .tasks
+            .into_iter()
+            .map(|mut t| {
+                match queues.get(&*t.spec.queue) {
+                    Some(q) => t.spec.queue = q.clone(),
+                    None => {
+                        queues.insert(t.spec.queue.clone());
+                    }
+                }
+                Arc::new(t)
+            })
+            .collect();
+        drop(queues);
+        // The task map on a thread of its own, the tokens and the indexes on this one: a
+        // restart at a million tasks spends most of its load here.
+        s.tasks = std::thread::scope(|scope| {
+            let map = scope.spawn(|| {
+                tasks
+                    .iter()
+                    .map(|t| (t.spec.id.clone(), t.clone()))
+                    .collect::<imbl::OrdMap<Name, Arc<Task>>>()
+            });
+            for t in &tasks {
+                for r in &t.history {
+                    let secret = secrets.get(&r.lease_token).copied().unwrap_or(0);
+                    s.tokens.insert(
+                        r.lease_token,
+                        Owner {
+                            task: t.spec.id.clone(),
+                            secret,
+                        },
+                    );
+                }
+                s.index(t);
             }
-            for r in &t.history {
-                let secret = secrets.get(&r.lease_token).copied().unwrap_or(0);
-                s.tokens.insert(
-                    r.lease_token,
-                    Owner {
-                        task: t.spec.id.clone(),
-                        secret,
-                    },
-                );
-            }
-            s.index(&t);
-            s.tasks.insert(t.spec.id.clone(), Arc::new(t));
-        }
+            map.join()
+        })
+        .map_err(|_| SnapshotError::Inconsistent("the task map could not be built".into()))?;
+        drop(tasks);
         let tasks = &s.tasks;
         s.leases = std::mem::take(&mut s.leases)
             .into_iter()
@@ -394,7 +418,8 @@ impl State {
                 (token, l)
             })
             .collect();
-        s.validate().map_err(SnapshotError::Inconsistent)?;
+        s.validate_in_parallel()
+            .map_err(SnapshotError::Inconsistent)?;
         Ok(s)
     }
 }

@@ -271,7 +271,7 @@ impl StateMachineStore {
     }
 
     fn write_file(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        write_atomically(&self.path, &file_parts(meta, data)).map_err(write_err)
+        write_atomically(&self.path, &file_parts(meta, data), None).map_err(write_err)
     }
 }
 
@@ -294,22 +294,42 @@ fn file_parts<'a>(meta: &SnapshotMeta, data: &'a [u8]) -> [std::borrow::Cow<'a, 
 }
 
 /// How much of a snapshot file is written before its writeback is started and the piece before
-/// it waited for (see `write_atomically`).
-const WRITEBACK_STEP: usize = 8 << 20;
+/// it waited for (see `write_atomically`): at most about two steps are queued at the disk ahead
+/// of a Raft log fdatasync.
+const WRITEBACK_STEP: usize = 1 << 20;
 
-/// Writes `parts` to `path` so that a crash leaves either the old file or the new one.
+/// How fast a snapshot build writes its file. A build is not waited for by anything but the
+/// log's purge, so it is paced: unpaced, the file (hundreds of MiB at a million tasks) reaches
+/// the disk as fast as the disk takes it, and the log's fdatasyncs, which every acknowledged
+/// write waits for, queue behind it. A snapshot received from the leader is written unpaced: the
+/// leader waits for its install.
+const BUILD_WRITE_BYTES_PER_S: u64 = 64 << 20;
+
+/// Writes `parts` to `path` so that a crash leaves either the old file or the new one, at no
+/// more than `bytes_per_s` if given.
 ///
 /// A large file is written in steps of [`WRITEBACK_STEP`]: each step's writeback is started as
 /// soon as it is written and waited for one step later, as RocksDB's `bytes_per_sync` does. A
 /// single fsync at the end would send the whole file (hundreds of MiB at a million tasks) to
 /// the disk at once, and the Raft log's fdatasyncs, which every acknowledged write waits for,
 /// would queue behind it.
-fn write_atomically(path: &Path, parts: &[std::borrow::Cow<'_, [u8]>]) -> std::io::Result<()> {
+fn write_atomically(
+    path: &Path,
+    parts: &[std::borrow::Cow<'_, [u8]>],
+    bytes_per_s: Option<u64>,
+) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     let mut written = 0u64;
+    let started = std::time::Instant::now();
     for p in parts {
         for piece in p.chunks(WRITEBACK_STEP) {
+            if let Some(rate) = bytes_per_s.filter(|r| *r > 0) {
+                let due = std::time::Duration::from_secs_f64(written as f64 / rate as f64);
+                if let Some(early) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(early);
+                }
+            }
             f.write_all(piece)?;
             start_writeback(&f, written, piece.len() as u64);
             written += piece.len() as u64;
@@ -414,6 +434,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let shared = self.shared.clone();
         let started = std::time::Instant::now();
         let path = self.path.clone();
+        let pace = self.blocking.then_some(BUILD_WRITE_BYTES_PER_S);
         let (data, meta, locked_us, serialize_ms) = in_background(self.blocking, move || {
             // Under the state's read lock only the O(1) copy of the persistent maps: applies
             // never wait for the serialization below.
@@ -436,7 +457,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let data = view.to_bytes();
             drop(view);
             let serialize_ms = started.elapsed().as_millis() as u64;
-            write_atomically(&path, &file_parts(&meta, &data))?;
+            write_atomically(&path, &file_parts(&meta, &data), pace)?;
             return_freed_memory();
             Ok::<_, std::io::Error>((data, meta, locked_us, serialize_ms))
         })
@@ -671,6 +692,33 @@ mod tests {
             .expect("refused");
             assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
         });
+    }
+
+    /// A paced write (several writeback steps, with and without a rate) leaves exactly the
+    /// bytes given, and replaces the file before it.
+    #[test]
+    fn a_paced_snapshot_file_holds_exactly_its_parts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snapshot");
+        std::fs::write(&path, b"the file before").unwrap();
+        let big: Vec<u8> = (0..(WRITEBACK_STEP * 3 + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for rate in [None, Some(1u64 << 30), Some(0)] {
+            let parts: [std::borrow::Cow<'_, [u8]>; 3] = [
+                b"head".as_slice().into(),
+                Vec::new().into(),
+                big.as_slice().into(),
+            ];
+            write_atomically(&path, &parts, rate).expect("written");
+            let back = std::fs::read(&path).unwrap();
+            assert_eq!(back.len(), 4 + big.len(), "rate {rate:?}");
+            assert!(
+                back.starts_with(b"head") && back[4..] == big[..],
+                "rate {rate:?}"
+            );
+            assert!(!path.with_extension("tmp").exists());
+        }
     }
 
     #[test]
