@@ -147,7 +147,10 @@ impl Cluster {
             clock,
             transport: self.world.net.transport(id),
         };
-        let node = Node::start_with_parts(config, parts, shared, self.disks[&id].open(), sm)
+        let log = self.disks[&id]
+            .open()
+            .purge_after_snapshot(sm.snapshot_durable());
+        let node = Node::start_with_parts(config, parts, shared, log, sm)
             .await
             .expect("a simulated node starts");
         self.world.net.set_node(id, Some(node.clone()));

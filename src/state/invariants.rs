@@ -52,7 +52,12 @@ impl State {
     /// waits for nothing else).
     pub fn validate_in_parallel(&self) -> Result<(), String> {
         std::thread::scope(|scope| {
-            let tasks = scope.spawn(|| self.validate_tasks());
+            // A thread that cannot be started (the process is out of them) only costs time.
+            let Ok(tasks) =
+                std::thread::Builder::new().spawn_scoped(scope, || self.validate_tasks())
+            else {
+                return self.validate();
+            };
             let indexes = self.validate_indexes();
             let tasks = tasks
                 .join()

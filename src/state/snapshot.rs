@@ -384,13 +384,15 @@ impl State {
         drop(queues);
         // The task map on a thread of its own, the tokens and the indexes on this one: a
         // restart at a million tasks spends most of its load here.
+        let task_map = || {
+            tasks
+                .iter()
+                .map(|t| (t.spec.id.clone(), t.clone()))
+                .collect::<imbl::OrdMap<Name, Arc<Task>>>()
+        };
         s.tasks = std::thread::scope(|scope| {
-            let map = scope.spawn(|| {
-                tasks
-                    .iter()
-                    .map(|t| (t.spec.id.clone(), t.clone()))
-                    .collect::<imbl::OrdMap<Name, Arc<Task>>>()
-            });
+            // A thread that cannot be started (the process is out of them) only costs time.
+            let map = std::thread::Builder::new().spawn_scoped(scope, task_map);
             for t in &tasks {
                 for r in &t.history {
                     let secret = secrets.get(&r.lease_token).copied().unwrap_or(0);
@@ -404,7 +406,10 @@ impl State {
                 }
                 s.index(t);
             }
-            map.join()
+            match map {
+                Ok(map) => map.join(),
+                Err(_) => Ok(task_map()),
+            }
         })
         .map_err(|_| SnapshotError::Inconsistent("the task map could not be built".into()))?;
         drop(tasks);

@@ -40,6 +40,8 @@ pub struct SledLog {
     /// not the purger has deleted it yet.
     purged: std::sync::Arc<parking_lot::Mutex<Option<LogId>>>,
     metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
+    /// Purges wait for the snapshot file to cover them (see `store::snapshot_covers`).
+    snapshot_durable: Option<super::SnapshotDurable>,
 }
 
 /// Deletes the log keys up to each index it is sent, one key at a time (see the module docs).
@@ -148,6 +150,12 @@ fn io<E: std::error::Error + 'static>(e: E) -> StorageError {
 }
 
 impl SledLog {
+    /// Makes every purge wait until the snapshot file covers it (see `store::snapshot_covers`).
+    pub fn purge_after_snapshot(mut self, durable: super::SnapshotDurable) -> Self {
+        self.snapshot_durable = Some(durable);
+        self
+    }
+
     pub fn new(
         db: sled::Db,
         metrics: std::sync::Arc<crate::metrics::NodeMetrics>,
@@ -162,6 +170,7 @@ impl SledLog {
             purger: Default::default(),
             purged: Default::default(),
             metrics,
+            snapshot_durable: None,
         };
         *store.purged.lock() = store.get_meta::<Option<LogId>>("last_purged")?.flatten();
         Ok(store)
@@ -348,6 +357,7 @@ impl RaftLogStorage<TypeConfig> for SledLog {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        super::snapshot_covers(&mut self.snapshot_durable, log_id).await?;
         self.put_meta("last_purged", &Some(log_id))?;
         *self.purged.lock() = Some(log_id);
         let log = self.log.clone();

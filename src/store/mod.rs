@@ -33,6 +33,38 @@ fn io(e: std::io::Error) -> StorageError {
     StorageIOError::write(&e).into()
 }
 
+/// The last log id of the snapshot that is durable in the node's snapshot file, as the state
+/// machine store publishes it.
+pub type SnapshotDurable = tokio::sync::watch::Receiver<Option<crate::raft::LogId>>;
+
+/// How long a purge waits for the snapshot that covers it to be durable.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits until the snapshot file covers `upto`, before the log is purged up to it.
+///
+/// openraft (0.9) purges a follower's log up to a snapshot received from the leader as soon as
+/// it hands the snapshot to the state machine, not once the state machine has written it: a
+/// crash in between would leave a snapshot file older than the log's start, and a node that
+/// cannot start. So a purge waits here for the install to be durable. Refused after
+/// [`PURGE_WAIT`] (the install failed): the log is then never purged past its snapshot.
+async fn snapshot_covers(
+    durable: &mut Option<SnapshotDurable>,
+    upto: crate::raft::LogId,
+) -> Result<(), StorageError> {
+    let Some(rx) = durable else {
+        return Ok(());
+    };
+    let covered = |d: &Option<crate::raft::LogId>| d.is_some_and(|d| d.index >= upto.index);
+    match tokio::time::timeout(PURGE_WAIT, rx.wait_for(covered)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(io(std::io::Error::other(format!(
+            "the log was to be purged up to {upto}, but no snapshot that covers it was written \
+             in {} s: the log is kept",
+            PURGE_WAIT.as_secs()
+        )))),
+    }
+}
+
 /// Opens (or creates) the node's storage under `dir`, converting a log of the previous layout
 /// first (see [`convert_sled_log`]).
 pub fn open(
@@ -65,6 +97,7 @@ pub fn open_with(
         segment_bytes,
     )?;
     let sm = StateMachineStore::open(dir.join("snapshot"), shared)?;
+    let log = log.purge_after_snapshot(sm.snapshot_durable());
     Ok((log, sm))
 }
 
@@ -84,6 +117,7 @@ pub fn open_sled(
     }
     let log = SledLog::new(open_sled_db(&dir.join("sled"))?, shared.metrics.clone())?;
     let sm = StateMachineStore::open(dir.join("snapshot"), shared)?;
+    let log = log.purge_after_snapshot(sm.snapshot_durable());
     Ok((log, sm))
 }
 
@@ -144,4 +178,37 @@ pub fn convert_sled_log(
         "converted the Raft log from sled to segment files"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::storage::RaftLogStorage;
+
+    /// A purge waits until the snapshot that covers it is durable (a follower's install), and
+    /// goes on at once when it already is (a build).
+    #[test]
+    fn a_purge_waits_for_the_snapshot_that_covers_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let mut log = SegLog::open(OsFs::new(dir.path()).expect("fs"), Default::default())
+            .expect("open")
+            .purge_after_snapshot(rx);
+        let id = |index| openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            tx.send_replace(Some(id(5)));
+            log.purge(id(5)).await.expect("covered: purged at once");
+            let mut purge = Box::pin(log.purge(id(10)));
+            let waited =
+                tokio::time::timeout(std::time::Duration::from_millis(200), &mut purge).await;
+            assert!(waited.is_err(), "purged past the snapshot on disk");
+            tx.send_replace(Some(id(12)));
+            purge.await.expect("purged once the snapshot is durable");
+            drop(log);
+        });
+    }
 }

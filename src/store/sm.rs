@@ -149,6 +149,13 @@ impl Shared {
 pub struct StateMachineStore {
     shared: Arc<Shared>,
     path: PathBuf,
+    /// The last log id of the snapshot in the file. A build runs beside the state machine, so a
+    /// snapshot from the leader can be installed while a build writes an older one: the build
+    /// must then leave the file alone, because the log is purged up to the installed snapshot.
+    on_disk: Arc<Mutex<Option<LogId>>>,
+    /// The same, published once durable (the file and its directory entry fsynced): the log
+    /// store waits on it before a purge.
+    durable: Arc<watch::Sender<Option<LogId>>>,
     /// Serialize and write snapshots on a blocking thread (production) or inline (the
     /// deterministic simulation, where a thread finishing at a real-time moment would make the
     /// run depend on more than its seed).
@@ -224,10 +231,14 @@ impl StateMachineStore {
         let sm = Self {
             shared,
             path,
+            on_disk: Arc::new(Mutex::new(None)),
+            durable: Arc::new(watch::channel(None).0),
             blocking: true,
         };
         let started = std::time::Instant::now();
         if let Some((meta, data)) = sm.read_file()? {
+            *sm.on_disk.lock().expect("lock") = meta.last_log_id;
+            sm.durable.send_replace(meta.last_log_id);
             let read_ms = started.elapsed().as_millis() as u64;
             let state = State::from_bytes(&data).map_err(|e| {
                 read_err(std::io::Error::other(format!(
@@ -270,8 +281,44 @@ impl StateMachineStore {
         }
     }
 
-    fn write_file(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        write_atomically(&self.path, &file_parts(meta, data), None).map_err(write_err)
+    /// Replaces the snapshot file with `meta` and `data` so that a crash leaves either the old
+    /// file or the new one, writing at no more than `pace` bytes a second if given, through the
+    /// temporary file `<path>.<tmp>`. Returns false, leaving the file as it was, when the file
+    /// already holds a later snapshot (see `on_disk`).
+    fn save(
+        &self,
+        meta: &SnapshotMeta,
+        data: &[u8],
+        tmp: &str,
+        pace: Option<u64>,
+    ) -> std::io::Result<bool> {
+        let tmp = self.path.with_extension(tmp);
+        write_synced(&tmp, &file_parts(meta, data), pace)?;
+        let mut on_disk = self.on_disk.lock().expect("lock");
+        if *on_disk > meta.last_log_id {
+            drop(on_disk);
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        *on_disk = meta.last_log_id;
+        drop(on_disk);
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        self.durable.send_if_modified(|d| {
+            let later = *d < meta.last_log_id;
+            if later {
+                *d = meta.last_log_id;
+            }
+            later
+        });
+        Ok(true)
+    }
+
+    /// The last log id of the snapshot durable in the file, as it changes.
+    pub fn snapshot_durable(&self) -> super::SnapshotDurable {
+        self.durable.subscribe()
     }
 }
 
@@ -305,21 +352,20 @@ const WRITEBACK_STEP: usize = 1 << 20;
 /// leader waits for its install.
 const BUILD_WRITE_BYTES_PER_S: u64 = 64 << 20;
 
-/// Writes `parts` to `path` so that a crash leaves either the old file or the new one, at no
-/// more than `bytes_per_s` if given.
+/// Writes `parts` to the file `tmp` and makes it durable, at no more than `bytes_per_s` if
+/// given.
 ///
 /// A large file is written in steps of [`WRITEBACK_STEP`]: each step's writeback is started as
 /// soon as it is written and waited for one step later, as RocksDB's `bytes_per_sync` does. A
 /// single fsync at the end would send the whole file (hundreds of MiB at a million tasks) to
 /// the disk at once, and the Raft log's fdatasyncs, which every acknowledged write waits for,
 /// would queue behind it.
-fn write_atomically(
-    path: &Path,
+fn write_synced(
+    tmp: &Path,
     parts: &[std::borrow::Cow<'_, [u8]>],
     bytes_per_s: Option<u64>,
 ) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::fs::File::create(tmp)?;
     let mut written = 0u64;
     let started = std::time::Instant::now();
     for p in parts {
@@ -335,12 +381,7 @@ fn write_atomically(
             written += piece.len() as u64;
         }
     }
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    f.sync_all()
 }
 
 /// Starts writing `len` bytes at `offset` of `f` back to the disk, and waits until the range
@@ -433,36 +474,39 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // stall a runtime worker (and with it Raft heartbeats) otherwise.
         let shared = self.shared.clone();
         let started = std::time::Instant::now();
-        let path = self.path.clone();
+        let this = self.clone();
         let pace = self.blocking.then_some(BUILD_WRITE_BYTES_PER_S);
-        let (data, meta, locked_us, serialize_ms) = in_background(self.blocking, move || {
-            // Under the state's read lock only the O(1) copy of the persistent maps: applies
-            // never wait for the serialization below.
-            let (view, meta, locked_us) = {
-                let locked = std::time::Instant::now();
-                let a = shared.read();
-                let id = match a.last_applied {
-                    Some(l) => format!("{}-{}-{}", l.leader_id, l.index, shared.clock.unix_ms()),
-                    None => format!("empty-{}", shared.clock.unix_ms()),
+        let (data, meta, locked_us, serialize_ms, saved) =
+            in_background(self.blocking, move || {
+                // Under the state's read lock only the O(1) copy of the persistent maps: applies
+                // never wait for the serialization below.
+                let (view, meta, locked_us) = {
+                    let locked = std::time::Instant::now();
+                    let a = shared.read();
+                    let id = match a.last_applied {
+                        Some(l) => {
+                            format!("{}-{}-{}", l.leader_id, l.index, shared.clock.unix_ms())
+                        }
+                        None => format!("empty-{}", shared.clock.unix_ms()),
+                    };
+                    let meta = SnapshotMeta {
+                        last_log_id: a.last_applied,
+                        last_membership: a.membership.clone(),
+                        snapshot_id: id,
+                    };
+                    let view = a.state.snapshot_view();
+                    drop(a);
+                    (view, meta, locked.elapsed().as_micros() as u64)
                 };
-                let meta = SnapshotMeta {
-                    last_log_id: a.last_applied,
-                    last_membership: a.membership.clone(),
-                    snapshot_id: id,
-                };
-                let view = a.state.snapshot_view();
-                drop(a);
-                (view, meta, locked.elapsed().as_micros() as u64)
-            };
-            let data = view.to_bytes();
-            drop(view);
-            let serialize_ms = started.elapsed().as_millis() as u64;
-            write_atomically(&path, &file_parts(&meta, &data), pace)?;
-            return_freed_memory();
-            Ok::<_, std::io::Error>((data, meta, locked_us, serialize_ms))
-        })
-        .await?
-        .map_err(write_err)?;
+                let data = view.to_bytes();
+                drop(view);
+                let serialize_ms = started.elapsed().as_millis() as u64;
+                let saved = this.save(&meta, &data, "build.tmp", pace)?;
+                return_freed_memory();
+                Ok::<_, std::io::Error>((data, meta, locked_us, serialize_ms, saved))
+            })
+            .await?
+            .map_err(write_err)?;
         let m = &self.shared.metrics;
         m.snapshot_build.observe(started.elapsed().as_secs_f64());
         m.snapshot_bytes.set(data.len() as i64);
@@ -474,6 +518,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             write_ms = started.elapsed().as_millis() as u64 - serialize_ms,
             "snapshot built"
         );
+        if !saved {
+            tracing::info!(snapshot = %meta.snapshot_id, "a later snapshot was installed while this one was written: the file keeps the later one");
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -535,7 +582,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Some((id, state)) if id == m.snapshot_id => state,
                 _ => State::from_bytes(&data).map_err(read_err)?,
             };
-            this.write_file(&m, &data)?;
+            if !this.save(&m, &data, "tmp", None).map_err(write_err)? {
+                tracing::warn!(snapshot = %m.snapshot_id, "the snapshot file already holds a later snapshot than the one installed; it is kept");
+            }
             this.shared.replace(state, &m);
             let bytes = data.len();
             drop(data);
@@ -695,11 +744,11 @@ mod tests {
     }
 
     /// A paced write (several writeback steps, with and without a rate) leaves exactly the
-    /// bytes given, and replaces the file before it.
+    /// bytes given.
     #[test]
     fn a_paced_snapshot_file_holds_exactly_its_parts() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("snapshot");
+        let path = dir.path().join("snapshot.tmp");
         std::fs::write(&path, b"the file before").unwrap();
         let big: Vec<u8> = (0..(WRITEBACK_STEP * 3 + 12_345))
             .map(|i| (i % 251) as u8)
@@ -710,15 +759,57 @@ mod tests {
                 Vec::new().into(),
                 big.as_slice().into(),
             ];
-            write_atomically(&path, &parts, rate).expect("written");
+            write_synced(&path, &parts, rate).expect("written");
             let back = std::fs::read(&path).unwrap();
             assert_eq!(back.len(), 4 + big.len(), "rate {rate:?}");
             assert!(
                 back.starts_with(b"head") && back[4..] == big[..],
                 "rate {rate:?}"
             );
-            assert!(!path.with_extension("tmp").exists());
         }
+    }
+
+    /// A build runs beside the state machine: when a snapshot from the leader is installed
+    /// while a build writes an older one, the build must not replace the installed file (the
+    /// log is purged up to the installed snapshot, so a node restarted on the older file would
+    /// miss the entries between them).
+    #[test]
+    fn an_older_snapshot_never_replaces_a_later_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snapshot");
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock::default());
+        let sm = StateMachineStore::open(
+            path.clone(),
+            Arc::new(Shared::new(clock.clone(), 100, 1 << 20, 100)),
+        )
+        .expect("open");
+        let meta = |index: u64| SnapshotMeta {
+            last_log_id: Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(1, 1),
+                index,
+            )),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s-{index}"),
+        };
+        assert!(sm.save(&meta(10), b"ten", "tmp", None).expect("installed"));
+        // The build of a view at index 5 finishes after the install.
+        assert!(!sm
+            .save(&meta(5), b"five", "build.tmp", Some(1 << 30))
+            .expect("no error"));
+        let (m, d) = sm.read_file().unwrap().expect("a file");
+        assert_eq!(
+            (m.snapshot_id.as_str(), d.as_slice()),
+            ("s-10", b"ten".as_slice())
+        );
+        assert!(!path.with_extension("build.tmp").exists());
+        // A later one replaces it.
+        assert!(sm
+            .save(&meta(12), b"twelve", "build.tmp", None)
+            .expect("saved"));
+        assert_eq!(
+            sm.read_file().unwrap().expect("a file").0.snapshot_id,
+            "s-12"
+        );
     }
 
     #[test]

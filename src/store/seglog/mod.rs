@@ -239,6 +239,8 @@ pub struct SegLog<F: Fs> {
     failed: Arc<AtomicBool>,
     flusher: Option<std::sync::mpsc::Sender<Flush<F>>>,
     metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Purges wait for the snapshot file to cover them (see `store::snapshot_covers`).
+    snapshot_durable: Option<super::SnapshotDurable>,
 }
 
 /// Reads the log while the store appends.
@@ -263,6 +265,12 @@ impl<F: Fs> SegLog<F> {
     /// segment, cuts a torn tail, refuses damage (see the module docs).
     pub fn open(fs: F, metrics: Arc<crate::metrics::NodeMetrics>) -> Result<Self, StorageError> {
         Self::open_with(fs, metrics, SEGMENT_BYTES)
+    }
+
+    /// Makes every purge wait until the snapshot file covers it (see `store::snapshot_covers`).
+    pub fn purge_after_snapshot(mut self, durable: super::SnapshotDurable) -> Self {
+        self.snapshot_durable = Some(durable);
+        self
     }
 
     /// [`SegLog::open`], closing segments at `segment_bytes` (small in tests, to rotate often).
@@ -370,6 +378,7 @@ impl<F: Fs> SegLog<F> {
             failed: Default::default(),
             flusher: None,
             metrics,
+            snapshot_durable: None,
         })
     }
 
@@ -876,6 +885,7 @@ impl<F: Fs> RaftLogStorage<TypeConfig> for SegLog<F> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        super::snapshot_covers(&mut self.snapshot_durable, log_id).await?;
         self.write_value(PURGE, &log_id)?;
         self.index.write().purge(log_id);
         self.remove_purged_segments()
