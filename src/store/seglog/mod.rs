@@ -273,6 +273,13 @@ impl<F: Fs> SegLog<F> {
         self
     }
 
+    /// Purges without waiting for a snapshot: for openraft's storage suite, which purges logs no
+    /// snapshot covers to test the log store alone. Never on a node.
+    pub fn purge_any_time(mut self) -> Self {
+        self.snapshot_durable = None;
+        self
+    }
+
     /// [`SegLog::open`], closing segments at `segment_bytes` (small in tests, to rotate often).
     pub fn open_with(
         fs: F,
