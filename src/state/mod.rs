@@ -14,7 +14,7 @@ pub use machine::{
     backoff_ms, entry_revision, last_revision_of_entry, Effects, EndedLease, HeardLease,
     LateSuccess, State, VoterConfigs, HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
 };
-pub use snapshot::{SnapshotError, SNAPSHOT_MAGIC};
+pub use snapshot::{Parts, Record, SnapshotError, SnapshotView, SNAPSHOT_MAGIC};
 pub use types::*;
 
 #[cfg(test)]

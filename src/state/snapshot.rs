@@ -350,6 +350,23 @@ impl State {
                 },
             }
         };
+        Self::from_persisted(p)
+    }
+
+    /// The state from its persisted parts, as a checkpoint holds them (see [`Record`]): the
+    /// indexes are rebuilt and every invariant is checked, as for snapshot bytes.
+    pub fn from_parts(parts: Parts) -> Result<Self, SnapshotError> {
+        Self::from_persisted(Persisted {
+            tasks: parts.tasks,
+            leases: parts.leases,
+            last_token: parts.last_token,
+            last_revision: parts.last_revision,
+            used_claims: parts.used_claims,
+            secrets: parts.secrets,
+        })
+    }
+
+    fn from_persisted(p: Persisted<Task>) -> Result<Self, SnapshotError> {
         let secrets: BTreeMap<Token, LeaseSecret> = p.secrets.into_iter().collect();
         let mut s = State {
             last_token: p.last_token,
@@ -426,5 +443,166 @@ impl State {
         s.validate_in_parallel()
             .map_err(SnapshotError::Inconsistent)?;
         Ok(s)
+    }
+}
+
+/// The persisted parts of a state, as a checkpoint loads them (see [`State::from_parts`]).
+#[derive(Debug, Default)]
+pub struct Parts {
+    pub tasks: Vec<Task>,
+    pub leases: Vec<Lease>,
+    pub last_token: Token,
+    pub last_revision: Revision,
+    /// (worker_id, claim_id, token) of the remembered used claims, oldest first.
+    pub used_claims: Vec<(String, String, Token)>,
+    pub secrets: Vec<(Token, LeaseSecret)>,
+}
+
+/// One record of a checkpoint of the state: a key with its new value, or `None` where the key
+/// is deleted. The remembered used claims are numbered in the order they were used, so that
+/// the oldest can be dropped and new ones added without rewriting the others.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    Task(&'a str, Option<&'a Task>),
+    Lease(Token, Option<&'a Lease>),
+    Secret(Token, Option<LeaseSecret>),
+    UsedClaim(u64, Option<(&'a str, &'a str, Token)>),
+}
+
+fn secret_of(o: &Owner) -> Option<LeaseSecret> {
+    (o.secret != 0).then_some(o.secret)
+}
+
+impl SnapshotView {
+    /// Tasks in the view.
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The last token and revision, which a checkpoint keeps beside its records.
+    pub fn counters(&self) -> (Token, Revision) {
+        (self.last_token, self.last_revision)
+    }
+
+    /// Every record of the view, its used claims numbered from `first_claim`.
+    pub fn records<E>(
+        &self,
+        first_claim: u64,
+        f: &mut impl FnMut(Record<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for (id, t) in &self.tasks {
+            f(Record::Task(id, Some(t)))?;
+        }
+        for (token, l) in &self.leases {
+            f(Record::Lease(*token, Some(l)))?;
+        }
+        for (token, o) in &self.tokens {
+            if let Some(s) = secret_of(o) {
+                f(Record::Secret(*token, Some(s)))?;
+            }
+        }
+        for (i, k) in self.used_order.iter().enumerate() {
+            let token = self.used_claims[k];
+            f(Record::UsedClaim(
+                first_claim + i as u64,
+                Some((&k.0, &k.1, token)),
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// The records that turn `base`, whose oldest used claim is numbered `base_claim`, into
+    /// this view. Returns the number of this view's oldest used claim. Costs what changed: the
+    /// persistent maps skip the tree nodes they share.
+    pub fn changes_since<E>(
+        &self,
+        base: &SnapshotView,
+        base_claim: u64,
+        f: &mut impl FnMut(Record<'_>) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        for d in base.tasks.diff(&self.tasks) {
+            match d {
+                imbl::ordmap::DiffItem::Add(id, t)
+                | imbl::ordmap::DiffItem::Update { new: (id, t), .. } => {
+                    f(Record::Task(id, Some(t)))?
+                }
+                imbl::ordmap::DiffItem::Remove(id, _) => f(Record::Task(id, None))?,
+            }
+        }
+        for d in base.leases.diff(&self.leases) {
+            match d {
+                imbl::ordmap::DiffItem::Add(token, l)
+                | imbl::ordmap::DiffItem::Update {
+                    new: (token, l), ..
+                } => f(Record::Lease(*token, Some(l)))?,
+                imbl::ordmap::DiffItem::Remove(token, _) => f(Record::Lease(*token, None))?,
+            }
+        }
+        for d in base.tokens.diff(&self.tokens) {
+            match d {
+                imbl::ordmap::DiffItem::Add(token, o) => {
+                    if let Some(s) = secret_of(o) {
+                        f(Record::Secret(*token, Some(s)))?;
+                    }
+                }
+                imbl::ordmap::DiffItem::Update {
+                    old,
+                    new: (token, o),
+                } => {
+                    if secret_of(o) != secret_of(&old.1) {
+                        f(Record::Secret(*token, secret_of(o)))?;
+                    }
+                }
+                imbl::ordmap::DiffItem::Remove(token, o) => {
+                    if secret_of(o).is_some() {
+                        f(Record::Secret(*token, None))?;
+                    }
+                }
+            }
+        }
+        // The used claims are a queue: some dropped from the front, some added at the back.
+        let (old, new) = (&base.used_order, &self.used_order);
+        let dropped = match new.front() {
+            None => old.len(),
+            Some(first) => old.iter().position(|k| k == first).unwrap_or(old.len()),
+        };
+        let kept = old.len() - dropped;
+        let is_queue = kept <= new.len()
+            && old
+                .iter()
+                .skip(dropped)
+                .zip(new.iter())
+                .all(|(a, b)| a == b);
+        let (dropped, kept) = if is_queue {
+            (dropped, kept)
+        } else {
+            (old.len(), 0)
+        };
+        for i in 0..dropped {
+            f(Record::UsedClaim(base_claim + i as u64, None))?;
+        }
+        let first = base_claim + dropped as u64;
+        for (i, k) in new.iter().enumerate().skip(kept) {
+            let token = self.used_claims[k];
+            f(Record::UsedClaim(
+                first + i as u64,
+                Some((&k.0, &k.1, token)),
+            ))?;
+        }
+        // A kept claim whose token changed.
+        for d in base.used_claims.diff(&self.used_claims) {
+            if let imbl::ordmap::DiffItem::Update {
+                new: (k, token), ..
+            } = d
+            {
+                if let Some(i) = new.iter().take(kept).position(|x| x == k) {
+                    f(Record::UsedClaim(
+                        first + i as u64,
+                        Some((&k.0, &k.1, *token)),
+                    ))?;
+                }
+            }
+        }
+        Ok(first)
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
 use proptest::prelude::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 const NOW: u64 = 1_000_000;
 
@@ -1420,5 +1420,110 @@ fn list_pages_match_a_plain_filter() {
                 assert_eq!(got, want, "queue {queue:?} state {state:?} limit {limit}");
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------- checkpoint records
+
+/// A checkpoint's records as a store would hold them.
+#[derive(Default, Debug, PartialEq)]
+struct RecordStore {
+    tasks: BTreeMap<String, Task>,
+    leases: BTreeMap<Token, Lease>,
+    secrets: BTreeMap<Token, LeaseSecret>,
+    claims: BTreeMap<u64, (String, String, Token)>,
+}
+
+impl RecordStore {
+    fn put(&mut self, r: Record<'_>) -> Result<(), ()> {
+        match r {
+            Record::Task(id, Some(t)) => drop(self.tasks.insert(id.into(), t.clone())),
+            Record::Task(id, None) => drop(self.tasks.remove(id)),
+            Record::Lease(k, Some(l)) => drop(self.leases.insert(k, l.clone())),
+            Record::Lease(k, None) => drop(self.leases.remove(&k)),
+            Record::Secret(k, Some(s)) => drop(self.secrets.insert(k, s)),
+            Record::Secret(k, None) => drop(self.secrets.remove(&k)),
+            Record::UsedClaim(n, Some((w, c, t))) => {
+                drop(self.claims.insert(n, (w.into(), c.into(), t)))
+            }
+            Record::UsedClaim(n, None) => drop(self.claims.remove(&n)),
+        }
+        Ok(())
+    }
+
+    fn of(view: &SnapshotView, first_claim: u64) -> Self {
+        let mut s = Self::default();
+        view.records(first_claim, &mut |r| s.put(r)).unwrap();
+        s
+    }
+
+    fn load(&self, view: &SnapshotView) -> State {
+        let (last_token, last_revision) = view.counters();
+        State::from_parts(Parts {
+            tasks: self.tasks.values().cloned().collect(),
+            leases: self.leases.values().cloned().collect(),
+            last_token,
+            last_revision,
+            used_claims: self.claims.values().cloned().collect(),
+            secrets: self.secrets.iter().map(|(k, s)| (*k, *s)).collect(),
+        })
+        .unwrap()
+    }
+}
+
+#[test]
+fn checkpoint_changes_drop_the_oldest_used_claims_and_add_the_new() {
+    let mut s = State::new();
+    for i in 0..machine::USED_CLAIMS_KEPT as u64 - 2 {
+        s.remember_used_claim(("w".into(), format!("c{i}")), i + 1);
+    }
+    let base = s.snapshot_view();
+    let mut store = RecordStore::of(&base, 10);
+    for i in 0..7u64 {
+        s.remember_used_claim(("w".into(), format!("n{i}")), 1_000_000 + i);
+    }
+    let view = s.snapshot_view();
+    let mut writes = 0;
+    let first = view
+        .changes_since(&base, 10, &mut |r| {
+            writes += 1;
+            store.put(r)
+        })
+        .unwrap();
+    // Five dropped from the front (7 added, 2 of them into free room), 7 added.
+    assert_eq!(first, 15);
+    assert_eq!(writes, 12);
+    assert_eq!(store, RecordStore::of(&view, first));
+    assert_eq!(store.load(&view), s);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A store fed one full checkpoint and then only the changes of each later one holds what
+    /// a full checkpoint of the last state holds, and loads back into that exact state.
+    #[test]
+    fn checkpoint_changes_rebuild_the_state(
+        cmds in prop::collection::vec(arb_cmd(), 1..120),
+        every in 1usize..30,
+    ) {
+        let mut sm = Sm::new();
+        let mut now = NOW;
+        let mut base = sm.s.snapshot_view();
+        let mut store = RecordStore::of(&base, 0);
+        let mut first = 0;
+        for (k, (dt, cmd)) in cmds.into_iter().enumerate() {
+            now += dt;
+            sm.run_at(now, cmd);
+            if k % every == 0 {
+                let view = sm.s.snapshot_view();
+                first = view.changes_since(&base, first, &mut |r| store.put(r)).unwrap();
+                base = view;
+            }
+        }
+        let view = sm.s.snapshot_view();
+        first = view.changes_since(&base, first, &mut |r| store.put(r)).unwrap();
+        prop_assert_eq!(&store, &RecordStore::of(&view, first));
+        prop_assert_eq!(store.load(&view), sm.s);
     }
 }
