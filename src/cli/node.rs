@@ -35,6 +35,9 @@ pub struct DevArgs {
     /// Where the Raft log lives (see `server --log-store`).
     #[arg(long, value_enum, default_value = "segments")]
     log_store: crate::node::LogStoreKind,
+    /// Where the state machine's durable copy lives (see `server --state-store`).
+    #[arg(long, value_enum, default_value = "sled")]
+    state_store: crate::node::StateStoreKind,
 }
 
 #[derive(Args)]
@@ -126,6 +129,12 @@ pub struct ServerArgs {
     /// directory already converted).
     #[arg(long, value_enum)]
     log_store: Option<crate::node::LogStoreKind>,
+    /// Where the state machine's durable copy lives: sled (default; checkpoints written
+    /// incrementally under state/, a snapshot file of the previous layout is converted on
+    /// start) or file (whole snapshot files, the previous layout, kept to measure against;
+    /// refuses a directory already checkpointed).
+    #[arg(long, value_enum)]
+    state_store: Option<crate::node::StateStoreKind>,
     /// Close a Raft log segment and start a new one at this size, in bytes (default 64 MiB).
     #[arg(long)]
     log_segment_bytes: Option<u64>,
@@ -228,6 +237,7 @@ pub async fn dev(a: DevArgs) -> Result<(), BoxError> {
             data_dir: a.dir.join(format!("node-{id}")),
             initial_cluster: members.clone(),
             log_store: a.log_store,
+            state_store: a.state_store,
             ..NodeConfig::default()
         };
         if let Some(s) = &secure {
@@ -447,6 +457,7 @@ pub async fn server(a: ServerArgs) -> Result<(), BoxError> {
     c.metrics_max_queues = a.metrics_max_queues.unwrap_or(c.metrics_max_queues);
     c.clock_rate_bound = a.clock_rate_bound.unwrap_or(c.clock_rate_bound);
     c.log_store = a.log_store.unwrap_or(c.log_store);
+    c.state_store = a.state_store.unwrap_or(c.state_store);
     c.log_segment_bytes = a.log_segment_bytes.unwrap_or(c.log_segment_bytes);
     if !a.initial_cluster.is_empty() {
         c.initial_cluster = parse_members(&a.initial_cluster)?;

@@ -185,6 +185,8 @@ pub struct NodeConfig {
     /// Where the Raft log lives: segment files (the default), or the previous layout's sled
     /// tree, kept to measure against.
     pub log_store: LogStoreKind,
+    /// Where the state machine's durable copy lives (`--state-store`).
+    pub state_store: StateStoreKind,
     /// A Raft log segment is closed and a new one started at this size (bytes, at least 4 KiB).
     pub log_segment_bytes: u64,
 }
@@ -200,6 +202,19 @@ pub enum LogStoreKind {
     /// The previous layout, the log in a sled tree under `sled/`: for comparison only; a
     /// directory already converted is refused.
     Sled,
+}
+
+/// The state machine's durable copy (`--state-store`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StateStoreKind {
+    /// Checkpoints in a sled tree under `state/`, written incrementally (a snapshot file of
+    /// the previous layout is converted on start).
+    #[default]
+    Sled,
+    /// The previous layout, whole snapshots in the file `snapshot`: for comparison only; a
+    /// directory already checkpointed is refused.
+    File,
 }
 
 impl Default for NodeConfig {
@@ -237,6 +252,7 @@ impl Default for NodeConfig {
             metrics_max_queues: crate::metrics::DEFAULT_MAX_QUEUES,
             clock_rate_bound: 0.1,
             log_store: LogStoreKind::Segments,
+            state_store: StateStoreKind::Sled,
             log_segment_bytes: crate::store::seglog::SEGMENT_BYTES,
         }
     }

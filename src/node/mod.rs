@@ -8,7 +8,7 @@ mod observe;
 
 pub use config::{
     check_addr, ClusterSecret, ConfigError, Limits, LogStoreKind, NodeConfig, RaftTiming,
-    TEST_CLUSTER_SECRET,
+    StateStoreKind, TEST_CLUSTER_SECRET,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -122,11 +122,15 @@ impl Node {
         };
         let shared = Self::new_shared(&config, clock);
         if config.log_store == LogStoreKind::Sled {
-            let (log, sm) = store::open_sled(&config.data_dir, shared.clone())?;
+            let (log, sm) = store::open_sled(&config.data_dir, shared.clone(), config.state_store)?;
             return Self::start_with_parts(config, parts, shared, log, sm).await;
         }
-        let (log, sm) =
-            store::open_with(&config.data_dir, shared.clone(), config.log_segment_bytes)?;
+        let (log, sm) = store::open_with(
+            &config.data_dir,
+            shared.clone(),
+            config.log_segment_bytes,
+            config.state_store,
+        )?;
         Self::start_with_parts(config, parts, shared, log, sm).await
     }
 

@@ -549,7 +549,7 @@ impl SnapshotView {
                     old,
                     new: (token, o),
                 } => {
-                    if secret_of(o) != secret_of(&old.1) {
+                    if secret_of(o) != secret_of(old.1) {
                         f(Record::Secret(*token, secret_of(o)))?;
                     }
                 }

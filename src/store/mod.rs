@@ -10,6 +10,7 @@
 //! Layout under the data directory: `raftlog/` (segments), `snapshot` (the last snapshot).
 //! A directory of the previous layout (`sled/`, the Raft log in sled) is converted on start
 //! ([`open`]); `--log-store sled` keeps running on it, for comparison.
+pub mod checkpoint;
 mod events;
 mod log;
 pub mod seglog;
@@ -22,6 +23,7 @@ pub use seglog::{OsFs, SegLog};
 pub use sm::{Applied, Shared, StateMachineStore};
 pub use verdicts::{Verdict, VerdictKind, Verdicts, VERDICTS_KEPT};
 
+pub use crate::node::StateStoreKind;
 use crate::raft::StorageError;
 use openraft::StorageIOError;
 use std::path::Path;
@@ -71,14 +73,27 @@ pub fn open(
     dir: &Path,
     shared: std::sync::Arc<Shared>,
 ) -> Result<(LogStore, StateMachineStore), StorageError> {
-    open_with(dir, shared, seglog::SEGMENT_BYTES)
+    open_with(dir, shared, seglog::SEGMENT_BYTES, StateStoreKind::Sled)
 }
 
-/// [`open`], closing log segments at `segment_bytes`.
+/// The state machine store of `kind` under `dir`.
+fn open_state(
+    dir: &Path,
+    shared: std::sync::Arc<Shared>,
+    kind: StateStoreKind,
+) -> Result<StateMachineStore, StorageError> {
+    match kind {
+        StateStoreKind::Sled => StateMachineStore::open_checkpointed(dir, shared),
+        StateStoreKind::File => StateMachineStore::open(dir.join("snapshot"), shared),
+    }
+}
+
+/// [`open`], closing log segments at `segment_bytes`, the state in a store of `state`.
 pub fn open_with(
     dir: &Path,
     shared: std::sync::Arc<Shared>,
     segment_bytes: u64,
+    state: StateStoreKind,
 ) -> Result<(LogStore, StateMachineStore), StorageError> {
     std::fs::create_dir_all(dir).map_err(io)?;
     let (log_dir, sled_dir) = (dir.join("raftlog"), dir.join("sled"));
@@ -96,7 +111,7 @@ pub fn open_with(
         shared.metrics.clone(),
         segment_bytes,
     )?;
-    let sm = StateMachineStore::open(dir.join("snapshot"), shared)?;
+    let sm = open_state(dir, shared, state)?;
     let log = log.purge_after_snapshot(sm.snapshot_durable());
     Ok((log, sm))
 }
@@ -106,6 +121,7 @@ pub fn open_with(
 pub fn open_sled(
     dir: &Path,
     shared: std::sync::Arc<Shared>,
+    state: StateStoreKind,
 ) -> Result<(SledLog, StateMachineStore), StorageError> {
     std::fs::create_dir_all(dir).map_err(io)?;
     if dir.join("raftlog").exists() {
@@ -116,7 +132,7 @@ pub fn open_sled(
         ))));
     }
     let log = SledLog::new(open_sled_db(&dir.join("sled"))?, shared.metrics.clone())?;
-    let sm = StateMachineStore::open(dir.join("snapshot"), shared)?;
+    let sm = open_state(dir, shared, state)?;
     let log = log.purge_after_snapshot(sm.snapshot_durable());
     Ok((log, sm))
 }

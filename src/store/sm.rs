@@ -11,10 +11,11 @@
 //! persistent maps, then serializes and writes the copy on a thread of its own at the lowest CPU
 //! priority, with the file's writeback paced so that the Raft log's fsyncs do not queue behind
 //! it. An apply that still finds the state busy waits on a blocking thread.
+use super::checkpoint::{Checkpoints, Written};
 use super::EventLog;
 use crate::clock::{Clock, LeaseTimers};
 use crate::raft::{codec, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::state::{Effects, Response, State};
+use crate::state::{Effects, Response, SnapshotView, State};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::{RwLock, RwLockReadGuard};
@@ -145,6 +146,9 @@ impl Shared {
     }
 }
 
+/// The checkpoint store's directory under the data directory.
+pub const STATE_DIR: &str = "state";
+
 #[derive(Clone)]
 pub struct StateMachineStore {
     shared: Arc<Shared>,
@@ -160,6 +164,10 @@ pub struct StateMachineStore {
     /// deterministic simulation, where a thread finishing at a real-time moment would make the
     /// run depend on more than its seed).
     blocking: bool,
+    /// The state checkpointed in sled (`--state-store sled`): a snapshot build then writes only
+    /// what changed since the last one, and a whole snapshot is serialized only to be sent.
+    /// `None`: whole snapshots in the file at `path`.
+    ckpt: Option<Arc<Checkpoints>>,
 }
 
 /// Runs `f` on a thread of its own at the lowest CPU priority (nice 19), for a snapshot build:
@@ -234,7 +242,18 @@ impl StateMachineStore {
             on_disk: Arc::new(Mutex::new(None)),
             durable: Arc::new(watch::channel(None).0),
             blocking: true,
+            ckpt: None,
         };
+        if let Some(state_dir) = sm.path.parent().map(|d| d.join(STATE_DIR)) {
+            if state_dir.exists() {
+                return Err(read_err(std::io::Error::other(format!(
+                    "{} holds a state checkpoint: snapshot files (`--state-store file`) run only \
+                     on a node that never checkpointed, and nothing converts back; start without \
+                     --state-store",
+                    state_dir.display()
+                ))));
+            }
+        }
         let started = std::time::Instant::now();
         if let Some((meta, data)) = sm.read_file()? {
             *sm.on_disk.lock().expect("lock") = meta.last_log_id;
@@ -259,6 +278,66 @@ impl StateMachineStore {
                 read_ms,
                 decode_ms = started.elapsed().as_millis() as u64 - read_ms,
                 "state loaded from the snapshot file; the log after it is applied next"
+            );
+        }
+        Ok(sm)
+    }
+
+    /// Opens the state checkpointed in sled under `dir` ([`STATE_DIR`]), loading it. A snapshot
+    /// file of the earlier layout (`snapshot` in `dir`) is converted: its state is written to
+    /// the checkpoint store, which is fsynced before the file is removed, so a crash in between
+    /// converts again on the next start.
+    pub fn open_checkpointed(dir: &Path, shared: Arc<Shared>) -> Result<Self, StorageError> {
+        let started = std::time::Instant::now();
+        let (ckpt, loaded) = Checkpoints::open(&dir.join(STATE_DIR)).map_err(read_err)?;
+        let ckpt = Arc::new(ckpt);
+        let sm = Self {
+            shared,
+            path: dir.join("snapshot"),
+            on_disk: Arc::new(Mutex::new(None)),
+            durable: Arc::new(watch::channel(None).0),
+            blocking: true,
+            ckpt: Some(ckpt.clone()),
+        };
+        let loaded_ms = started.elapsed().as_millis() as u64;
+        let mut loaded = loaded;
+        if let Some((meta, data)) = sm.read_file()? {
+            if loaded
+                .as_ref()
+                .is_some_and(|(m, _)| m.last_log_id >= meta.last_log_id)
+            {
+                tracing::info!(path = %sm.path.display(), "removing the snapshot file left by a finished conversion");
+            } else {
+                let state = State::from_bytes(&data).map_err(|e| {
+                    read_err(std::io::Error::other(format!(
+                        "{}: {e}. It cannot be converted: move the node's data directory aside \
+                         and add the node again (`leasekeeper node remove`, then `node add`)",
+                        sm.path.display()
+                    )))
+                })?;
+                drop(data);
+                let written = ckpt
+                    .replace(&meta, &state.snapshot_view())
+                    .map_err(write_err)?;
+                tracing::info!(path = %sm.path.display(), tasks = state.task_count(), ?written, "snapshot file converted to the state checkpoint");
+                loaded = Some((meta, state));
+            }
+            std::fs::remove_file(&sm.path).map_err(write_err)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(write_err)?;
+        }
+        if let Some((meta, state)) = loaded {
+            sm.durable.send_replace(meta.last_log_id);
+            let tasks = state.task_count();
+            sm.shared.replace(state, &meta);
+            return_freed_memory();
+            tracing::info!(
+                checkpoint = %meta.snapshot_id,
+                tasks,
+                load_ms = loaded_ms,
+                total_ms = started.elapsed().as_millis() as u64,
+                "state loaded from the checkpoint; the log after it is applied next"
             );
         }
         Ok(sm)
@@ -470,9 +549,11 @@ fn apply_entries(
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        if let Some(ckpt) = self.ckpt.clone() {
+            return self.checkpoint(ckpt).await;
+        }
         // Serialized and written on a thread of its own: a large state takes long enough to
         // stall a runtime worker (and with it Raft heartbeats) otherwise.
-        let shared = self.shared.clone();
         let started = std::time::Instant::now();
         let this = self.clone();
         let pace = self.blocking.then_some(BUILD_WRITE_BYTES_PER_S);
@@ -480,24 +561,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             in_background(self.blocking, move || {
                 // Under the state's read lock only the O(1) copy of the persistent maps: applies
                 // never wait for the serialization below.
-                let (view, meta, locked_us) = {
-                    let locked = std::time::Instant::now();
-                    let a = shared.read();
-                    let id = match a.last_applied {
-                        Some(l) => {
-                            format!("{}-{}-{}", l.leader_id, l.index, shared.clock.unix_ms())
-                        }
-                        None => format!("empty-{}", shared.clock.unix_ms()),
-                    };
-                    let meta = SnapshotMeta {
-                        last_log_id: a.last_applied,
-                        last_membership: a.membership.clone(),
-                        snapshot_id: id,
-                    };
-                    let view = a.state.snapshot_view();
-                    drop(a);
-                    (view, meta, locked.elapsed().as_micros() as u64)
-                };
+                let (view, meta, locked_us) = this.view_now();
                 let data = view.to_bytes();
                 drop(view);
                 let serialize_ms = started.elapsed().as_millis() as u64;
@@ -525,6 +589,71 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
+    }
+}
+
+impl StateMachineStore {
+    /// The state at this moment, with its snapshot meta, copied in O(1) under the read lock.
+    fn view_now(&self) -> (SnapshotView, SnapshotMeta, u64) {
+        let locked = std::time::Instant::now();
+        let a = self.shared.read();
+        let id = match a.last_applied {
+            Some(l) => format!(
+                "{}-{}-{}",
+                l.leader_id,
+                l.index,
+                self.shared.clock.unix_ms()
+            ),
+            None => format!("empty-{}", self.shared.clock.unix_ms()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: a.last_applied,
+            last_membership: a.membership.clone(),
+            snapshot_id: id,
+        };
+        let view = a.state.snapshot_view();
+        drop(a);
+        (view, meta, locked.elapsed().as_micros() as u64)
+    }
+
+    /// A snapshot build with a checkpoint store: writes what changed since the last checkpoint.
+    /// openraft keeps only the meta of a built snapshot, so no bytes are made here; a snapshot
+    /// to send is serialized from the checkpoint when one is asked for.
+    async fn checkpoint(
+        &self,
+        ckpt: Arc<Checkpoints>,
+    ) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = std::time::Instant::now();
+        let this = self.clone();
+        let (meta, locked_us, written) = in_background(self.blocking, move || {
+            let (view, meta, locked_us) = this.view_now();
+            let written = ckpt.write(&meta, &view)?;
+            Ok::<_, std::io::Error>((meta, locked_us, written))
+        })
+        .await?
+        .map_err(write_err)?;
+        self.mark_durable(&meta);
+        let m = &self.shared.metrics;
+        m.snapshot_build.observe(started.elapsed().as_secs_f64());
+        if let Written::Records { records, bytes } = written {
+            m.snapshot_bytes.set(bytes as i64);
+            tracing::info!(checkpoint = %meta.snapshot_id, records, bytes, locked_us, ms = started.elapsed().as_millis() as u64, "state checkpointed");
+        }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(Vec::new())),
+        })
+    }
+
+    /// Publishes that the state at `meta` is durable (the log store waits on it to purge).
+    fn mark_durable(&self, meta: &SnapshotMeta) {
+        self.durable.send_if_modified(|d| {
+            let later = *d < meta.last_log_id;
+            if later {
+                *d = meta.last_log_id;
+            }
+            later
+        });
     }
 }
 
@@ -582,7 +711,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Some((id, state)) if id == m.snapshot_id => state,
                 _ => State::from_bytes(&data).map_err(read_err)?,
             };
-            if !this.save(&m, &data, "tmp", None).map_err(write_err)? {
+            if let Some(ckpt) = &this.ckpt {
+                let written = ckpt.replace(&m, &state.snapshot_view()).map_err(write_err)?;
+                if written == Written::Kept {
+                    tracing::warn!(snapshot = %m.snapshot_id, "the state checkpoint already holds a later state than the snapshot installed; it is kept");
+                }
+                this.mark_durable(&m);
+            } else if !this.save(&m, &data, "tmp", None).map_err(write_err)? {
                 tracing::warn!(snapshot = %m.snapshot_id, "the snapshot file already holds a later snapshot than the one installed; it is kept");
             }
             this.shared.replace(state, &m);
@@ -600,6 +735,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        if let Some(ckpt) = &self.ckpt {
+            // The last checkpoint's state, kept as an O(1) copy beside the store, serialized
+            // for the follower that needs it, off the runtime.
+            let Some(base) = ckpt.current() else {
+                return Ok(None);
+            };
+            let started = std::time::Instant::now();
+            let data = off_runtime(self.blocking, move || base.view.to_bytes()).await?;
+            tracing::info!(snapshot = %base.meta.snapshot_id, bytes = data.len(), ms = started.elapsed().as_millis() as u64, "snapshot serialized from the checkpoint, to send");
+            return Ok(Some(Snapshot {
+                meta: base.meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }));
+        }
         // Reading and checking hundreds of MiB: not on the runtime, which runs Raft's heartbeats.
         let this = self.clone();
         let read = off_runtime(self.blocking, move || {
@@ -826,5 +975,141 @@ mod tests {
             let (m, d): (SnapshotMeta, Vec<u8>) = codec::decode(&joined).unwrap();
             assert_eq!((m, d), (meta.clone(), data));
         }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    fn new_shared() -> Arc<Shared> {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock::default());
+        Arc::new(Shared::new(clock, 100, 1 << 20, 100))
+    }
+
+    fn claim_entry(index: u64) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                now_unix_ms: 2,
+                cmd: Command::Claim {
+                    queue: "q".into(),
+                    worker_id: "w".into(),
+                    lease_ttl_ms: None,
+                    task_id: None,
+                    claim_id: format!("c{index}"),
+                    secret: 9,
+                },
+            }),
+        }
+    }
+
+    /// A checkpointed node restarts into exactly the state it had applied at its last
+    /// checkpoint, whole or incremental, and sends that state as its snapshot.
+    #[test]
+    fn a_checkpointed_state_reopens_as_it_was_checkpointed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        runtime().block_on(async {
+            let shared = new_shared();
+            let mut sm = StateMachineStore::open_checkpointed(dir.path(), shared.clone()).unwrap();
+            assert!(sm.get_current_snapshot().await.unwrap().is_none());
+            sm.apply((1..=5).map(|i| submit_entry(i, &format!("t{i}"))))
+                .await
+                .unwrap();
+            let first = sm.build_snapshot().await.unwrap().meta;
+            assert_eq!(*sm.snapshot_durable().borrow(), first.last_log_id);
+            sm.apply([claim_entry(6), claim_entry(7), submit_entry(8, "t8")])
+                .await
+                .unwrap();
+            let second = sm.build_snapshot().await.unwrap().meta;
+            assert_eq!(second.last_log_id.unwrap().index, 8);
+            let want = shared.read().state.clone();
+            // Applied after the last checkpoint: replayed from the log on restart, not here.
+            sm.apply([submit_entry(9, "t9")]).await.unwrap();
+            let sent = sm
+                .get_current_snapshot()
+                .await
+                .unwrap()
+                .expect("a snapshot");
+            assert_eq!(sent.meta, second);
+            assert_eq!(
+                State::from_bytes(&sent.snapshot.into_inner()).unwrap(),
+                want
+            );
+            drop(sm);
+
+            let again = new_shared();
+            let mut sm = StateMachineStore::open_checkpointed(dir.path(), again.clone()).unwrap();
+            assert_eq!(again.read().state, want);
+            assert_eq!(sm.applied_state().await.unwrap().0, second.last_log_id);
+            assert_eq!(*sm.snapshot_durable().borrow(), second.last_log_id);
+        });
+    }
+
+    /// A node of the previous layout (a snapshot file) is converted on start; a checkpointed
+    /// node is refused by the file store.
+    #[test]
+    fn a_snapshot_file_is_converted_to_a_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snapshot");
+        runtime().block_on(async {
+            let shared = new_shared();
+            let mut sm = StateMachineStore::open(path.clone(), shared.clone()).unwrap();
+            sm.apply([submit_entry(1, "a"), submit_entry(2, "b"), claim_entry(3)])
+                .await
+                .unwrap();
+            let built = sm.build_snapshot().await.unwrap().meta;
+            let want = shared.read().state.clone();
+            drop(sm);
+            assert!(path.exists());
+
+            let again = new_shared();
+            let mut sm = StateMachineStore::open_checkpointed(dir.path(), again.clone()).unwrap();
+            assert_eq!(again.read().state, want);
+            assert_eq!(sm.applied_state().await.unwrap().0, built.last_log_id);
+            assert!(!path.exists(), "the converted file is removed");
+            drop(sm);
+            let refused = StateMachineStore::open(path.clone(), new_shared())
+                .err()
+                .unwrap();
+            assert!(refused.to_string().contains("--state-store"), "{refused}");
+        });
+    }
+
+    /// An installed snapshot replaces the checkpoint whole, and a build of an older view that
+    /// finishes after it leaves it alone.
+    #[test]
+    fn an_installed_snapshot_replaces_the_checkpoint() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        runtime().block_on(async {
+            let leader = new_shared();
+            let mut l = StateMachineStore::open_checkpointed(from.path(), leader.clone()).unwrap();
+            l.apply((1..=20).map(|i| submit_entry(i, &format!("l{i}"))))
+                .await
+                .unwrap();
+            l.apply([claim_entry(21)]).await.unwrap();
+            l.build_snapshot().await.unwrap();
+            let snap = l.get_current_snapshot().await.unwrap().unwrap();
+
+            let follower = new_shared();
+            let mut f = StateMachineStore::open_checkpointed(to.path(), follower.clone()).unwrap();
+            f.apply((1..=3).map(|i| submit_entry(i, &format!("f{i}"))))
+                .await
+                .unwrap();
+            f.build_snapshot().await.unwrap();
+            let stale = f.view_now();
+            f.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+            let want = leader.read().state.clone();
+            assert_eq!(follower.read().state, want);
+            let ckpt = f.ckpt.clone().unwrap();
+            assert_eq!(ckpt.write(&stale.1, &stale.0).unwrap(), Written::Kept);
+            drop((f, ckpt));
+
+            let again = new_shared();
+            StateMachineStore::open_checkpointed(to.path(), again.clone()).unwrap();
+            assert_eq!(again.read().state, want);
+        });
     }
 }
