@@ -1,8 +1,9 @@
-//! Upgrade in place, with real processes: a cluster that ran on the previous layout (the Raft
-//! log in sled, `--log-store sled`), snapshots and purges included, is SIGKILLed and started on
-//! the segment log. Each node converts its log on start; nothing acknowledged is lost, revisions
-//! stay what they were, and the cluster goes on. A converted node refuses `--log-store sled`
-//! with a message saying why.
+//! Upgrade in place, with real processes: a cluster that ran on the previous layouts (the Raft
+//! log in sled, `--log-store sled`, and whole snapshot files, `--state-store file`), snapshots
+//! and purges included, is SIGKILLed and started on the segment log and the sled checkpoint.
+//! Each node converts its log and its snapshot file on start; nothing acknowledged is lost,
+//! revisions stay what they were, and the cluster goes on. A converted node refuses
+//! `--log-store sled` and `--state-store file` with a message saying why.
 mod common;
 use common::procs::Procs;
 use common::*;
@@ -33,7 +34,7 @@ async fn a_sled_log_is_converted_on_start_and_nothing_is_lost() {
         "10",
     ];
     let mut old: Vec<&str> = timing.to_vec();
-    old.extend(["--log-store", "sled"]);
+    old.extend(["--log-store", "sled", "--state-store", "file"]);
     let mut p = Procs::start(3, &old);
     p.wait_leader(Duration::from_secs(15)).await;
     let c = p.client();
@@ -52,7 +53,13 @@ async fn a_sled_log_is_converted_on_start_and_nothing_is_lost() {
     }
     let before = states(&c, &ids).await;
     for i in 0..3 {
-        assert!(p.dir.path().join(format!("node-{}/sled", i + 1)).exists());
+        let d = p.dir.path().join(format!("node-{}", i + 1));
+        assert!(d.join("sled").exists());
+        eventually(Duration::from_secs(15), "a snapshot file written", || {
+            let f = d.join("snapshot");
+            async move { f.exists().then_some(()) }
+        })
+        .await;
     }
 
     // SIGKILL all three; start them on the new layout.
@@ -79,7 +86,18 @@ async fn a_sled_log_is_converted_on_start_and_nothing_is_lost() {
         );
         let segs = std::fs::read_dir(d.join("raftlog")).unwrap().count();
         assert!(segs >= 1, "node {}: segments written", i + 1);
+        assert!(d.join("state").is_dir(), "node {}: checkpoint store", i + 1);
+        assert!(
+            !d.join("snapshot").exists(),
+            "node {}: the converted snapshot file is removed",
+            i + 1
+        );
     }
+    assert!((1..=3).all(|i| {
+        std::fs::read_to_string(p.dir.path().join(format!("node-{i}.log")))
+            .unwrap()
+            .contains("snapshot file converted to the state checkpoint")
+    }));
     assert!(
         p.logs()
             .contains("converted the Raft log from sled to segment files")
@@ -113,6 +131,20 @@ async fn a_sled_log_is_converted_on_start_and_nothing_is_lost() {
     assert!(!exited.success());
     let log = std::fs::read_to_string(p.dir.path().join("node-3.log")).unwrap();
     assert!(log.contains("holds a segment log"), "{log}");
+    p.children[2] = None;
+    let mut file_state: Vec<String> = timing.iter().map(|s| s.to_string()).collect();
+    file_state.extend(["--state-store".into(), "file".into()]);
+    p.extra = file_state;
+    p.spawn(2);
+    let exited = within(Duration::from_secs(15), || {
+        let st = p.children[2].as_mut().unwrap().try_wait().unwrap();
+        async move { st }
+    })
+    .await
+    .expect("the node refuses to start");
+    assert!(!exited.success());
+    let log = std::fs::read_to_string(p.dir.path().join("node-3.log")).unwrap();
+    assert!(log.contains("holds a state checkpoint"), "{log}");
     p.children[2] = None;
     p.extra = timing.iter().map(|s| s.to_string()).collect();
     p.spawn(2);

@@ -442,7 +442,7 @@ impl NodeConfig {
         }
         if r.snapshot_every_entries < 10 {
             return Err(ConfigError::Invalid(format!(
-                "snapshot_every_entries is {}: give at least 10 (default 20000); every snapshot writes the whole state",
+                "snapshot_every_entries is {}: give at least 10 (default 20000); each one is a checkpoint (with --state-store file, a whole snapshot file)",
                 r.snapshot_every_entries
             )));
         }

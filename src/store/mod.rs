@@ -1,15 +1,16 @@
-//! Durable storage: the Raft log in segment files ([`seglog`]), the state machine in memory with
-//! atomic snapshot files on disk.
+//! Durable storage: the Raft log in segment files ([`seglog`]), the state machine in memory,
+//! checkpointed in sled ([`checkpoint`]).
 //!
-//! Why the state machine is not a sled tree: every entry is applied in memory (the pure
-//! [`crate::state::State`]), and durability comes from the log (fsynced before any
-//! acknowledgement) plus snapshots. On restart the node loads its last snapshot and openraft
-//! re-applies the committed log after it. Logs are purged only up to a snapshot that is already
-//! on disk.
+//! Why the state machine is applied in memory, not in sled: every entry is applied to the pure
+//! [`crate::state::State`], and durability comes from the log (fsynced before any
+//! acknowledgement) plus checkpoints, which write what changed since the last one, off the
+//! apply path. On restart the node loads its last checkpoint and openraft re-applies the
+//! committed log after it. Logs are purged only up to a checkpoint that is already durable.
 //!
-//! Layout under the data directory: `raftlog/` (segments), `snapshot` (the last snapshot).
-//! A directory of the previous layout (`sled/`, the Raft log in sled) is converted on start
-//! ([`open`]); `--log-store sled` keeps running on it, for comparison.
+//! Layout under the data directory: `raftlog/` (segments), `state/` (the checkpoint store).
+//! A directory of the previous layouts is converted on start ([`open`]): `sled/` (the Raft log in
+//! sled) to segments, `snapshot` (a whole snapshot file) to a checkpoint. `--log-store sled` and
+//! `--state-store file` keep running on them, for comparison.
 pub mod checkpoint;
 mod events;
 mod log;
