@@ -108,6 +108,8 @@ pub(super) struct Cluster {
     pub(super) clocks: BTreeMap<NodeId, Arc<SimClock>>,
     pub(super) disks: BTreeMap<NodeId, SimDisk>,
     pub(super) nodes: BTreeMap<NodeId, Arc<Node>>,
+    /// Odd seeds keep the state in the sled checkpoint store, even seeds in snapshot files.
+    pub(super) checkpointed: bool,
 }
 
 impl Cluster {
@@ -140,9 +142,14 @@ impl Cluster {
         std::fs::create_dir_all(&config.data_dir).expect("simulation data dir");
         let clock = self.clocks[&id].clone();
         let shared = Node::new_shared(&config, clock.clone());
-        let sm = StateMachineStore::open(config.data_dir.join("snapshot"), shared.clone())
-            .expect("snapshot file readable")
-            .inline_snapshots();
+        let sm = if self.checkpointed {
+            StateMachineStore::open_checkpointed(&config.data_dir, shared.clone())
+                .expect("checkpoint readable")
+        } else {
+            StateMachineStore::open(config.data_dir.join("snapshot"), shared.clone())
+                .expect("snapshot file readable")
+        }
+        .inline_snapshots();
         let parts = Parts {
             clock,
             transport: self.world.net.transport(id),
@@ -203,6 +210,7 @@ async fn run_inner(cfg: SimConfig) -> SimReport {
     let mut c = Cluster {
         world: world.clone(),
         dir: dir.clone(),
+        checkpointed: cfg.seed % 2 == 1,
         clocks: ids
             .iter()
             .map(|i| {
