@@ -5,7 +5,8 @@
 # (by snapshot).
 #
 #   bash scripts/bench-scale.sh [tasks=1000000] [leases=100000]
-#   STALL_S=30 (seconds of each lifecycle run), KEEP_WORK=1 (keep the data dirs)
+#   STALL_S=30 (seconds of each lifecycle run), KEEP_WORK=1 (keep the data dirs),
+#   SERVER_ARGS="--state-store file" (flags for every server start, e.g. the previous layout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${1:-1000000}
@@ -31,7 +32,7 @@ start() { # id [no-init]
   local init=(--initial-cluster "$CLUSTER")
   [ "${2:-}" = no-init ] && init=()
   "$LK" server --id "$1" --listen "$(addr "$1")" --peer-listen "$(peer "$1")" --data-dir "$WORK/node-$1" "${init[@]}" \
-    --max-ttl-ms 86400000 "${EXTRA[@]}" >>"$WORK/node-$1.log" 2>&1 &
+    --max-ttl-ms 86400000 ${SERVER_ARGS:-} "${EXTRA[@]}" >>"$WORK/node-$1.log" 2>&1 &
   pid[$1]=$!
 }
 field() { # node-id field -> value from `status --json`
@@ -94,8 +95,8 @@ restart_all() { # extra server flags
   done
   sleep 5 # any snapshot the restart starts is done before the run
 }
-built_since() { # ISO time -> the "snapshot built" lines logged since then
-  cat "$WORK"/node-*.log | grep "snapshot built" | awk -v s="$1" '$1 >= s' || true
+built_since() { # ISO time -> the "snapshot built" / "state checkpointed" lines logged since then
+  cat "$WORK"/node-*.log | grep -E "snapshot built|state checkpointed" | awk -v s="$1" '$1 >= s' || true
 }
 lifecycle() { # label
   local since
@@ -103,7 +104,7 @@ lifecycle() { # label
   echo "lifecycle, 64 clients, ${STALL_S:-40} s, $1:"
   "$LK" bench --endpoints "$EPS" --shape lifecycle --clients 64 --duration-s "${STALL_S:-40}"
   echo "  snapshots built by the three nodes during the run: $(built_since "$since" | wc -l)"
-  built_since "$since" | { grep -o 'bytes=.*' || true; } | sed 's/^/    /'
+  built_since "$since" | { grep -oE '(records=|bytes=).*' || true; } | sed 's/^/    /'
 }
 restart_all --snapshot-every-entries 1000000000
 lifecycle "no snapshots"
@@ -128,7 +129,7 @@ rm -rf "$WORK/node-$f"
 "$LK" node remove "$f" --endpoints "$EPS" >/dev/null
 target=$(leader_commit)
 new=$((f + 3))
-"$LK" server --id "$new" --listen "$(addr "$f")" --peer-listen "$(peer "$f")" --data-dir "$WORK/node-$new" --max-ttl-ms 86400000 >>"$WORK/node-$new.log" 2>&1 &
+"$LK" server --id "$new" --listen "$(addr "$f")" --peer-listen "$(peer "$f")" --data-dir "$WORK/node-$new" --max-ttl-ms 86400000 ${SERVER_ARGS:-} >>"$WORK/node-$new.log" 2>&1 &
 pid[$new]=$!
 unset "pid[$f]"
 t0=$(date +%s%N)

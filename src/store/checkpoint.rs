@@ -169,6 +169,9 @@ impl Checkpoints {
         ))
     }
 
+    /// Reads the checkpoint's records and builds the state. The tasks are decoded on a second
+    /// thread while this one goes on scanning (a restart at a million tasks spends most of its
+    /// time in these two), in chunks of [`FULL_BATCH`] records.
     fn load(&self, meta: &Meta) -> std::io::Result<State> {
         let mut parts = Parts {
             last_token: meta.last_token,
@@ -177,25 +180,86 @@ impl Checkpoints {
         };
         let prefix = data_key(meta.generation, 0, &[]);
         let prefix = &prefix[..5];
-        for kv in self.db.scan_prefix(prefix) {
-            let (k, v) = kv.map_err(err)?;
-            let bad = |e: postcard::Error| self.damaged(format!("record {k:?}: {e}"));
-            match k.get(5) {
-                Some(&TASK) => parts.tasks.push(codec::decode::<Task>(&v).map_err(bad)?),
-                Some(&LEASE) => parts.leases.push(codec::decode::<Lease>(&v).map_err(bad)?),
-                Some(&SECRET) => {
-                    let token = key_number(&k).ok_or_else(|| self.damaged(format!("key {k:?}")))?;
-                    let s: [u8; 16] = v[..]
-                        .try_into()
-                        .map_err(|_| self.damaged(format!("secret of {token}")))?;
-                    parts.secrets.push((token, LeaseSecret::from_le_bytes(s)));
+        let decode_tasks = |chunk: Vec<(sled::IVec, sled::IVec)>| -> std::io::Result<Vec<Task>> {
+            chunk
+                .iter()
+                .map(|(k, v)| {
+                    codec::decode::<Task>(v).map_err(|e| self.damaged(format!("record {k:?}: {e}")))
+                })
+                .collect()
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(sled::IVec, sled::IVec)>>(4);
+        let scanned = std::thread::scope(|scope| {
+            // A thread that cannot be started (the process is out of them) only costs time:
+            // the chunks are then decoded here.
+            let decoder = std::thread::Builder::new().spawn_scoped(scope, || {
+                let mut tasks = Vec::new();
+                for chunk in rx {
+                    tasks.extend(decode_tasks(chunk)?);
                 }
-                Some(&CLAIM) => parts
-                    .used_claims
-                    .push(codec::decode::<(String, String, Token)>(&v).map_err(bad)?),
-                _ => return Err(self.damaged(format!("unknown key {k:?}"))),
-            }
-        }
+                Ok::<_, std::io::Error>(tasks)
+            });
+            let mut tx = decoder.is_ok().then_some(tx);
+            let mut inline_tasks = Vec::new();
+            let mut chunk = Vec::with_capacity(FULL_BATCH);
+            let mut send = |chunk: Vec<(sled::IVec, sled::IVec)>| -> std::io::Result<()> {
+                if let Some(t) = &tx {
+                    if let Err(back) = t.send(chunk) {
+                        // The decoder stopped at a bad record: its error is returned below.
+                        drop(back);
+                        tx = None;
+                    }
+                    return Ok(());
+                }
+                inline_tasks.extend(decode_tasks(chunk)?);
+                Ok(())
+            };
+            let scan = (|| {
+                for kv in self.db.scan_prefix(prefix) {
+                    let (k, v) = kv.map_err(err)?;
+                    let bad = |e: postcard::Error| self.damaged(format!("record {k:?}: {e}"));
+                    match k.get(5) {
+                        Some(&TASK) => {
+                            chunk.push((k, v));
+                            if chunk.len() == FULL_BATCH {
+                                send(std::mem::replace(
+                                    &mut chunk,
+                                    Vec::with_capacity(FULL_BATCH),
+                                ))?;
+                            }
+                        }
+                        Some(&LEASE) => parts.leases.push(codec::decode::<Lease>(&v).map_err(bad)?),
+                        Some(&SECRET) => {
+                            let token =
+                                key_number(&k).ok_or_else(|| self.damaged(format!("key {k:?}")))?;
+                            let s: [u8; 16] = v[..]
+                                .try_into()
+                                .map_err(|_| self.damaged(format!("secret of {token}")))?;
+                            parts.secrets.push((token, LeaseSecret::from_le_bytes(s)));
+                        }
+                        Some(&CLAIM) => parts
+                            .used_claims
+                            .push(codec::decode::<(String, String, Token)>(&v).map_err(bad)?),
+                        _ => return Err(self.damaged(format!("unknown key {k:?}"))),
+                    }
+                }
+                send(std::mem::take(&mut chunk))
+            })();
+            drop(send);
+            // Closes the channel: the decoder ends once it has the last chunk.
+            drop(tx);
+            let decoded = match decoder {
+                Ok(d) => d
+                    .join()
+                    .unwrap_or_else(|_| Err(err("the task decoder stopped")))?,
+                Err(_) => Vec::new(),
+            };
+            scan?;
+            Ok::<_, std::io::Error>((decoded, inline_tasks))
+        })?;
+        let (mut tasks, inline_tasks) = scanned;
+        tasks.extend(inline_tasks);
+        parts.tasks = tasks;
         State::from_parts(parts).map_err(|e| self.damaged(e.to_string()))
     }
 
