@@ -245,7 +245,6 @@ impl Checkpoints {
                 }
                 send(std::mem::take(&mut chunk))
             })();
-            drop(send);
             // Closes the channel: the decoder ends once it has the last chunk.
             drop(tx);
             let decoded = match decoder {
