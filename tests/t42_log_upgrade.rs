@@ -1,9 +1,9 @@
-//! Upgrade in place, with real processes: a cluster that ran on the previous layouts (the Raft
-//! log in sled, `--log-store sled`, and whole snapshot files, `--state-store file`), snapshots
-//! and purges included, is SIGKILLed and started on the segment log and the sled checkpoint.
-//! Each node converts its log and its snapshot file on start; nothing acknowledged is lost,
-//! revisions stay what they were, and the cluster goes on. A converted node refuses
-//! `--log-store sled` and `--state-store file` with a message saying why.
+//! Upgrade in place, with real processes: a cluster that ran on the previous log layout (the
+//! Raft log in sled, `--log-store sled`) with whole snapshot files, snapshots and purges
+//! included, is SIGKILLed and started on the segment log with the sled checkpoint
+//! (`--state-store sled`). Each node converts its log and its snapshot file on start; nothing
+//! acknowledged is lost, revisions stay what they were, and the cluster goes on. A converted
+//! node refuses `--log-store sled` and `--state-store file` with a message saying why.
 mod common;
 use common::procs::Procs;
 use common::*;
@@ -35,6 +35,8 @@ async fn a_sled_log_is_converted_on_start_and_nothing_is_lost() {
     ];
     let mut old: Vec<&str> = timing.to_vec();
     old.extend(["--log-store", "sled", "--state-store", "file"]);
+    let mut new: Vec<&str> = timing.to_vec();
+    new.extend(["--state-store", "sled"]);
     let mut p = Procs::start(3, &old);
     p.wait_leader(Duration::from_secs(15)).await;
     let c = p.client();
@@ -66,7 +68,7 @@ async fn a_sled_log_is_converted_on_start_and_nothing_is_lost() {
     for i in 0..3 {
         p.kill(i);
     }
-    p.extra = timing.iter().map(|s| s.to_string()).collect();
+    p.extra = new.iter().map(|s| s.to_string()).collect();
     for i in 0..3 {
         p.spawn(i);
     }
@@ -146,7 +148,7 @@ async fn a_sled_log_is_converted_on_start_and_nothing_is_lost() {
     let log = std::fs::read_to_string(p.dir.path().join("node-3.log")).unwrap();
     assert!(log.contains("holds a state checkpoint"), "{log}");
     p.children[2] = None;
-    p.extra = timing.iter().map(|s| s.to_string()).collect();
+    p.extra = new.iter().map(|s| s.to_string()).collect();
     p.spawn(2);
     let node = p.client_of(2);
     eventually(Duration::from_secs(15), "node 3 back and caught up", || {

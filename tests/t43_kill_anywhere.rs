@@ -18,12 +18,22 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_anywhere_comes_back_and_nothing_acknowledged_is_lost() {
+    kill_anywhere("file").await;
+}
+
+/// The same with the state checkpointed in sled: kills land mid-checkpoint and mid-install too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_with_the_state_checkpointed_in_sled() {
+    kill_anywhere("sled").await;
+}
+
+async fn kill_anywhere(state_store: &str) {
     let secs: u64 = std::env::var("LEASEKEEPER_KILL_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(15);
     let seed: u64 = rand::random();
-    eprintln!("seed {seed}");
+    eprintln!("seed {seed}, --state-store {state_store}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut p = Procs::start(
         3,
@@ -34,6 +44,8 @@ async fn a_node_killed_anywhere_comes_back_and_nothing_acknowledged_is_lost() {
             "30",
             "--keep-after-snapshot",
             "5",
+            "--state-store",
+            state_store,
         ],
     );
     p.wait_leader(Duration::from_secs(15)).await;

@@ -36,7 +36,7 @@ pub struct DevArgs {
     #[arg(long, value_enum, default_value = "segments")]
     log_store: crate::node::LogStoreKind,
     /// Where the state machine's durable copy lives (see `server --state-store`).
-    #[arg(long, value_enum, default_value = "sled")]
+    #[arg(long, value_enum, default_value = "file")]
     state_store: crate::node::StateStoreKind,
 }
 
@@ -129,10 +129,9 @@ pub struct ServerArgs {
     /// directory already converted).
     #[arg(long, value_enum)]
     log_store: Option<crate::node::LogStoreKind>,
-    /// Where the state machine's durable copy lives: sled (default; checkpoints written
-    /// incrementally under state/, a snapshot file of the previous layout is converted on
-    /// start) or file (whole snapshot files, the previous layout, kept to measure against;
-    /// refuses a directory already checkpointed).
+    /// Where the state machine's durable copy lives: file (default; a whole snapshot file,
+    /// written atomically at every build) or sled (checkpoints written incrementally under
+    /// state/; a snapshot file is converted on start, and nothing converts back).
     #[arg(long, value_enum)]
     state_store: Option<crate::node::StateStoreKind>,
     /// Close a Raft log segment and start a new one at this size, in bytes (default 64 MiB).

@@ -208,13 +208,13 @@ pub enum LogStoreKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StateStoreKind {
-    /// Checkpoints in a sled tree under `state/`, written incrementally (a snapshot file of
-    /// the previous layout is converted on start).
+    /// Whole snapshot files (`snapshot`), written atomically at every build.
     #[default]
-    Sled,
-    /// The previous layout, whole snapshots in the file `snapshot`: for comparison only; a
-    /// directory already checkpointed is refused.
     File,
+    /// Checkpoints in a sled tree under `state/`, written incrementally (a snapshot file is
+    /// converted on start). Not the default yet: docs/PERFORMANCE.md, "The state checkpoint in
+    /// sled", has what it costs.
+    Sled,
 }
 
 impl Default for NodeConfig {
@@ -252,7 +252,7 @@ impl Default for NodeConfig {
             metrics_max_queues: crate::metrics::DEFAULT_MAX_QUEUES,
             clock_rate_bound: 0.1,
             log_store: LogStoreKind::Segments,
-            state_store: StateStoreKind::Sled,
+            state_store: StateStoreKind::File,
             log_segment_bytes: crate::store::seglog::SEGMENT_BYTES,
         }
     }

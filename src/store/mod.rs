@@ -74,7 +74,7 @@ pub fn open(
     dir: &Path,
     shared: std::sync::Arc<Shared>,
 ) -> Result<(LogStore, StateMachineStore), StorageError> {
-    open_with(dir, shared, seglog::SEGMENT_BYTES, StateStoreKind::Sled)
+    open_with(dir, shared, seglog::SEGMENT_BYTES, StateStoreKind::File)
 }
 
 /// The state machine store of `kind` under `dir`.

@@ -247,9 +247,9 @@ impl StateMachineStore {
         if let Some(state_dir) = sm.path.parent().map(|d| d.join(STATE_DIR)) {
             if state_dir.exists() {
                 return Err(read_err(std::io::Error::other(format!(
-                    "{} holds a state checkpoint: snapshot files (`--state-store file`) run only \
-                     on a node that never checkpointed, and nothing converts back; start without \
-                     --state-store",
+                    "{} holds a state checkpoint: snapshot files (`--state-store file`, the \
+                     default) run only on a node that never checkpointed, and nothing converts \
+                     back; start with --state-store sled",
                     state_dir.display()
                 ))));
             }
