@@ -1,16 +1,16 @@
-//! Durable storage: the Raft log in segment files ([`seglog`]), the state machine in memory,
-//! checkpointed in sled ([`checkpoint`]).
+//! Durable storage: the Raft log in segment files ([`seglog`]), the state machine in memory with
+//! atomic snapshot files on disk, or checkpointed in sled ([`checkpoint`], `--state-store sled`).
 //!
 //! Why the state machine is applied in memory, not in sled: every entry is applied to the pure
 //! [`crate::state::State`], and durability comes from the log (fsynced before any
-//! acknowledgement) plus checkpoints, which write what changed since the last one, off the
-//! apply path. On restart the node loads its last checkpoint and openraft re-applies the
-//! committed log after it. Logs are purged only up to a checkpoint that is already durable.
+//! acknowledgement) plus snapshots or checkpoints, written off the apply path. On restart the
+//! node loads its last snapshot or checkpoint and openraft re-applies the committed log after
+//! it. Logs are purged only up to a snapshot or checkpoint that is already durable.
 //!
-//! Layout under the data directory: `raftlog/` (segments), `state/` (the checkpoint store).
-//! A directory of the previous layouts is converted on start ([`open`]): `sled/` (the Raft log in
-//! sled) to segments, `snapshot` (a whole snapshot file) to a checkpoint. `--log-store sled` and
-//! `--state-store file` keep running on them, for comparison.
+//! Layout under the data directory: `raftlog/` (segments), `snapshot` (the last snapshot) or
+//! `state/` (the checkpoint store). A log of the previous layout (`sled/`, the Raft log in sled)
+//! is converted on start ([`open`]); `--log-store sled` keeps running on it, for comparison. A
+//! snapshot file is converted to a checkpoint when a node starts with `--state-store sled`.
 pub mod checkpoint;
 mod events;
 mod log;
