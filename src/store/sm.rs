@@ -156,7 +156,7 @@ pub struct StateMachineStore {
     /// The last log id of the snapshot in the file. A build runs beside the state machine, so a
     /// snapshot from the leader can be installed while a build writes an older one: the build
     /// must then leave the file alone, because the log is purged up to the installed snapshot.
-    on_disk: Arc<Mutex<Option<LogId>>>,
+    on_disk: Arc<parking_lot::Mutex<Option<LogId>>>,
     /// The same, published once durable (the file and its directory entry fsynced): the log
     /// store waits on it before a purge.
     durable: Arc<watch::Sender<Option<LogId>>>,
@@ -239,7 +239,7 @@ impl StateMachineStore {
         let sm = Self {
             shared,
             path,
-            on_disk: Arc::new(Mutex::new(None)),
+            on_disk: Arc::new(parking_lot::Mutex::new(None)),
             durable: Arc::new(watch::channel(None).0),
             blocking: true,
             ckpt: None,
@@ -254,9 +254,17 @@ impl StateMachineStore {
                 ))));
             }
         }
+        // A build or an install stopped mid-write leaves its temporary file: never read, so
+        // only removed.
+        for tmp in ["build.tmp", "tmp"] {
+            let tmp = sm.path.with_extension(tmp);
+            if std::fs::remove_file(&tmp).is_ok() {
+                tracing::info!(path = %tmp.display(), "removed the temporary file of a snapshot write that did not finish");
+            }
+        }
         let started = std::time::Instant::now();
         if let Some((meta, data)) = sm.read_file()? {
-            *sm.on_disk.lock().expect("lock") = meta.last_log_id;
+            *sm.on_disk.lock() = meta.last_log_id;
             sm.durable.send_replace(meta.last_log_id);
             let read_ms = started.elapsed().as_millis() as u64;
             let state = State::from_bytes(&data).map_err(|e| {
@@ -294,7 +302,7 @@ impl StateMachineStore {
         let sm = Self {
             shared,
             path: dir.join("snapshot"),
-            on_disk: Arc::new(Mutex::new(None)),
+            on_disk: Arc::new(parking_lot::Mutex::new(None)),
             durable: Arc::new(watch::channel(None).0),
             blocking: true,
             ckpt: Some(ckpt.clone()),
@@ -373,7 +381,7 @@ impl StateMachineStore {
     ) -> std::io::Result<bool> {
         let tmp = self.path.with_extension(tmp);
         write_synced(&tmp, &file_parts(meta, data), pace)?;
-        let mut on_disk = self.on_disk.lock().expect("lock");
+        let mut on_disk = self.on_disk.lock();
         if *on_disk > meta.last_log_id {
             drop(on_disk);
             let _ = std::fs::remove_file(&tmp);
@@ -1109,6 +1117,27 @@ mod tests {
 
             let again = new_shared();
             StateMachineStore::open_checkpointed(to.path(), again.clone()).unwrap();
+            assert_eq!(again.read().state, want);
+        });
+    }
+
+    /// The temporary file of a write that a crash stopped is removed at start-up, and the
+    /// snapshot file beside it is what loads.
+    #[test]
+    fn a_leftover_temporary_snapshot_file_is_removed_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snapshot");
+        runtime().block_on(async {
+            let shared = new_shared();
+            let mut sm = StateMachineStore::open(path.clone(), shared.clone()).unwrap();
+            sm.apply([submit_entry(1, "a")]).await.unwrap();
+            sm.build_snapshot().await.unwrap();
+            let want = shared.read().state.clone();
+            drop(sm);
+            std::fs::write(path.with_extension("build.tmp"), b"half a snapshot").unwrap();
+            let again = new_shared();
+            StateMachineStore::open(path.clone(), again.clone()).unwrap();
+            assert!(!path.with_extension("build.tmp").exists());
             assert_eq!(again.read().state, want);
         });
     }
