@@ -25,6 +25,21 @@ async fn states(
     m
 }
 
+/// Starts node `i` with `p.extra` and expects it to exit with `why` in its log.
+async fn refuses(p: &mut Procs, i: usize, why: &str) {
+    p.spawn(i);
+    let exited = within(Duration::from_secs(15), || {
+        let st = p.children[i].as_mut().unwrap().try_wait().unwrap();
+        async move { st }
+    })
+    .await
+    .expect("the node refuses to start");
+    assert!(!exited.success());
+    let log = std::fs::read_to_string(p.dir.path().join(format!("node-{}.log", i + 1))).unwrap();
+    assert!(log.contains(why), "{log}");
+    p.children[i] = None;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sled_log_is_converted_on_start_and_nothing_is_lost() {
     let timing = [
@@ -123,31 +138,10 @@ async fn a_sled_log_is_converted_on_start_and_nothing_is_lost() {
     // A converted node refuses the old layout, saying why, and starts again without the flag.
     p.kill(2);
     p.extra = old.iter().map(|s| s.to_string()).collect();
-    p.spawn(2);
-    let exited = within(Duration::from_secs(15), || {
-        let st = p.children[2].as_mut().unwrap().try_wait().unwrap();
-        async move { st }
-    })
-    .await
-    .expect("the node refuses to start");
-    assert!(!exited.success());
-    let log = std::fs::read_to_string(p.dir.path().join("node-3.log")).unwrap();
-    assert!(log.contains("holds a segment log"), "{log}");
-    p.children[2] = None;
-    let mut file_state: Vec<String> = timing.iter().map(|s| s.to_string()).collect();
-    file_state.extend(["--state-store".into(), "file".into()]);
-    p.extra = file_state;
-    p.spawn(2);
-    let exited = within(Duration::from_secs(15), || {
-        let st = p.children[2].as_mut().unwrap().try_wait().unwrap();
-        async move { st }
-    })
-    .await
-    .expect("the node refuses to start");
-    assert!(!exited.success());
-    let log = std::fs::read_to_string(p.dir.path().join("node-3.log")).unwrap();
-    assert!(log.contains("holds a state checkpoint"), "{log}");
-    p.children[2] = None;
+    refuses(&mut p, 2, "holds a segment log").await;
+    // Started on snapshot files (the default) after it converted to the sled checkpoint.
+    p.extra = timing.iter().map(|s| s.to_string()).collect();
+    refuses(&mut p, 2, "holds a state checkpoint").await;
     p.extra = new.iter().map(|s| s.to_string()).collect();
     p.spawn(2);
     let node = p.client_of(2);
