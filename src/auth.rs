@@ -15,10 +15,11 @@
 //! - `reader`: get, list, watch (on its queue prefixes), cluster status.
 //!
 //! Without an auth file every call is allowed (loopback development). Health stays open.
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tonic::Status;
 
@@ -291,11 +292,11 @@ impl Auth {
     /// grants, and the error is logged once per change.
     pub fn reload(&self) {
         let now = stamp(&self.path);
-        if self.current.read().expect("lock").stamp == now {
+        if self.current.read().stamp == now {
             return;
         }
         let loaded = AuthFile::read(&self.path);
-        let mut c = self.current.write().expect("lock");
+        let mut c = self.current.write();
         c.stamp = now;
         match loaded {
             Ok(f) => {
@@ -328,7 +329,7 @@ impl Auth {
         certs: Option<&[tokio_rustls::rustls::pki_types::CertificateDer<'_>]>,
         need: Need,
     ) -> Result<String, Status> {
-        let c = self.current.read().expect("lock");
+        let c = self.current.read();
         let principal = match meta.get("authorization") {
             Some(v) => {
                 let token = v

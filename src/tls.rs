@@ -9,9 +9,10 @@
 //! On the peer port with client certificates required, a member proves who it is twice: with
 //! the cluster secret ([`crate::raft::peer_auth`]) and with a certificate that names it,
 //! `node-<id>.<cluster_name>` as a DNS subject alternative name ([`member_name`]).
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::{
@@ -210,7 +211,7 @@ impl<T> Reloading<T> {
     /// The current value and its generation, loading the files again if they changed.
     fn current(&self) -> (Arc<T>, u64) {
         let (stamp_then, due) = {
-            let s = self.state.lock().expect("lock");
+            let s = self.state.lock();
             if s.checked.elapsed() < RELOAD_CHECK {
                 return (s.value.clone(), s.generation);
             }
@@ -221,7 +222,7 @@ impl<T> Reloading<T> {
         let now = stamp(&refs);
         // Built outside the lock: it reads files.
         let built = (now != stamp_then).then(|| (self.build)());
-        let mut s = self.state.lock().expect("lock");
+        let mut s = self.state.lock();
         s.checked = Instant::now();
         match built {
             Some(Ok(v)) => {

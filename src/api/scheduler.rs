@@ -274,7 +274,7 @@ impl Scheduler for SchedulerSvc {
         let stall = std::time::Duration::from_millis(self.node.config.limits.stream_stall_ms);
         let compacted = |e: WatchError| Status::out_of_range(e.to_string());
         let (backlog, live, head) = {
-            let ev = self.node.shared.events.lock().expect("lock");
+            let ev = self.node.shared.events.lock();
             let (b, l) = ev.watch(r.from_revision).map_err(compacted)?;
             (b, l, ev.head())
         };
@@ -344,7 +344,7 @@ impl Scheduler for SchedulerSvc {
                             "watcher fell behind the live channel; resuming from retained events"
                         );
                         let from = if last_rev > 0 { last_rev } else { start };
-                        let res = node.shared.events.lock().expect("lock").watch(from);
+                        let res = node.shared.events.lock().watch(from);
                         match res {
                             Ok((b, l)) => {
                                 (pending, live, skip) = (b, l, seen_in_last);

@@ -176,7 +176,6 @@ impl Worker for WorkerSvc {
                 .shared
                 .timers
                 .lock()
-                .expect("lock")
                 .silence_ms(lease.token, self.node.clock.monotonic_ms())
                 .unwrap_or(0);
             Response::new(pb::ClaimTaskResponse {

@@ -611,11 +611,7 @@ pub fn task(node: &Node, id: &str, trace_url: Option<&str>) -> Option<TaskDetail
 
 fn silence(node: &Node, token: Token) -> Option<u64> {
     let now = node.clock.monotonic_ms();
-    node.shared
-        .timers
-        .lock()
-        .expect("lock")
-        .silence_ms(token, now)
+    node.shared.timers.lock().silence_ms(token, now)
 }
 
 #[derive(Serialize)]
@@ -672,7 +668,7 @@ pub fn leases(node: &Node, queue: &str, limit: usize) -> LeasesView {
     let total = all.len();
     {
         let now = node.clock.monotonic_ms();
-        let timers = node.shared.timers.lock().expect("lock");
+        let timers = node.shared.timers.lock();
         for l in &mut all {
             l.silence_ms = timers.silence_ms(l.token, now);
         }
@@ -694,7 +690,7 @@ pub struct VerdictView {
 
 /// The latest `n` verdicts, newest first, with their evidence.
 pub fn verdicts(node: &Node, n: usize) -> Vec<VerdictView> {
-    let latest = node.shared.verdicts.lock().expect("lock").latest(n);
+    let latest = node.shared.verdicts.lock().latest(n);
     let a = node.shared.read();
     latest
         .into_iter()

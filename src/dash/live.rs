@@ -83,7 +83,7 @@ fn open(d: &Arc<Dash>, h: &HeaderMap, f: LiveFilter) -> Result<Response, Refusal
     })?;
     let slot = d.scheduler.watchers.take()?;
     let live = {
-        let ev = d.node.shared.events.lock().expect("lock");
+        let ev = d.node.shared.events.lock();
         ev.watch(0)
             .map(|(_, rx)| rx)
             .map_err(|e| Refusal::from(tonic::Status::out_of_range(e.to_string())))?

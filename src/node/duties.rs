@@ -72,7 +72,7 @@ pub(super) async fn contact_watcher(node: Arc<Node>) {
             tracing::info!(term = t, leader = ?l, "leadership changed; hearing every lease now");
             node.shared.metrics.leader_changes.inc();
             node.history.leader_changed(node.clock.unix_ms(), t, l);
-            node.shared.timers.lock().expect("lock").refresh_all(now);
+            node.shared.timers.lock().refresh_all(now);
             term = t;
             leader = l;
         }
@@ -80,7 +80,7 @@ pub(super) async fn contact_watcher(node: Arc<Node>) {
             let stale = ack.is_some_and(|a| a > lost_after);
             if lost_quorum && !stale {
                 tracing::info!("quorum regained; hearing every lease now");
-                node.shared.timers.lock().expect("lock").refresh_all(now);
+                node.shared.timers.lock().refresh_all(now);
             }
             lost_quorum = stale;
         }

@@ -2,8 +2,9 @@
 //! hour, and each queue's throughput over the last minute (sampled from its counters).
 use crate::metrics::QueueMetrics;
 use crate::state::NodeId;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 /// How far back leader changes are shown.
 pub const LEADER_WINDOW_MS: u64 = 3_600_000;
@@ -45,7 +46,7 @@ pub struct History {
 
 impl History {
     pub fn leader_changed(&self, at_unix_ms: u64, term: u64, leader: Option<NodeId>) {
-        let mut l = self.leaders.lock().expect("lock");
+        let mut l = self.leaders.lock();
         if l.len() == LEADER_CHANGES_KEPT {
             l.pop_front();
         }
@@ -59,7 +60,7 @@ impl History {
     /// Leader changes seen by this node within the last hour of `now_unix_ms`, newest first.
     pub fn leader_changes(&self, now_unix_ms: u64) -> Vec<LeaderChange> {
         let since = now_unix_ms.saturating_sub(LEADER_WINDOW_MS);
-        let l = self.leaders.lock().expect("lock");
+        let l = self.leaders.lock();
         l.iter()
             .rev()
             .take_while(|c| c.at_unix_ms >= since)
@@ -77,7 +78,7 @@ impl History {
                 (q.label.clone(), (q.submitted.get(), finished))
             })
             .collect();
-        let mut s = self.samples.lock().expect("lock");
+        let mut s = self.samples.lock();
         if s.len() == RATE_SAMPLES {
             s.pop_front();
         }
@@ -86,7 +87,7 @@ impl History {
 
     /// Each sampled queue's throughput.
     pub fn throughput(&self) -> BTreeMap<String, Throughput> {
-        let s = self.samples.lock().expect("lock");
+        let s = self.samples.lock();
         let mut out = BTreeMap::new();
         let Some((last_ms, last)) = s.back() else {
             return out;

@@ -506,7 +506,7 @@ async fn expiry_scanner(node: Arc<Node>) {
         }
         let now = node.clock.monotonic_ms();
         let due = {
-            let mut timers = node.shared.timers.lock().expect("lock");
+            let mut timers = node.shared.timers.lock();
             if now.saturating_sub(last) > tick_ms + pause_ms {
                 // This process did not run for longer than an election timeout (paused, or its
                 // clock stood still): whatever it missed must not count against the leases.

@@ -18,10 +18,10 @@ use crate::raft::{codec, Entry, LogId, SnapshotMeta, StorageError, StoredMembers
 use crate::state::{Effects, Response, SnapshotView, State};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// The applied state with its position in the log.
@@ -101,7 +101,7 @@ impl Shared {
         let check = move || {
             let res = State::from_bytes(&data);
             let ok = res.map(|state| {
-                *this.received.lock().expect("lock") = Some((snapshot_id, state));
+                *this.received.lock() = Some((snapshot_id, state));
             });
             (data, ok)
         };
@@ -120,7 +120,7 @@ impl Shared {
 
     /// Drops a checked snapshot that was not installed.
     pub fn forget_received(&self) {
-        self.received.lock().expect("lock").take();
+        self.received.lock().take();
     }
 
     /// Replaces the whole state (start-up from a snapshot, or a snapshot install).
@@ -129,9 +129,8 @@ impl Shared {
         let mut a = self.applied.write();
         self.timers
             .lock()
-            .expect("lock")
             .reset(state.leases_with_queues(), self.clock.monotonic_ms());
-        self.events.lock().expect("lock").reset(if idx == 0 {
+        self.events.lock().reset(if idx == 0 {
             0
         } else {
             crate::state::last_revision_of_entry(idx)
@@ -535,17 +534,13 @@ fn apply_entries(
     }
     let last = a.last_applied.map(|l| l.index).unwrap_or(0);
     let last_rev = a.state.last_revision();
-    let seen = shared
-        .timers
-        .lock()
-        .expect("lock")
-        .apply(&fx, shared.clock.monotonic_ms());
+    let seen = shared.timers.lock().apply(&fx, shared.clock.monotonic_ms());
     shared.metrics.observe_apply(&fx, seen, out.len());
     if !fx.ended.is_empty() {
-        shared.verdicts.lock().expect("lock").record(&fx);
+        shared.verdicts.lock().record(&fx);
     }
     {
-        let mut ev = shared.events.lock().expect("lock");
+        let mut ev = shared.events.lock();
         for e in fx.events {
             ev.push(e);
         }
@@ -714,7 +709,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let (this, m) = (self.clone(), meta.clone());
         let bytes = off_runtime(self.blocking, move || {
-            let checked = this.shared.received.lock().expect("lock").take();
+            let checked = this.shared.received.lock().take();
             let state = match checked {
                 Some((id, state)) if id == m.snapshot_id => state,
                 _ => State::from_bytes(&data).map_err(read_err)?,
