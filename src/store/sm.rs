@@ -555,31 +555,51 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         if let Some(ckpt) = self.ckpt.clone() {
             return self.checkpoint(ckpt).await;
         }
-        // Serialized and written on a thread of its own: a large state takes long enough to
+        // openraft keeps only the meta of a built snapshot and drops the rest on the runtime,
+        // where freeing hundreds of MiB would stall it: the bytes are dropped here, off it.
+        self.build_file(false).await
+    }
+}
+
+impl StateMachineStore {
+    /// Builds a snapshot file from the state now; the snapshot returned carries its bytes only
+    /// if `keep` (to send it).
+    async fn build_file(&self, keep: bool) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // Serialized on a thread of its own at nice 19: a large state takes long enough to
         // stall a runtime worker (and with it Raft heartbeats) otherwise.
         let started = std::time::Instant::now();
         let this = self.clone();
+        let (data, view, meta, locked_us) = in_background(self.blocking, move || {
+            // Under the state's read lock only the O(1) copy of the persistent maps: applies
+            // never wait for the serialization below.
+            let (view, meta, locked_us) = this.view_now();
+            let data = view.to_bytes();
+            (data, view, meta, locked_us)
+        })
+        .await?;
+        let serialize_ms = started.elapsed().as_millis() as u64;
+        // Dropping the view frees what applies copied while it was held, and the trim takes
+        // the allocator's locks: both at normal priority, since the applies need those locks
+        // too and would wait for a preempted nice-19 thread that holds one.
+        let this = self.clone();
         let pace = self.blocking.then_some(BUILD_WRITE_BYTES_PER_S);
-        let (data, meta, locked_us, serialize_ms, saved) =
-            in_background(self.blocking, move || {
-                // Under the state's read lock only the O(1) copy of the persistent maps: applies
-                // never wait for the serialization below.
-                let (view, meta, locked_us) = this.view_now();
-                let data = view.to_bytes();
-                drop(view);
-                let serialize_ms = started.elapsed().as_millis() as u64;
-                let saved = this.save(&meta, &data, "build.tmp", pace)?;
-                return_freed_memory();
-                Ok::<_, std::io::Error>((data, meta, locked_us, serialize_ms, saved))
-            })
-            .await?
-            .map_err(write_err)?;
+        let m = meta.clone();
+        let (data, bytes, saved) = off_runtime(self.blocking, move || {
+            drop(view);
+            let saved = this.save(&m, &data, "build.tmp", pace)?;
+            let bytes = data.len();
+            let data = if keep { data } else { Vec::new() };
+            return_freed_memory();
+            Ok::<_, std::io::Error>((data, bytes, saved))
+        })
+        .await?
+        .map_err(write_err)?;
         let m = &self.shared.metrics;
         m.snapshot_build.observe(started.elapsed().as_secs_f64());
-        m.snapshot_bytes.set(data.len() as i64);
+        m.snapshot_bytes.set(bytes as i64);
         tracing::info!(
             snapshot = %meta.snapshot_id,
-            bytes = data.len(),
+            bytes,
             serialize_ms,
             locked_us,
             write_ms = started.elapsed().as_millis() as u64 - serialize_ms,
@@ -768,7 +788,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Never sent on (a follower would refuse it). The state in memory is sound: build a
             // new snapshot from it, which also replaces the damaged file.
             tracing::error!(path = %self.path.display(), error = %e, "the snapshot file is damaged; building a new one from the state in memory");
-            return self.build_snapshot().await.map(Some);
+            return self.build_file(true).await.map(Some);
         }
         Ok(Some(Snapshot {
             meta,
