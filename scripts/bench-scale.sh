@@ -122,8 +122,26 @@ start "$f"
 for _ in $(seq 1 6000); do [ "$(field "$f" applied_index)" -ge "$target" ] 2>/dev/null && break; sleep 0.05; done
 echo "restart of node $f (SIGKILL, then start): caught up to index $target in $(ms_since "$t0") ms"
 
+# Peak resident memory of some processes, sampled every 100 ms until $WORK/sampling.stop exists.
+sample_rss() { # out-file pid...
+  local out=$1 p r
+  shift
+  declare -A peak
+  while [ ! -e "$WORK/sampling.stop" ]; do
+    for p in "$@"; do
+      r=$(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+      [ "${r:-0}" -gt "${peak[$p]:-0}" ] && peak[$p]=$r
+    done
+    sleep 0.1
+  done
+  for p in "$@"; do echo "$(( ${peak[$p]:-0} / 1024 ))"; done >"$out"
+}
+rss_of() { awk '/^VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+
 # A node that lost its disk rejoins under a new id (as with etcd: remove the member, add a new
 # one): it starts empty, is added as a learner, gets the leader's snapshot, then votes.
+leader=$("$LK" status --endpoints "$EPS" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader_id"])')
+leader_rss=$(rss_of "${pid[$leader]}")
 kill -9 "${pid[$f]}"; wait "${pid[$f]}" 2>/dev/null || true
 rm -rf "$WORK/node-$f"
 "$LK" node remove "$f" --endpoints "$EPS" >/dev/null
@@ -133,7 +151,14 @@ new=$((f + 3))
 pid[$new]=$!
 unset "pid[$f]"
 t0=$(date +%s%N)
+rm -f "$WORK/sampling.stop"
+sample_rss "$WORK/peaks" "${pid[$leader]}" "${pid[$new]}" &
+sampler=$!
 "$LK" node add "$new" "$(peer "$f")" --endpoints "$EPS" >/dev/null
 for _ in $(seq 1 6000); do [ "$(field "$new" applied_index)" -ge "$target" ] 2>/dev/null && break; sleep 0.05; done
 echo "wiped node rejoined as node $new and caught up by snapshot to index $target in $(ms_since "$t0") ms"
+touch "$WORK/sampling.stop"
+wait "$sampler"
+mapfile -t peaks <"$WORK/peaks"
+echo "peak RSS while the snapshot was sent: leader (node $leader) ${peaks[0]} MiB (${leader_rss} MiB before), new node ${peaks[1]} MiB"
 report

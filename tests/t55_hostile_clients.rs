@@ -210,6 +210,66 @@ async fn a_hostile_client_can_neither_forge_crash_wedge_nor_steal() {
         assert_eq!(e.code(), Code::InvalidArgument, "{m}: {e:?}");
     }
 
+    // Snapshot chunks from a member, sent to a follower under its own vote: out of order, at
+    // an offset far past the end (no sparse file, no allocation of it), and a whole snapshot
+    // of garbage. Each is answered with the offset expected or refused; the follower keeps its
+    // state and its Raft core.
+    let follower = (leader + 1) % 3;
+    let node = cluster.servers[follower].as_ref().unwrap().node().clone();
+    let vote = node.raft.metrics().borrow().vote;
+    let chunk = |offset: u64, data: Vec<u8>, done: bool| {
+        codec::encode(
+            &openraft::raft::InstallSnapshotRequest::<leasekeeper::raft::TypeConfig> {
+                vote,
+                meta: leasekeeper::raft::SnapshotMeta {
+                    last_log_id: Some(openraft::LogId::new(
+                        openraft::CommittedLeaderId::new(vote.leader_id().term, leader as u64 + 1),
+                        1_000_000,
+                    )),
+                    last_membership: Default::default(),
+                    snapshot_id: "forged".into(),
+                },
+                offset,
+                data,
+                done,
+            },
+        )
+    };
+    type Answer = Result<
+        openraft::raft::InstallSnapshotResponse<u64>,
+        leasekeeper::raft::RaftError<openraft::error::InstallSnapshotError>,
+    >;
+    let expects = |answer: Vec<u8>| match codec::decode::<Answer>(&answer).unwrap() {
+        Err(leasekeeper::raft::RaftError::APIError(
+            openraft::error::InstallSnapshotError::SnapshotMismatch(m),
+        )) => m.expect.offset,
+        other => panic!("not a mismatch: {other:?}"),
+    };
+    let follower_peer = &cluster.peer_addrs[follower];
+    let as_leader = Some((TEST_CLUSTER_SECRET, leader as u64 + 1));
+    let sent = |body| peer_call(follower_peer, "snapshot", body, as_leader);
+    assert_eq!(
+        expects(sent(chunk(1 << 50, vec![1; 10], false)).await.unwrap()),
+        0
+    );
+    sent(chunk(0, vec![7; 1000], false)).await.unwrap();
+    assert_eq!(
+        expects(sent(chunk(1 << 50, vec![1; 10], false)).await.unwrap()),
+        1000
+    );
+    assert_eq!(
+        expects(sent(chunk(10, vec![1; 10], false)).await.unwrap()),
+        1000
+    );
+    let e = sent(chunk(1000, vec![0xff; 1000], true)).await.unwrap_err();
+    assert!(e.message().contains("refused"), "{e:?}");
+    assert!(node.raft.metrics().borrow().running_state.is_ok());
+    assert_eq!(
+        node.raft.metrics().borrow().snapshot.map(|s| s.index),
+        None,
+        "nothing installed"
+    );
+
     // 4. What reads return does not let anyone act on a lease.
     let got = c.get("victim").await.unwrap();
     let listed = all_tasks(&c).await;

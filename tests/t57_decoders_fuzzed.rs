@@ -147,6 +147,10 @@ proptest! {
         if let Ok(s) = State::from_bytes(&b) {
             prop_assert!(s.validate().is_ok());
         }
+        // The check a snapshot file gets, read a piece at a time before it is sent, agrees
+        // with the check of the bytes in memory.
+        let streamed = State::check_snapshot_reader(b.as_slice()).expect("reading memory");
+        prop_assert_eq!(streamed.is_ok(), State::check_snapshot_bytes(&b).is_ok());
     }
 
     #[test]

@@ -20,7 +20,6 @@ use crate::raft::{
 use crate::state::{Command, RenewOutcome, Request, Response, Token};
 use crate::store::{self, Shared, StateMachineStore};
 use commit::{Coalescer, Commands, Renewals, Submitter};
-use openraft::network::snapshot_transport::{Chunked, SnapshotTransport, Streaming};
 use openraft::storage::RaftLogStorage;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -82,9 +81,9 @@ pub struct Node {
     /// The commit path: commands and votes, and renewals, each grouped by its own rule.
     commands: Coalescer<Commands>,
     renewals: Coalescer<Renewals>,
-    /// A snapshot being received from the leader, chunk by chunk; verified before it is
-    /// handed to Raft.
-    snapshot_in: tokio::sync::Mutex<Option<Streaming<TypeConfig>>>,
+    /// A snapshot being received from the leader, chunk by chunk, spooled to disk; verified
+    /// before it is handed to Raft.
+    snapshot_in: tokio::sync::Mutex<Option<store::snapshot_data::Incoming>>,
     /// Other members' clock rates and round trips, from this node's clock probes.
     pub clocks: observe::Clocks,
     /// Leader changes and throughput of the recent past (the dashboard).
@@ -331,9 +330,12 @@ impl Node {
         })
     }
 
-    /// One chunk of a snapshot from the leader. The assembled snapshot is checked (magic and
-    /// CRC) before Raft installs it: a damaged one is refused, this node keeps its own state,
-    /// and the leader sends it again.
+    /// One chunk of a snapshot from the leader, written to a temporary file as it comes (the
+    /// node holds about a chunk of it in memory until the last one). Chunks are taken in order
+    /// only: a gap or a chunk of another snapshot is answered with the offset expected, and
+    /// openraft's sender starts again from there. The assembled snapshot is checked (magic and
+    /// CRC, then decoded) before Raft installs it: a damaged one is refused, this node keeps its
+    /// own state, and the leader sends it again.
     async fn receive_snapshot(
         &self,
         req: openraft::raft::InstallSnapshotRequest<TypeConfig>,
@@ -344,35 +346,80 @@ impl Node {
         >,
         String,
     > {
+        use store::snapshot_data::ChunkRefused;
         let vote = req.vote;
         let mine = self.raft.metrics().borrow().vote;
         if vote < mine {
             return Ok(Ok(openraft::raft::InstallSnapshotResponse { vote: mine }));
         }
+        let id = req.meta.snapshot_id.clone();
         let finished = {
-            let mut streaming = self.snapshot_in.lock().await;
-            match Chunked::receive_snapshot(&mut streaming, &self.raft, req).await {
-                Ok(f) => f,
-                Err(e) => return Ok(Err(e)),
+            let mut incoming = self.snapshot_in.lock().await;
+            if req.offset == 0 {
+                *incoming = Some(self.shared.receive(id.clone()).map_err(|e| {
+                    format!("snapshot {id}: no temporary file to receive it in: {e}")
+                })?);
             }
-        };
-        let Some(mut snapshot) = finished else {
-            return Ok(Ok(openraft::raft::InstallSnapshotResponse { vote: mine }));
+            let written = match incoming.as_mut().filter(|i| i.id == id) {
+                None => Err(0),
+                Some(inc) => match inc.write(req.offset, &req.data).await {
+                    Ok(()) => Ok(()),
+                    Err(ChunkRefused::OutOfOrder { expected }) => Err(expected),
+                    Err(ChunkRefused::TooLarge) => {
+                        incoming.take();
+                        let max = store::snapshot_data::MAX_SNAPSHOT_BYTES;
+                        tracing::warn!(snapshot = %id, "refused a snapshot larger than {max} bytes");
+                        return Err(format!("snapshot {id} refused: larger than {max} bytes"));
+                    }
+                    Err(ChunkRefused::Io(e)) => {
+                        incoming.take();
+                        tracing::warn!(snapshot = %id, error = %e, "could not write a snapshot chunk from the leader; it is sent again");
+                        return Err(format!("snapshot {id}: writing a chunk: {e}"));
+                    }
+                },
+            };
+            if let Err(expected) = written {
+                let mismatch = openraft::error::SnapshotMismatch {
+                    expect: openraft::SnapshotSegmentId {
+                        id: id.clone(),
+                        offset: expected,
+                    },
+                    got: openraft::SnapshotSegmentId {
+                        id,
+                        offset: req.offset,
+                    },
+                };
+                return Ok(Err(RaftError::APIError(
+                    openraft::error::InstallSnapshotError::SnapshotMismatch(mismatch),
+                )));
+            }
+            if !req.done {
+                return Ok(Ok(openraft::raft::InstallSnapshotResponse { vote: mine }));
+            }
+            let inc = incoming
+                .take()
+                .ok_or("the snapshot being received is gone")?;
+            inc.finish()
+                .await
+                .map_err(|e| format!("snapshot {id}: reading it back: {e}"))?
         };
         // Decoded and checked (CRC, invariants) before Raft sees it: a storage error in the
         // install would stop this node's Raft core for good.
-        let id = snapshot.meta.snapshot_id.clone();
-        let data = std::mem::take(snapshot.snapshot.get_mut());
-        let (data, checked) = self.shared.check_received(id.clone(), data).await;
-        if let Err(e) = checked {
-            tracing::warn!(
-                snapshot = %id,
-                error = %e,
-                "refused a damaged snapshot from the leader; keeping this node's state, it is sent again"
-            );
-            return Err(format!("snapshot {id} refused: {e}"));
-        }
-        *snapshot.snapshot.get_mut() = data;
+        let data = match self.shared.check_received(id.clone(), finished).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(
+                    snapshot = %id,
+                    error = %e,
+                    "refused a damaged snapshot from the leader; keeping this node's state, it is sent again"
+                );
+                return Err(format!("snapshot {id} refused: {e}"));
+            }
+        };
+        let snapshot = openraft::Snapshot {
+            meta: req.meta,
+            snapshot: Box::new(data),
+        };
         let installed = self.raft.install_full_snapshot(vote, snapshot).await;
         // A snapshot Raft did not install (a newer vote, an older snapshot) must not keep a
         // second copy of the state in memory.

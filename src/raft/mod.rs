@@ -5,7 +5,6 @@ pub mod peer_auth;
 pub mod runtime;
 
 use crate::state::{Request, Response};
-use std::io::Cursor;
 
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
@@ -18,7 +17,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = Node,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::store::SnapshotData,
         AsyncRuntime = runtime::Runtime,
 );
 

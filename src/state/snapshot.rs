@@ -315,6 +315,51 @@ impl State {
         }
     }
 
+    /// The same check as [`State::check_snapshot_bytes`], reading the bytes from `r` a piece
+    /// at a time (a snapshot file of hundreds of MiB is checked without being held in memory).
+    pub fn check_snapshot_reader(
+        mut r: impl std::io::Read,
+    ) -> std::io::Result<Result<(), SnapshotError>> {
+        let mut head = [0u8; 12];
+        let mut got = 0;
+        while got < head.len() {
+            match r.read(&mut head[got..])? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        let head = &head[..got];
+        let magic = SNAPSHOT_MAGIC.len();
+        if head.len() < magic
+            || ![SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V3, SNAPSHOT_MAGIC_V2]
+                .iter()
+                .any(|m| head[..magic] == m[..])
+        {
+            return Ok(Ok(()));
+        }
+        if head.len() < magic + 4 {
+            return Ok(Err(SnapshotError::Checksum {
+                expected: 0,
+                found: 0,
+            }));
+        }
+        let expected = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match r.read(&mut buf)? {
+                0 => break,
+                n => hasher.update(&buf[..n]),
+            }
+        }
+        let found = hasher.finalize();
+        Ok(if expected == found {
+            Ok(())
+        } else {
+            Err(SnapshotError::Checksum { expected, found })
+        })
+    }
+
     /// Loads snapshot bytes, refusing damaged ones (CRC) and ones that break an invariant.
     /// Snapshots of older versions (no magic, no CRC) still load.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SnapshotError> {

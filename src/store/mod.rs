@@ -16,12 +16,14 @@ mod events;
 mod log;
 pub mod seglog;
 mod sm;
+pub mod snapshot_data;
 mod verdicts;
 
 pub use events::{EventLog, WatchError};
 pub use log::SledLog;
 pub use seglog::{OsFs, SegLog};
 pub use sm::{Applied, Shared, StateMachineStore};
+pub use snapshot_data::SnapshotData;
 pub use verdicts::{Verdict, VerdictKind, Verdicts, VERDICTS_KEPT};
 
 pub use crate::node::StateStoreKind;

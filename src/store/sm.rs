@@ -12,6 +12,7 @@
 //! priority, with the file's writeback paced so that the Raft log's fsyncs do not queue behind
 //! it. An apply that still finds the state busy waits on a blocking thread.
 use super::checkpoint::{Checkpoints, Written};
+use super::snapshot_data::{SnapshotData, Source};
 use super::EventLog;
 use crate::clock::{Clock, LeaseTimers};
 use crate::raft::{codec, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -19,7 +20,7 @@ use crate::state::{Effects, Response, SnapshotView, State};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
-use std::io::{Cursor, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -43,6 +44,9 @@ pub struct Shared {
     /// A snapshot received from the leader, decoded and checked before Raft was asked to
     /// install it (by snapshot id): the install takes it instead of decoding it again.
     received: Mutex<Option<(String, State)>>,
+    /// Where a snapshot from the leader is spooled while it arrives (the data directory), set
+    /// when the state machine store opens.
+    spool: Mutex<Option<PathBuf>>,
     /// Decode snapshots inline instead of on a blocking thread (the simulation).
     inline: std::sync::atomic::AtomicBool,
     /// The node's metrics (fed by every apply, every log fsync and every snapshot).
@@ -67,6 +71,7 @@ impl Shared {
             clock,
             applied_index: watch::channel(0).0,
             received: Mutex::new(None),
+            spool: Mutex::new(None),
             inline: std::sync::atomic::AtomicBool::new(false),
             verdicts: Mutex::new(super::Verdicts::default()),
             metrics: Arc::new(crate::metrics::NodeMetrics::new(
@@ -90,32 +95,49 @@ impl Shared {
     }
 
     /// Decodes and checks a snapshot received from a peer, off the runtime. A sound one is kept
-    /// for the install that follows; the bytes come back either way.
+    /// for the install that follows, and its bytes are given back for Raft to hand to it.
     pub async fn check_received(
         self: &Arc<Self>,
         snapshot_id: String,
-        data: Vec<u8>,
-    ) -> (Vec<u8>, Result<(), crate::state::SnapshotError>) {
+        data: SnapshotData,
+    ) -> Result<SnapshotData, String> {
         let inline = self.inline.load(std::sync::atomic::Ordering::Relaxed);
         let this = self.clone();
+        let src = data.into_source().await;
         let check = move || {
-            let res = State::from_bytes(&data);
-            let ok = res.map(|state| {
-                *this.received.lock() = Some((snapshot_id, state));
-            });
-            (data, ok)
+            let state = src
+                .with_bytes(State::from_bytes)
+                .map_err(|e| format!("reading it back: {e}"))?
+                .map_err(|e| e.to_string())?;
+            *this.received.lock() = Some((snapshot_id, state));
+            Ok::<_, String>(src)
         };
-        if inline {
-            check()
+        let src = if inline {
+            check()?
         } else {
-            match tokio::task::spawn_blocking(check).await {
-                Ok(r) => r,
-                Err(e) => (
-                    Vec::new(),
-                    Err(crate::state::SnapshotError::Inconsistent(e.to_string())),
-                ),
-            }
-        }
+            tokio::task::spawn_blocking(check)
+                .await
+                .map_err(|e| e.to_string())??
+        };
+        SnapshotData::from_source(src)
+            .await
+            .map_err(|e| format!("reading it back: {e}"))
+    }
+
+    /// Starts receiving the snapshot `id` from the leader: spooled to a temporary file beside
+    /// the node's data, or in memory in the simulation.
+    pub fn receive(&self, id: String) -> std::io::Result<super::snapshot_data::Incoming> {
+        let inline = self.inline.load(std::sync::atomic::Ordering::Relaxed);
+        let spool = if inline {
+            None
+        } else {
+            self.spool.lock().clone()
+        };
+        super::snapshot_data::Incoming::new(
+            id,
+            spool.as_deref(),
+            super::snapshot_data::MAX_SNAPSHOT_BYTES,
+        )
     }
 
     /// Drops a checked snapshot that was not installed.
@@ -243,6 +265,7 @@ impl StateMachineStore {
             blocking: true,
             ckpt: None,
         };
+        *sm.shared.spool.lock() = sm.path.parent().map(Path::to_path_buf);
         if let Some(state_dir) = sm.path.parent().map(|d| d.join(STATE_DIR)) {
             if state_dir.exists() {
                 return Err(read_err(std::io::Error::other(format!(
@@ -306,6 +329,7 @@ impl StateMachineStore {
             blocking: true,
             ckpt: Some(ckpt.clone()),
         };
+        *sm.shared.spool.lock() = Some(dir.to_path_buf());
         let loaded_ms = started.elapsed().as_millis() as u64;
         let mut loaded = loaded;
         if let Some((meta, data)) = sm.read_file()? {
@@ -360,26 +384,74 @@ impl StateMachineStore {
     }
 
     fn read_file(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-        match std::fs::read(&self.path) {
-            Ok(b) => Ok(Some(codec::decode(&b).map_err(read_err)?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(read_err(e)),
-        }
+        let Some(opened) = self.open_file()? else {
+            return Ok(None);
+        };
+        let (meta, body) = opened.map_err(|e| self.damaged(e))?;
+        Ok(Some((meta, body.into_bytes().map_err(read_err)?)))
     }
 
-    /// Replaces the snapshot file with `meta` and `data` so that a crash leaves either the old
+    fn damaged(&self, what: String) -> StorageError {
+        read_err(std::io::Error::other(format!(
+            "{}: {what}",
+            self.path.display()
+        )))
+    }
+
+    /// The snapshot file's meta and where its state's bytes are, if there is a file; a file
+    /// whose header does not hold together is `Err`, with what is wrong.
+    fn open_file(&self) -> Result<Option<Opened>, StorageError> {
+        let file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_err(e)),
+        };
+        Ok(Some(read_header(&file).map_err(read_err)?.map(
+            |(meta, start, len)| (meta, Source::File { file, start, len }),
+        )))
+    }
+
+    /// The snapshot file, checked (its header, and the CRC of its state's bytes read a piece
+    /// at a time), to send: its state's bytes as a range of the file, or read into memory
+    /// where this store does not block (the simulation). `Err` names the damage.
+    fn open_to_send(&self) -> Result<Option<Opened>, StorageError> {
+        let Some(opened) = self.open_file()? else {
+            return Ok(None);
+        };
+        let Ok((meta, body)) = opened else {
+            return Ok(Some(opened));
+        };
+        let reader = body.reader().map_err(read_err)?;
+        if let Err(e) = State::check_snapshot_reader(reader).map_err(read_err)? {
+            return Ok(Some(Err(e.to_string())));
+        }
+        let body = if self.blocking {
+            body
+        } else {
+            Source::Bytes(body.into_bytes().map_err(read_err)?)
+        };
+        Ok(Some(Ok((meta, body))))
+    }
+
+    /// Replaces the snapshot file with `meta` and `data` (the state's bytes) so that a crash leaves either the old
     /// file or the new one, writing at no more than `pace` bytes a second if given, through the
     /// temporary file `<path>.<tmp>`. Returns false, leaving the file as it was, when the file
     /// already holds a later snapshot (see `on_disk`).
     fn save(
         &self,
         meta: &SnapshotMeta,
-        data: &[u8],
+        data: &Source,
         tmp: &str,
         pace: Option<u64>,
     ) -> std::io::Result<bool> {
         let tmp = self.path.with_extension(tmp);
-        write_synced(&tmp, &file_parts(meta, data), pace)?;
+        write_synced(
+            &tmp,
+            &file_header(meta, data.len()),
+            data.reader()?,
+            data.len(),
+            pace,
+        )?;
         let mut on_disk = self.on_disk.lock();
         if *on_disk > meta.last_log_id {
             drop(on_disk);
@@ -408,22 +480,64 @@ impl StateMachineStore {
     }
 }
 
-/// The snapshot file, `codec::encode(&(meta, data))`, as pieces: the encoded meta, the length
-/// prefix of `data`, and `data` itself — so that a large snapshot is not copied once more just
-/// to be written.
-fn file_parts<'a>(meta: &SnapshotMeta, data: &'a [u8]) -> [std::borrow::Cow<'a, [u8]>; 3] {
-    let mut len = Vec::with_capacity(10);
-    let mut n = data.len() as u64;
+/// A snapshot file opened: its meta and its state's bytes, or what is wrong with it.
+type Opened = Result<(SnapshotMeta, Source), String>;
+
+/// The snapshot file is `codec::encode(&(meta, data))`: the encoded meta, the length of `data`
+/// as a varint, then `data`, the state's bytes. This is the part before `data`, so that a large
+/// snapshot is written (and sent) from where it is without being copied into one buffer.
+fn file_header(meta: &SnapshotMeta, data_len: u64) -> Vec<u8> {
+    let mut out = codec::encode(meta);
+    let mut n = data_len;
     loop {
         let b = (n & 0x7f) as u8;
         n >>= 7;
         if n == 0 {
-            len.push(b);
+            out.push(b);
             break;
         }
-        len.push(b | 0x80);
+        out.push(b | 0x80);
     }
-    [codec::encode(meta).into(), len.into(), data.into()]
+    out
+}
+
+/// The most of a snapshot file read to find its header: the meta holds the membership, a few
+/// hundred bytes for a five-member cluster.
+const MAX_HEADER_BYTES: u64 = 64 << 10;
+
+/// Reads the header of the snapshot file `file` (see [`file_header`]): the meta, and the offset
+/// and length of the state's bytes, which must end where the file ends. `Err` says what does
+/// not hold together.
+fn read_header(file: &std::fs::File) -> std::io::Result<Result<(SnapshotMeta, u64, u64), String>> {
+    use std::os::unix::fs::FileExt;
+    let file_len = file.metadata()?.len();
+    let mut head = vec![0u8; file_len.min(MAX_HEADER_BYTES) as usize];
+    file.read_exact_at(&mut head, 0)?;
+    let Ok((meta, rest)) = postcard::take_from_bytes::<SnapshotMeta>(&head) else {
+        return Ok(Err(format!(
+            "its header (the snapshot's meta, within the first {MAX_HEADER_BYTES} bytes) does not decode"
+        )));
+    };
+    let mut len = 0u64;
+    let mut used = None;
+    for (i, b) in rest.iter().take(10).enumerate() {
+        len |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            used = Some(i + 1);
+            break;
+        }
+    }
+    let Some(used) = used else {
+        return Ok(Err("the length of its state's bytes does not decode".into()));
+    };
+    let start = (head.len() - rest.len() + used) as u64;
+    if start.checked_add(len) != Some(file_len) {
+        return Ok(Err(format!(
+            "its header gives {len} bytes of state, and the file holds {} after the header",
+            file_len - start
+        )));
+    }
+    Ok(Ok((meta, start, len)))
 }
 
 /// How much of a snapshot file is written before its writeback is started and the piece before
@@ -438,8 +552,8 @@ const WRITEBACK_STEP: usize = 1 << 20;
 /// leader waits for its install.
 const BUILD_WRITE_BYTES_PER_S: u64 = 64 << 20;
 
-/// Writes `parts` to the file `tmp` and makes it durable, at no more than `bytes_per_s` if
-/// given.
+/// Writes `header`, then the `body_len` bytes of `body`, to the file `tmp` and makes it
+/// durable, at no more than `bytes_per_s` if given.
 ///
 /// A large file is written in steps of [`WRITEBACK_STEP`]: each step's writeback is started as
 /// soon as it is written and waited for one step later, as RocksDB's `bytes_per_sync` does. A
@@ -448,24 +562,43 @@ const BUILD_WRITE_BYTES_PER_S: u64 = 64 << 20;
 /// would queue behind it.
 fn write_synced(
     tmp: &Path,
-    parts: &[std::borrow::Cow<'_, [u8]>],
+    header: &[u8],
+    body: impl Read,
+    body_len: u64,
     bytes_per_s: Option<u64>,
 ) -> std::io::Result<()> {
     let mut f = std::fs::File::create(tmp)?;
+    let total = header.len() as u64 + body_len;
+    let mut src = header.chain(body.take(body_len));
+    let mut buf = vec![0u8; (WRITEBACK_STEP as u64).min(total).max(1) as usize];
     let mut written = 0u64;
     let started = std::time::Instant::now();
-    for p in parts {
-        for piece in p.chunks(WRITEBACK_STEP) {
-            if let Some(rate) = bytes_per_s.filter(|r| *r > 0) {
-                let due = std::time::Duration::from_secs_f64(written as f64 / rate as f64);
-                if let Some(early) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(early);
-                }
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match src.read(&mut buf[n..])? {
+                0 => break,
+                k => n += k,
             }
-            f.write_all(piece)?;
-            start_writeback(&f, written, piece.len() as u64);
-            written += piece.len() as u64;
         }
+        if n == 0 {
+            break;
+        }
+        if let Some(rate) = bytes_per_s.filter(|r| *r > 0) {
+            let due = std::time::Duration::from_secs_f64(written as f64 / rate as f64);
+            if let Some(early) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(early);
+            }
+        }
+        f.write_all(&buf[..n])?;
+        start_writeback(&f, written, n as u64);
+        written += n as u64;
+    }
+    if written != total {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the snapshot's bytes ended after {written} of {total}"),
+        ));
     }
     f.sync_all()
 }
@@ -555,16 +688,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         if let Some(ckpt) = self.ckpt.clone() {
             return self.checkpoint(ckpt).await;
         }
-        // openraft keeps only the meta of a built snapshot and drops the rest on the runtime,
-        // where freeing hundreds of MiB would stall it: the bytes are dropped here, off it.
-        self.build_file(false).await
+        self.build_file().await
     }
 }
 
 impl StateMachineStore {
-    /// Builds a snapshot file from the state now; the snapshot returned carries its bytes only
-    /// if `keep` (to send it).
-    async fn build_file(&self, keep: bool) -> Result<Snapshot<TypeConfig>, StorageError> {
+    /// Builds a snapshot file from the state now. The snapshot returned carries no bytes:
+    /// openraft keeps only the meta of a built snapshot (and would drop the bytes on the
+    /// runtime, where freeing hundreds of MiB stalls it), and a snapshot to send is read from
+    /// the file.
+    async fn build_file(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
         // Serialized on a thread of its own at nice 19: a large state takes long enough to
         // stall a runtime worker (and with it Raft heartbeats) otherwise.
         let started = std::time::Instant::now();
@@ -584,13 +717,14 @@ impl StateMachineStore {
         let this = self.clone();
         let pace = self.blocking.then_some(BUILD_WRITE_BYTES_PER_S);
         let m = meta.clone();
-        let (data, bytes, saved) = off_runtime(self.blocking, move || {
+        let (bytes, saved) = off_runtime(self.blocking, move || {
             drop(view);
+            let data = Source::Bytes(data);
             let saved = this.save(&m, &data, "build.tmp", pace)?;
             let bytes = data.len();
-            let data = if keep { data } else { Vec::new() };
+            drop(data);
             return_freed_memory();
-            Ok::<_, std::io::Error>((data, bytes, saved))
+            Ok::<_, std::io::Error>((bytes, saved))
         })
         .await?
         .map_err(write_err)?;
@@ -610,7 +744,7 @@ impl StateMachineStore {
         }
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotData::memory(Vec::new())),
         })
     }
 }
@@ -664,7 +798,7 @@ impl StateMachineStore {
         }
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(Vec::new())),
+            snapshot: Box::new(SnapshotData::memory(Vec::new())),
         })
     }
 
@@ -715,24 +849,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        // Only for callers of openraft's own chunk receiver (the storage suite): the node
+        // receives snapshots itself (`Shared::receive`).
+        Ok(Box::new(SnapshotData::memory(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
         // Decoding and writing a large snapshot takes seconds: not on the runtime.
         let started = std::time::Instant::now();
-        let data = snapshot.into_inner();
+        let data = snapshot.into_source().await;
         let (this, m) = (self.clone(), meta.clone());
         let bytes = off_runtime(self.blocking, move || {
             let checked = this.shared.received.lock().take();
             let state = match checked {
                 Some((id, state)) if id == m.snapshot_id => state,
-                _ => State::from_bytes(&data).map_err(read_err)?,
+                _ => data
+                    .with_bytes(State::from_bytes)
+                    .map_err(read_err)?
+                    .map_err(read_err)?,
             };
             if let Some(ckpt) = &this.ckpt {
                 let written = ckpt.replace(&m, &state.snapshot_view()).map_err(write_err)?;
@@ -760,40 +899,62 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         if let Some(ckpt) = &self.ckpt {
             // The last checkpoint's state, kept as an O(1) copy beside the store, serialized
-            // for the follower that needs it, off the runtime.
+            // for the follower that needs it, off the runtime, into an unnamed temporary file
+            // that it is sent from.
             let Some(base) = ckpt.current() else {
                 return Ok(None);
             };
             let started = std::time::Instant::now();
-            let data = off_runtime(self.blocking, move || base.view.to_bytes()).await?;
+            let (blocking, dir) = (self.blocking, self.path.parent().map(Path::to_path_buf));
+            let data = off_runtime(self.blocking, move || {
+                let data = base.view.to_bytes();
+                let Some(dir) = dir.filter(|_| blocking) else {
+                    return Ok(Source::Bytes(data));
+                };
+                let mut file = tempfile::tempfile_in(dir)?;
+                file.write_all(&data)?;
+                let len = data.len() as u64;
+                drop(data);
+                return_freed_memory();
+                Ok::<_, std::io::Error>(Source::File {
+                    file,
+                    start: 0,
+                    len,
+                })
+            })
+            .await?
+            .map_err(read_err)?;
             tracing::info!(snapshot = %base.meta.snapshot_id, bytes = data.len(), ms = started.elapsed().as_millis() as u64, "snapshot serialized from the checkpoint, to send");
             return Ok(Some(Snapshot {
                 meta: base.meta,
-                snapshot: Box::new(Cursor::new(data)),
+                snapshot: Box::new(SnapshotData::from_source(data).await.map_err(read_err)?),
             }));
         }
-        // Reading and checking hundreds of MiB: not on the runtime, which runs Raft's heartbeats.
-        let this = self.clone();
-        let read = off_runtime(self.blocking, move || {
-            Ok::<_, StorageError>(this.read_file()?.map(|(meta, data)| {
-                let checked = State::check_snapshot_bytes(&data);
-                (meta, data, checked)
-            }))
-        })
-        .await??;
-        let Some((meta, data, checked)) = read else {
-            return Ok(None);
-        };
-        if let Err(e) = checked {
-            // Never sent on (a follower would refuse it). The state in memory is sound: build a
-            // new snapshot from it, which also replaces the damaged file.
-            tracing::error!(path = %self.path.display(), error = %e, "the snapshot file is damaged; building a new one from the state in memory");
-            return self.build_file(true).await.map(Some);
+        // Checking hundreds of MiB: not on the runtime, which runs Raft's heartbeats.
+        let mut rebuilt = false;
+        loop {
+            let this = self.clone();
+            let opened = off_runtime(self.blocking, move || this.open_to_send()).await??;
+            match opened {
+                None => return Ok(None),
+                Some(Ok((meta, body))) => {
+                    return Ok(Some(Snapshot {
+                        meta,
+                        snapshot: Box::new(
+                            SnapshotData::from_source(body).await.map_err(read_err)?,
+                        ),
+                    }))
+                }
+                Some(Err(e)) if rebuilt => return Err(self.damaged(e)),
+                Some(Err(e)) => {
+                    // Never sent on (a follower would refuse it). The state in memory is
+                    // sound: build a new snapshot from it, which replaces the damaged file.
+                    tracing::error!(path = %self.path.display(), error = %e, "the snapshot file is damaged; building a new one from the state in memory");
+                    self.build_file().await?;
+                    rebuilt = true;
+                }
+            }
         }
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
     }
 }
 
@@ -896,13 +1057,11 @@ mod tests {
                 .await
                 .expect("no storage error")
                 .expect("a snapshot");
-            let state = State::from_bytes(served.snapshot.get_ref()).expect("sound");
+            let served = bytes_of(served).await;
+            let state = State::from_bytes(&served).expect("sound");
             assert_eq!(state.task_count(), 5);
             // The file was replaced by the sound one.
-            assert!(sm
-                .read_file()
-                .unwrap()
-                .is_some_and(|(_, d)| d == *served.snapshot.get_ref()));
+            assert!(sm.read_file().unwrap().is_some_and(|(_, d)| d == served));
             // Damaged again, and opened at start: refused with the path.
             std::fs::write(&path, &bytes).unwrap();
             let e = StateMachineStore::open(
@@ -926,12 +1085,7 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         for rate in [None, Some(1u64 << 30), Some(0)] {
-            let parts: [std::borrow::Cow<'_, [u8]>; 3] = [
-                b"head".as_slice().into(),
-                Vec::new().into(),
-                big.as_slice().into(),
-            ];
-            write_synced(&path, &parts, rate).expect("written");
+            write_synced(&path, b"head", big.as_slice(), big.len() as u64, rate).expect("written");
             let back = std::fs::read(&path).unwrap();
             assert_eq!(back.len(), 4 + big.len(), "rate {rate:?}");
             assert!(
@@ -939,6 +1093,9 @@ mod tests {
                 "rate {rate:?}"
             );
         }
+        // A body shorter than it was said to be is an error, not a short file.
+        let e = write_synced(&path, b"head", &big[..10], 11, None).expect_err("short");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     /// A build runs beside the state machine: when a snapshot from the leader is installed
@@ -963,10 +1120,12 @@ mod tests {
             last_membership: StoredMembership::default(),
             snapshot_id: format!("s-{index}"),
         };
-        assert!(sm.save(&meta(10), b"ten", "tmp", None).expect("installed"));
+        assert!(sm
+            .save(&meta(10), &bytes(b"ten"), "tmp", None)
+            .expect("installed"));
         // The build of a view at index 5 finishes after the install.
         assert!(!sm
-            .save(&meta(5), b"five", "build.tmp", Some(1 << 30))
+            .save(&meta(5), &bytes(b"five"), "build.tmp", Some(1 << 30))
             .expect("no error"));
         let (m, d) = sm.read_file().unwrap().expect("a file");
         assert_eq!(
@@ -976,7 +1135,7 @@ mod tests {
         assert!(!path.with_extension("build.tmp").exists());
         // A later one replaces it.
         assert!(sm
-            .save(&meta(12), b"twelve", "build.tmp", None)
+            .save(&meta(12), &bytes(b"twelve"), "build.tmp", None)
             .expect("saved"));
         assert_eq!(
             sm.read_file().unwrap().expect("a file").0.snapshot_id,
@@ -993,11 +1152,23 @@ mod tests {
         };
         for n in [0usize, 1, 127, 128, 16_383, 16_384, 300_000] {
             let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
-            let joined: Vec<u8> = file_parts(&meta, &data).concat();
+            let joined: Vec<u8> = [file_header(&meta, data.len() as u64), data.clone()].concat();
             assert_eq!(joined, codec::encode(&(&meta, &data)), "n = {n}");
             let (m, d): (SnapshotMeta, Vec<u8>) = codec::decode(&joined).unwrap();
             assert_eq!((m, d), (meta.clone(), data));
         }
+    }
+
+    fn bytes(b: &[u8]) -> Source {
+        Source::Bytes(b.to_vec())
+    }
+
+    async fn bytes_of(s: Snapshot<TypeConfig>) -> Vec<u8> {
+        s.snapshot
+            .into_source()
+            .await
+            .into_bytes()
+            .expect("readable")
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -1057,10 +1228,7 @@ mod tests {
                 .unwrap()
                 .expect("a snapshot");
             assert_eq!(sent.meta, second);
-            assert_eq!(
-                State::from_bytes(&sent.snapshot.into_inner()).unwrap(),
-                want
-            );
+            assert_eq!(State::from_bytes(&bytes_of(sent).await).unwrap(), want);
             drop(sm);
 
             let again = new_shared();
@@ -1098,6 +1266,153 @@ mod tests {
                 .err()
                 .unwrap();
             assert!(refused.to_string().contains("--state-store"), "{refused}");
+        });
+    }
+
+    /// Sends `snap` as openraft's chunked sender reads it (its size from a seek to the end,
+    /// then a seek to each offset and a read of up to `chunk` bytes) into `to`'s receiver, and
+    /// returns it assembled and checked, as a node hands it to Raft.
+    async fn send_in_chunks(
+        snap: Snapshot<TypeConfig>,
+        to: &Arc<Shared>,
+        chunk: usize,
+    ) -> Snapshot<TypeConfig> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let id = snap.meta.snapshot_id.clone();
+        let mut data = snap.snapshot;
+        let end = data.seek(std::io::SeekFrom::End(0)).await.unwrap();
+        let mut incoming = to.receive(id.clone()).expect("a spool");
+        let mut offset = 0;
+        let mut chunks = 0;
+        while offset < end {
+            data.seek(std::io::SeekFrom::Start(offset)).await.unwrap();
+            let mut buf = Vec::with_capacity(chunk);
+            while buf.capacity() > buf.len() {
+                if data.read_buf(&mut buf).await.unwrap() == 0 {
+                    break;
+                }
+            }
+            incoming.write(offset, &buf).await.expect("in order");
+            offset += buf.len() as u64;
+            chunks += 1;
+        }
+        assert!(chunks > 3, "{chunks} chunks of {end} bytes");
+        let received = incoming.finish().await.expect("finished");
+        assert!(
+            matches!(received, SnapshotData::File(_)),
+            "spooled to a file"
+        );
+        let checked = to.check_received(id, received).await.expect("sound");
+        Snapshot {
+            meta: snap.meta,
+            snapshot: Box::new(checked),
+        }
+    }
+
+    /// A snapshot is sent from the leader's snapshot file (or from a checkpoint, through a
+    /// temporary file) as a range of that file, read a chunk at a time, and received into a
+    /// temporary file: the follower installs exactly the leader's state, its snapshot file is
+    /// the leader's byte for byte, and a node restarted on it loads the same state.
+    #[test]
+    fn a_snapshot_is_sent_and_received_a_chunk_at_a_time_through_files() {
+        runtime().block_on(async {
+            for checkpointed in [false, true] {
+                let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+                let leader = new_shared();
+                let mut l = if checkpointed {
+                    StateMachineStore::open_checkpointed(from.path(), leader.clone()).unwrap()
+                } else {
+                    StateMachineStore::open(from.path().join("snapshot"), leader.clone()).unwrap()
+                };
+                l.apply((1..=300).map(|i| submit_entry(i, &format!("task-{i}"))))
+                    .await
+                    .unwrap();
+                l.apply([claim_entry(301)]).await.unwrap();
+                l.build_snapshot().await.unwrap();
+                let snap = l.get_current_snapshot().await.unwrap().expect("a snapshot");
+                assert!(
+                    matches!(*snap.snapshot, SnapshotData::File(_)),
+                    "sent from a file, not read into memory (checkpointed: {checkpointed})"
+                );
+                let meta = snap.meta.clone();
+
+                let follower = new_shared();
+                let fpath = to.path().join("snapshot");
+                let mut f = StateMachineStore::open(fpath.clone(), follower.clone()).unwrap();
+                f.apply((1..=3).map(|i| submit_entry(i, &format!("old-{i}"))))
+                    .await
+                    .unwrap();
+                let snap = send_in_chunks(snap, &follower, 4096).await;
+                f.install_snapshot(&meta, snap.snapshot).await.unwrap();
+                let want = leader.read().state.clone();
+                assert_eq!(follower.read().state, want);
+                assert_eq!(f.applied_state().await.unwrap().0, meta.last_log_id);
+                assert_eq!(*f.snapshot_durable().borrow(), meta.last_log_id);
+                if !checkpointed {
+                    assert_eq!(
+                        std::fs::read(&fpath).unwrap(),
+                        std::fs::read(from.path().join("snapshot")).unwrap()
+                    );
+                }
+                // Nothing is left beside the snapshot file: the spool had no name.
+                let names: Vec<_> = std::fs::read_dir(to.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                assert_eq!(names, ["snapshot"]);
+                drop(f);
+                let again = new_shared();
+                StateMachineStore::open(fpath, again.clone()).unwrap();
+                assert_eq!(again.read().state, want);
+            }
+        });
+    }
+
+    /// The receiver takes chunks in order only, up to its limit; a damaged snapshot is refused
+    /// once assembled, and nothing of it is kept for an install.
+    #[test]
+    fn a_received_snapshot_takes_chunks_in_order_and_refuses_damage() {
+        use super::super::snapshot_data::{ChunkRefused, Incoming};
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            let mut inc = Incoming::new("s".into(), Some(dir.path()), 10).unwrap();
+            inc.write(0, b"abcd").await.unwrap();
+            assert!(matches!(
+                inc.write(5, b"x").await,
+                Err(ChunkRefused::OutOfOrder { expected: 4 })
+            ));
+            assert!(matches!(
+                inc.write(0, b"x").await,
+                Err(ChunkRefused::OutOfOrder { expected: 4 })
+            ));
+            inc.write(4, b"efgh").await.unwrap();
+            assert!(matches!(
+                inc.write(8, b"ijk").await,
+                Err(ChunkRefused::TooLarge)
+            ));
+            assert_eq!(inc.expects(), 8);
+            let got = inc.finish().await.unwrap().into_source().await;
+            assert_eq!(got.into_bytes().unwrap(), b"abcdefgh");
+
+            let shared = new_shared();
+            let mut sm =
+                StateMachineStore::open(dir.path().join("snapshot"), shared.clone()).unwrap();
+            sm.apply((1..=50).map(|i| submit_entry(i, &format!("t{i}"))))
+                .await
+                .unwrap();
+            sm.build_snapshot().await.unwrap();
+            let mut bytes = bytes_of(sm.get_current_snapshot().await.unwrap().unwrap()).await;
+            let last = bytes.len() - 2;
+            bytes[last] ^= 0x10;
+            let mut inc = shared.receive("damaged".into()).unwrap();
+            inc.write(0, &bytes).await.unwrap();
+            let e = shared
+                .check_received("damaged".into(), inc.finish().await.unwrap())
+                .await
+                .err()
+                .expect("refused");
+            assert!(e.contains("CRC") || e.contains("checksum"), "{e}");
+            assert!(shared.received.lock().is_none());
         });
     }
 
