@@ -6,13 +6,18 @@
 #
 #   bash scripts/bench-scale.sh [tasks=1000000] [leases=100000]
 #   STALL_S=30 (seconds of each lifecycle run), KEEP_WORK=1 (keep the data dirs),
-#   SERVER_ARGS="--state-store file" (flags for every server start, e.g. the previous layout)
+#   SERVER_ARGS="--state-store file" (flags for every server start, e.g. the previous layout),
+#   LK_BIN=path (run that leasekeeper binary, e.g. an earlier build, instead of building this one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${1:-1000000}
 LEASES=${2:-100000}
-cargo build --release --locked -q
-LK=$PWD/target/release/leasekeeper
+if [ -n "${LK_BIN:-}" ]; then
+  LK=$LK_BIN
+else
+  cargo build --release --locked -q
+  LK=$PWD/target/release/leasekeeper
+fi
 WORK=$(mktemp -d)
 declare -A pid
 EXTRA=()
@@ -112,16 +117,6 @@ restart_all --snapshot-every-entries 5000
 lifecycle "a snapshot every 5 000 entries"
 restart_all
 
-# Restart a follower (SIGKILL, then start): time until it has applied what the leader had.
-leader=$("$LK" status --endpoints "$EPS" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader_id"])')
-f=$(( leader % 3 + 1 ))
-target=$(leader_commit)
-kill -9 "${pid[$f]}"; wait "${pid[$f]}" 2>/dev/null || true
-t0=$(date +%s%N)
-start "$f"
-for _ in $(seq 1 6000); do [ "$(field "$f" applied_index)" -ge "$target" ] 2>/dev/null && break; sleep 0.05; done
-echo "restart of node $f (SIGKILL, then start): caught up to index $target in $(ms_since "$t0") ms"
-
 # Peak resident memory of some processes, sampled every 100 ms until $WORK/sampling.stop exists.
 sample_rss() { # out-file pid...
   local out=$1 p r
@@ -137,6 +132,22 @@ sample_rss() { # out-file pid...
   for p in "$@"; do echo "$(( ${peak[$p]:-0} / 1024 ))"; done >"$out"
 }
 rss_of() { awk '/^VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+
+# Restart a follower (SIGKILL, then start): time until it has applied what the leader had.
+leader=$("$LK" status --endpoints "$EPS" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader_id"])')
+f=$(( leader % 3 + 1 ))
+target=$(leader_commit)
+kill -9 "${pid[$f]}"; wait "${pid[$f]}" 2>/dev/null || true
+t0=$(date +%s%N)
+start "$f"
+rm -f "$WORK/sampling.stop"
+sample_rss "$WORK/peaks" "${pid[$f]}" &
+sampler=$!
+for _ in $(seq 1 6000); do [ "$(field "$f" applied_index)" -ge "$target" ] 2>/dev/null && break; sleep 0.05; done
+echo "restart of node $f (SIGKILL, then start): caught up to index $target in $(ms_since "$t0") ms"
+touch "$WORK/sampling.stop"
+wait "$sampler"
+echo "peak RSS of node $f while it restarted: $(cat "$WORK/peaks") MiB, $(rss_of "${pid[$f]}") MiB after"
 
 # A node that lost its disk rejoins under a new id (as with etcd: remove the member, add a new
 # one): it starts empty, is added as a learner, gets the leader's snapshot, then votes.

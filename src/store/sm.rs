@@ -433,10 +433,10 @@ impl StateMachineStore {
         Ok(Some(Ok((meta, body))))
     }
 
-    /// Replaces the snapshot file with `meta` and `data` (the state's bytes) so that a crash leaves either the old
-    /// file or the new one, writing at no more than `pace` bytes a second if given, through the
-    /// temporary file `<path>.<tmp>`. Returns false, leaving the file as it was, when the file
-    /// already holds a later snapshot (see `on_disk`).
+    /// Replaces the snapshot file with `meta` and `data` (the state's bytes) so that a crash
+    /// leaves either the old file or the new one, writing at no more than `pace` bytes a second
+    /// if given, through the temporary file `<path>.<tmp>`. Returns false, leaving the file as
+    /// it was, when the file already holds a later snapshot (see `on_disk`).
     fn save(
         &self,
         meta: &SnapshotMeta,

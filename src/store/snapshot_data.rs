@@ -270,8 +270,12 @@ impl AsyncSeek for SnapshotData {
         match self.get_mut() {
             Self::Memory(c) => Pin::new(c).poll_complete(cx),
             // The file's own answer is used only for a seek started here: tokio's file does not
-            // count reads into the position it reports without one.
-            Self::File(r) if !r.seeking => Poll::Ready(Ok(r.position())),
+            // count reads into the position it reports without one. Polled either way, so that
+            // an operation still in flight is finished before a seek starts.
+            Self::File(r) if !r.seeking => {
+                ready!(Pin::new(r.file.get_mut()).poll_complete(cx))?;
+                Poll::Ready(Ok(r.position()))
+            }
             Self::File(r) => {
                 let abs = ready!(Pin::new(r.file.get_mut()).poll_complete(cx))?;
                 r.seeking = false;
