@@ -8,6 +8,7 @@ use leasekeeper::auth::{hash_token, AuthFile, Principal};
 use leasekeeper::client::Client;
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 fn principal(name: &str, grants: &[&str], token: &str) -> Principal {
     Principal {
@@ -284,4 +285,59 @@ async fn endpoints_check_roles_input_and_pages() {
     assert_eq!(etl["counts"]["pending"], 25, "{etl}");
 
     cluster.shutdown().await;
+}
+
+/// Reads the event stream at `path` for up to `wait`, until `done` holds for what has come.
+async fn read_events(
+    addr: &str,
+    path: &str,
+    wait: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut got = String::new();
+    let mut buf = vec![0u8; 64 << 10];
+    while !done(&got) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => break,
+        }
+    }
+    got
+}
+
+/// A page's live stream starts from the revision after the page's: what was applied between the
+/// render and the stream's start is sent, not missed (a task page rendered just before a cancel
+/// applied would otherwise never show it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_live_stream_resumes_from_the_pages_revision() {
+    let cluster = Cluster::start(3).await;
+    let c = cluster.client();
+    c.submit(submit_req("seen-late", "q", 5_000)).await.unwrap();
+    c.cancel("seen-late", "test").await.unwrap();
+    let leader = cluster.wait_leader(Duration::from_secs(5)).await;
+    let web = &cluster.metrics_addrs[leader];
+    let wanted = |t: &str| t.contains("event: tasks") && t.contains("\"cancelled\"");
+    let from_page = read_events(
+        web,
+        "/api/v1/watch?task_id=seen-late&from_revision=1",
+        Duration::from_secs(5),
+        wanted,
+    )
+    .await;
+    assert!(wanted(&from_page), "{from_page}");
+    assert!(from_page.contains("seen-late"), "{from_page}");
+    // From now on: nothing happened since, so nothing comes.
+    let from_now = read_events(
+        web,
+        "/api/v1/watch?task_id=seen-late",
+        Duration::from_millis(700),
+        |t| t.contains("event:"),
+    )
+    .await;
+    assert!(!from_now.contains("event: tasks"), "{from_now}");
 }

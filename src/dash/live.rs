@@ -29,6 +29,9 @@ pub struct LiveFilter {
     pub prefix: String,
     /// One task only (its page).
     pub task_id: String,
+    /// The first revision to send: the page's revision + 1, so that what is applied between
+    /// the page's render and the stream's start is sent too. 0: from now on.
+    pub from_revision: u64,
 }
 
 #[derive(serde::Serialize)]
@@ -82,17 +85,24 @@ fn open(d: &Arc<Dash>, h: &HeaderMap, f: LiveFilter) -> Result<Response, Refusal
         ))
     })?;
     let slot = d.scheduler.watchers.take()?;
-    let live = {
+    let (backlog, live) = {
         let ev = d.node.shared.events.lock();
-        ev.watch(0)
-            .map(|(_, rx)| rx)
-            .map_err(|e| Refusal::from(tonic::Status::out_of_range(e.to_string())))?
+        match ev.watch(f.from_revision) {
+            Ok((backlog, rx)) => (Some(backlog), rx),
+            // Older than the events this node keeps: the page reloads instead.
+            Err(_) => (
+                None,
+                ev.watch(0)
+                    .map(|(_, rx)| rx)
+                    .map_err(|e| Refusal::from(tonic::Status::out_of_range(e.to_string())))?,
+            ),
+        }
     };
     let (tx, rx) = mpsc::channel::<SseEvent>(16);
     let node = d.node.clone();
     tokio::spawn(async move {
         let _slot = slot;
-        forward(node, f, state, live, tx).await;
+        forward(node, f, state, backlog, live, tx).await;
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let stream = tokio_stream::StreamExt::map(stream, Ok::<_, std::convert::Infallible>);
@@ -101,10 +111,13 @@ fn open(d: &Arc<Dash>, h: &HeaderMap, f: LiveFilter) -> Result<Response, Refusal
         .into_response())
 }
 
+/// Sends the changes among `backlog` (`None`: it could not be had, a `reset` goes first),
+/// then the live ones, a window at a time.
 async fn forward(
     node: Arc<crate::node::Node>,
     f: LiveFilter,
     state: Option<crate::state::TaskState>,
+    backlog: Option<Vec<Arc<crate::state::Event>>>,
     mut live: broadcast::Receiver<Arc<crate::state::Event>>,
     tx: mpsc::Sender<SseEvent>,
 ) {
@@ -116,42 +129,58 @@ async fn forward(
             && t.id().starts_with(&f.prefix)
     };
     let stall = Duration::from_millis(node.config.limits.stream_stall_ms);
+    let add = |batch: &mut BTreeMap<String, Change>, reset: &mut bool, e: &crate::state::Event| {
+        if !wanted(e) {
+            return;
+        }
+        if batch.len() == MAX_ROWS && !batch.contains_key(e.task.id()) {
+            *reset = true;
+            return;
+        }
+        let row = data::task_row(&e.task);
+        let change = Change {
+            revision: e.revision,
+            kind: kind_name(e.kind),
+            matches: state.map_or(true, |s| e.task.state == s),
+            html: pages::task_line(&row),
+            row,
+        };
+        batch.insert(e.task.id().to_string(), change);
+    };
+    // The live stream may repeat some of the backlog's last events: a page shows a change twice
+    // at worst, never misses one.
+    let mut backlog = Some(backlog);
     loop {
-        // Wait for the first change, then gather the window's.
         let mut batch: BTreeMap<String, Change> = BTreeMap::new();
         let mut reset = false;
-        let first = tokio::select! {
-            e = live.recv() => e,
-            _ = tx.closed() => return,
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                let _ = tx.send(SseEvent::default().event("bye").data("the node is shutting down")).await;
-                return;
-            }
-        };
-        let deadline = tokio::time::Instant::now() + WINDOW;
-        let mut next = Some(first);
-        while let Some(got) = next.take() {
-            match got {
-                Ok(e) if wanted(&e) => {
-                    if batch.len() == MAX_ROWS && !batch.contains_key(e.task.id()) {
-                        reset = true;
-                    } else {
-                        let row = data::task_row(&e.task);
-                        let change = Change {
-                            revision: e.revision,
-                            kind: kind_name(e.kind),
-                            matches: state.map_or(true, |s| e.task.state == s),
-                            html: pages::task_line(&row),
-                            row,
-                        };
-                        batch.insert(e.task.id().to_string(), change);
-                    }
+        match backlog.take() {
+            Some(None) => reset = true,
+            Some(Some(events)) if !events.is_empty() => {
+                for e in &events {
+                    add(&mut batch, &mut reset, e);
                 }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => reset = true,
-                Err(broadcast::error::RecvError::Closed) => return,
             }
-            next = tokio::time::timeout_at(deadline, live.recv()).await.ok();
+            _ => {
+                // Wait for the first change, then gather the window's.
+                let first = tokio::select! {
+                    e = live.recv() => e,
+                    _ = tx.closed() => return,
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(SseEvent::default().event("bye").data("the node is shutting down")).await;
+                        return;
+                    }
+                };
+                let deadline = tokio::time::Instant::now() + WINDOW;
+                let mut next = Some(first);
+                while let Some(got) = next.take() {
+                    match got {
+                        Ok(e) => add(&mut batch, &mut reset, &e),
+                        Err(broadcast::error::RecvError::Lagged(_)) => reset = true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                    next = tokio::time::timeout_at(deadline, live.recv()).await.ok();
+                }
+            }
         }
         let event = if reset {
             SseEvent::default().event("reset").data("reload the list")

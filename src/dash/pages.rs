@@ -286,11 +286,13 @@ pub async fn task_list(State(d): Shared, h: HeaderMap, Query(f): Query<Filter>) 
         esc(&f.prefix)
     );
     // Only the first page takes in new tasks live; later pages update the lines they show.
+    // From the revision after the page's: nothing applied in between is missed.
     let live = format!(
-        "/api/v1/watch?queue={}&state={}&prefix={}",
+        "/api/v1/watch?queue={}&state={}&prefix={}&from_revision={}",
         enc(&f.queue),
         enc(&f.state),
-        enc(&f.prefix)
+        enc(&f.prefix),
+        page_data.revision + 1
     );
     let _ = write!(
         s,
@@ -332,8 +334,9 @@ pub async fn task_page(State(d): Shared, h: HeaderMap, Path(id): Path<String>) -
     let mut s = String::new();
     let _ = write!(
         s,
-        "<h1 data-live=\"/api/v1/watch?task_id={}\">Task <code>{}</code> {}</h1>",
+        "<h1 data-live=\"/api/v1/watch?task_id={}&amp;from_revision={}\">Task <code>{}</code> {}</h1>",
         enc(&t.row.id),
+        t.revision + 1,
         esc(&t.row.id),
         badge(t.row.state)
     );
