@@ -123,16 +123,36 @@ impl Batch {
     }
 }
 
-impl Checkpoints {
-    /// Opens (or creates) the store at `path`, and loads the checkpoint it holds, if any.
-    /// A store that does not decode, or whose records break an invariant, is refused.
-    pub fn open(path: &Path) -> std::io::Result<(Self, Option<(SnapshotMeta, State)>)> {
-        let db = sled::Config::new()
+/// Opens the sled tree at `path`. A tree this process dropped a moment ago (a node stopped and
+/// started again in one process: the simulation, the tests) still holds its file lock until
+/// sled's own threads let go of it, so a lock held elsewhere is waited for, up to 2 s, before
+/// it is an error.
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_BYTES)
             .flush_every_ms(None)
             .open()
-            .map_err(err)?;
+        {
+            // sled 0.34 reports it as an `Other` error naming the lock.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+impl Checkpoints {
+    /// Opens (or creates) the store at `path`, and loads the checkpoint it holds, if any.
+    /// A store that does not decode, or whose records break an invariant, is refused.
+    pub fn open(path: &Path) -> std::io::Result<(Self, Option<(SnapshotMeta, State)>)> {
+        let db = open_db(path).map_err(err)?;
         let this = Self {
             db,
             path: path.to_path_buf(),

@@ -102,14 +102,7 @@ impl Source {
     pub fn with_bytes<T>(&self, f: impl FnOnce(&[u8]) -> T) -> io::Result<T> {
         match self {
             Self::Bytes(b) => Ok(f(b)),
-            Self::File { file, start, len } => {
-                let len = usize::try_from(*len).map_err(|_| {
-                    io::Error::other("a snapshot larger than this machine's memory")
-                })?;
-                let mut buf = vec![0; len];
-                file.read_exact_at(&mut buf, *start)?;
-                Ok(f(&buf))
-            }
+            Self::File { file, start, len } => Ok(f(&read_range(file, *start, *len)?)),
         }
     }
 
@@ -117,7 +110,7 @@ impl Source {
     pub fn into_bytes(self) -> io::Result<Vec<u8>> {
         match self {
             Self::Bytes(b) => Ok(b),
-            Self::File { .. } => self.with_bytes(<[u8]>::to_vec),
+            Self::File { file, start, len } => read_range(&file, start, len),
         }
     }
 
@@ -220,6 +213,15 @@ impl Incoming {
             }
         }
     }
+}
+
+/// `len` bytes of `file` from `start`, in one buffer.
+fn read_range(file: &std::fs::File, start: u64, len: u64) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(len)
+        .map_err(|_| io::Error::other("a snapshot larger than this machine's memory"))?;
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, start)?;
+    Ok(buf)
 }
 
 fn read_only() -> io::Error {
