@@ -129,8 +129,8 @@ impl Source {
 
 /// A snapshot arriving from the leader in chunks, written as it comes to an unnamed temporary
 /// file in `spool` (nothing to clean up after a crash), or kept in memory without one (the
-/// simulation). Chunks must come in order: openraft's sender starts again from offset 0 when
-/// told of a gap ([`Incoming::expects`]).
+/// simulation). Chunks must come in order: a gap is answered with the offset expected
+/// ([`ChunkRefused::OutOfOrder`]), and openraft's sender starts again from offset 0.
 pub struct Incoming {
     pub id: String,
     written: u64,
@@ -170,12 +170,7 @@ impl Incoming {
         })
     }
 
-    /// The offset of the next chunk.
-    pub fn expects(&self) -> u64 {
-        self.written
-    }
-
-    /// Writes the chunk at `offset`, which must be [`Incoming::expects`].
+    /// Writes the chunk at `offset`, which must be where the last one ended.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ChunkRefused> {
         if offset != self.written {
             return Err(ChunkRefused::OutOfOrder {
