@@ -24,9 +24,14 @@ pub struct Procs {
 /// A free loopback port below Linux's ephemeral range (32768-60999). These nodes are killed and
 /// restarted: a port the OS handed out from the ephemeral range could, while its node is down, be
 /// taken as the source port of any outgoing connection, and the restart would fail to bind it.
+///
+/// The probe's listener is closed before a node binds the port, so a port is never handed out
+/// twice in one test process: two picks of one cluster (say node 1's peer port and its metrics
+/// port) drawing the same number would both probe free, and the node would fail to start.
 fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)
@@ -40,7 +45,9 @@ fn free_port() -> u16 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
         let port = 20_000 + (z % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
