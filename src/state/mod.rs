@@ -14,7 +14,9 @@ pub use machine::{
     backoff_ms, entry_revision, last_revision_of_entry, Effects, EndedLease, HeardLease,
     LateSuccess, State, VoterConfigs, HISTORY_LIMIT, MAX_BATCH_COMMANDS, REVISIONS_PER_ENTRY,
 };
-pub use snapshot::{Parts, Record, SnapshotError, SnapshotView, SNAPSHOT_MAGIC};
+pub use snapshot::{
+    Part, Parts, Piece, Plan, Record, SnapshotError, SnapshotView, PART_TASKS, SNAPSHOT_MAGIC,
+};
 pub use types::*;
 
 #[cfg(test)]

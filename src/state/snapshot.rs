@@ -209,16 +209,125 @@ impl<T: Into<Task>> Persisted<T> {
     }
 }
 
-/// The same encoding as [`Persisted`], borrowing the state instead of copying it (a snapshot
-/// of a million tasks must not hold a second copy of them in memory).
+/// The same encoding as [`Persisted`] after its task list, borrowing the state instead of
+/// copying it: postcard writes a struct as its fields one after the other, so the bytes of a
+/// snapshot are the task list (a varint count, then each task) followed by these.
 #[derive(Serialize)]
-struct PersistedRef<'a> {
-    tasks: Vec<&'a Task>,
+struct TailRef<'a> {
     leases: Vec<&'a Lease>,
     last_token: Token,
     last_revision: Revision,
     used_claims: Vec<(&'a str, &'a str, Token)>,
     secrets: Vec<(Token, LeaseSecret)>,
+}
+
+/// The most tasks a part of a snapshot's task list holds when it is encoded anew (see
+/// [`SnapshotView::plan`]).
+pub const PART_TASKS: usize = 4096;
+
+/// A part of the task list in the bytes of a built snapshot, kept for the next build: if the
+/// view then holds the very same tasks in this part, its bytes are copied instead of encoded.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// The lowest creation revision the part covers: up to the next part's, the last part
+    /// without end.
+    pub from_rev: Revision,
+    /// Its tasks in the order encoded. Holding them keeps each one's allocation: a change to a
+    /// task then makes a new one (`Arc::make_mut` copies a shared task), so the same pointers
+    /// mean the same tasks unchanged.
+    pub tasks: Vec<Arc<Task>>,
+    /// Where its bytes lie in the snapshot's bytes, and their CRC-32.
+    pub offset: u64,
+    pub len: u64,
+    pub crc: u32,
+}
+
+/// One piece of a planned snapshot's bytes.
+#[derive(Debug)]
+pub enum Piece {
+    /// Bytes the caller has: the previous snapshot's, at `offset` of its bytes.
+    Kept { offset: u64, len: u64, crc: u32 },
+    /// Bytes encoded now.
+    New(Vec<u8>),
+}
+
+impl Piece {
+    pub fn len(&self) -> u64 {
+        match self {
+            Piece::Kept { len, .. } => *len,
+            Piece::New(b) => b.len() as u64,
+        }
+    }
+}
+
+/// A view's snapshot bytes as pieces, in order: [`SNAPSHOT_MAGIC`], the CRC-32 of the body and
+/// the task count (`head`), the task list's parts, then the rest of the state (`tail`).
+#[derive(Debug)]
+pub struct Plan {
+    pub pieces: Vec<Piece>,
+    /// The parts of the task list, for the next build's plan.
+    pub parts: Vec<Part>,
+    /// The length of the whole.
+    pub len: u64,
+    /// Tasks copied from the previous bytes / encoded anew.
+    pub kept_tasks: u64,
+    pub encoded_tasks: u64,
+}
+
+impl Plan {
+    /// The whole as one buffer; every piece must be `New`.
+    fn concat(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len as usize);
+        for p in self.pieces {
+            match p {
+                Piece::New(b) => out.extend_from_slice(&b),
+                Piece::Kept { .. } => unreachable!("a plan without a base keeps nothing"),
+            }
+        }
+        out
+    }
+}
+
+/// Encodes the tasks of a run of changed parts as new parts of at most `part_tasks`, the first
+/// covering from `from`, and empties `changed`.
+fn encode_changed(
+    changed: &mut Vec<&Arc<Task>>,
+    from: Revision,
+    part_tasks: usize,
+    plan: &mut Plan,
+    crc: &mut crc32fast::Hasher,
+) {
+    for (k, chunk) in changed.chunks(part_tasks).enumerate() {
+        let mut bytes = Vec::with_capacity(chunk.len() * 160);
+        for t in chunk {
+            bytes = postcard::to_extend(&***t, bytes).expect("a task serializes");
+        }
+        let part_crc = crc32fast::hash(&bytes);
+        crc.update(&bytes);
+        plan.parts.push(Part {
+            from_rev: if k == 0 { from } else { chunk[0].created_rev },
+            tasks: chunk.iter().map(|t| Arc::clone(t)).collect(),
+            offset: plan.len,
+            len: bytes.len() as u64,
+            crc: part_crc,
+        });
+        plan.len += bytes.len() as u64;
+        plan.encoded_tasks += chunk.len() as u64;
+        plan.pieces.push(Piece::New(bytes));
+    }
+    changed.clear();
+}
+
+fn varint(mut n: u64, out: &mut Vec<u8>) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
 }
 
 /// The body of a snapshot after its magic, once its CRC-32 matches.
@@ -273,8 +382,89 @@ impl State {
 impl SnapshotView {
     /// The snapshot bytes: [`SNAPSHOT_MAGIC`], a CRC-32 of the body, the body.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let p = PersistedRef {
-            tasks: self.tasks.values().map(|t| &**t).collect(),
+        self.plan(&[]).concat()
+    }
+
+    /// The snapshot bytes as pieces, reusing the parts of the previous build's bytes (`base`,
+    /// its [`Plan::parts`]) whose tasks are all unchanged. Tasks are written in the order they
+    /// were created (their creation revision, then id), so the tasks of an old part, mostly
+    /// finished ones that never change again, stay together and keep their bytes, while new
+    /// and changing tasks gather in the last parts. The bytes are the same whatever the base:
+    /// only which pieces are copied and which are encoded differs.
+    pub fn plan(&self, base: &[Part]) -> Plan {
+        self.plan_in_parts_of(base, PART_TASKS)
+    }
+
+    /// [`SnapshotView::plan`] with parts of at most `part_tasks` tasks.
+    pub(crate) fn plan_in_parts_of(&self, base: &[Part], part_tasks: usize) -> Plan {
+        let part_tasks = part_tasks.max(1);
+        let mut all: Vec<&Arc<Task>> = self.tasks.values().collect();
+        all.sort_unstable_by(|a, b| (a.created_rev, a.id()).cmp(&(b.created_rev, b.id())));
+        let mut head = Vec::with_capacity(24);
+        head.extend_from_slice(SNAPSHOT_MAGIC);
+        head.extend_from_slice(&[0; 4]);
+        varint(all.len() as u64, &mut head);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[SNAPSHOT_MAGIC.len() + 4..]);
+        let mut plan = Plan {
+            pieces: Vec::new(),
+            parts: Vec::new(),
+            len: head.len() as u64,
+            kept_tasks: 0,
+            encoded_tasks: 0,
+        };
+        // The tasks in the range of base part `i` (the first part's range has no start).
+        let mut rest = &all[..];
+        let mut segments: Vec<(Revision, &[&Arc<Task>], Option<&Part>)> = Vec::new();
+        for (i, part) in base.iter().enumerate() {
+            let end = match base.get(i + 1) {
+                Some(next) => rest.partition_point(|t| t.created_rev < next.from_rev),
+                None => rest.len(),
+            };
+            let (these, after) = rest.split_at(end);
+            segments.push((if i == 0 { 0 } else { part.from_rev }, these, Some(part)));
+            rest = after;
+        }
+        if base.is_empty() {
+            segments.push((0, rest, None));
+        }
+        // Runs of changed segments are encoded together, cut into parts of `PART_TASKS`.
+        let mut changed: Vec<&Arc<Task>> = Vec::new();
+        let mut changed_from = 0;
+        for (from, tasks, part) in segments {
+            let same = part.is_some_and(|p| {
+                p.tasks.len() == tasks.len()
+                    && p.tasks.iter().zip(tasks).all(|(a, b)| Arc::ptr_eq(a, b))
+            });
+            match part {
+                Some(p) if same && !tasks.is_empty() => {
+                    encode_changed(&mut changed, changed_from, part_tasks, &mut plan, &mut crc);
+                    crc.combine(&crc32fast::Hasher::new_with_initial_len(p.crc, p.len));
+                    plan.pieces.push(Piece::Kept {
+                        offset: p.offset,
+                        len: p.len,
+                        crc: p.crc,
+                    });
+                    plan.parts.push(Part {
+                        from_rev: from,
+                        tasks: p.tasks.clone(),
+                        offset: plan.len,
+                        len: p.len,
+                        crc: p.crc,
+                    });
+                    plan.len += p.len;
+                    plan.kept_tasks += tasks.len() as u64;
+                }
+                _ => {
+                    if changed.is_empty() {
+                        changed_from = from;
+                    }
+                    changed.extend_from_slice(tasks);
+                }
+            }
+        }
+        encode_changed(&mut changed, changed_from, part_tasks, &mut plan, &mut crc);
+        let tail = TailRef {
             leases: self.leases.values().collect(),
             last_token: self.last_token,
             last_revision: self.last_revision,
@@ -290,14 +480,14 @@ impl SnapshotView {
                 .map(|(t, o)| (*t, o.secret))
                 .collect(),
         };
-        let mut out = Vec::with_capacity(64 + 400 * self.tasks.len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&[0; 4]);
-        let body = postcard::to_extend(&p, out).expect("state serializes");
-        let mut out = body;
-        let crc = crc32fast::hash(&out[SNAPSHOT_MAGIC.len() + 4..]);
-        out[SNAPSHOT_MAGIC.len()..SNAPSHOT_MAGIC.len() + 4].copy_from_slice(&crc.to_le_bytes());
-        out
+        let tail = postcard::to_allocvec(&tail).expect("state serializes");
+        crc.update(&tail);
+        plan.len += tail.len() as u64;
+        plan.pieces.push(Piece::New(tail));
+        let crc = crc.finalize();
+        head[SNAPSHOT_MAGIC.len()..SNAPSHOT_MAGIC.len() + 4].copy_from_slice(&crc.to_le_bytes());
+        plan.pieces.insert(0, Piece::New(head));
+        plan
     }
 }
 

@@ -1527,3 +1527,98 @@ proptest! {
         prop_assert_eq!(store.load(&view), sm.s);
     }
 }
+
+/// The bytes of `plan`, its kept pieces taken from `prev` (the bytes of the plan it was made
+/// against), each checked against the CRC the plan carries for it.
+fn assemble(plan: Plan, prev: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in plan.pieces {
+        match p {
+            Piece::New(b) => out.extend_from_slice(&b),
+            Piece::Kept { offset, len, crc } => {
+                let b = &prev[offset as usize..(offset + len) as usize];
+                assert_eq!(crc32fast::hash(b), crc, "a kept piece's CRC");
+                out.extend_from_slice(b);
+            }
+        }
+    }
+    assert_eq!(out.len() as u64, plan.len);
+    out
+}
+
+#[test]
+fn a_plan_copies_the_parts_whose_tasks_did_not_change() {
+    let mut sm = Sm::new();
+    for i in 0..100 {
+        sm.run(Command::Submit(spec(&format!("t{i:03}"), 3)));
+    }
+    let first = sm.s.snapshot_view().plan_in_parts_of(&[], 10);
+    assert_eq!((first.kept_tasks, first.encoded_tasks), (0, 100));
+    assert_eq!(first.parts.len(), 10);
+    let parts = first.parts.clone();
+    let prev = assemble(first, &[]);
+    assert_eq!(prev, sm.s.to_bytes());
+
+    // Nothing changed: every part is copied.
+    let same = sm.s.snapshot_view().plan_in_parts_of(&parts, 10);
+    assert_eq!((same.kept_tasks, same.encoded_tasks), (100, 0));
+    // One task of the 4th part claimed (the oldest pending one is t000: claim by id), and ten
+    // new tasks: the changed part and the new ones are encoded, the rest copied.
+    sm.run(Command::Claim {
+        queue: "q".into(),
+        worker_id: "w".into(),
+        lease_ttl_ms: None,
+        task_id: Some("t035".into()),
+        claim_id: String::new(),
+        secret: 7,
+    });
+    for i in 100..110 {
+        sm.run(Command::Submit(spec(&format!("t{i:03}"), 3)));
+    }
+    let next = sm.s.snapshot_view().plan_in_parts_of(&parts, 10);
+    assert_eq!((next.kept_tasks, next.encoded_tasks), (80, 30));
+    let bytes = assemble(next, &prev);
+    assert_eq!(
+        bytes,
+        sm.s.to_bytes(),
+        "the same bytes as a plan from nothing"
+    );
+    assert_eq!(State::from_bytes(&bytes).unwrap(), sm.s);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Snapshot bytes planned against the previous build's parts, its unchanged parts copied
+    /// from its bytes, are the bytes a plan from nothing makes, and load back into the state:
+    /// whatever changed between the builds (claims, reports, votes' evidence, purges, new tasks).
+    #[test]
+    fn planned_bytes_equal_bytes_encoded_anew(
+        cmds in prop::collection::vec(arb_cmd(), 1..120),
+        every in 1usize..20,
+        part_tasks in 1usize..5,
+        fresh in prop::collection::vec(0usize..3, 1..120),
+    ) {
+        let mut sm = Sm::new();
+        let mut now = NOW;
+        let mut parts: Vec<Part> = Vec::new();
+        let mut prev: Vec<u8> = Vec::new();
+        for (k, (dt, cmd)) in cmds.into_iter().enumerate() {
+            now += dt;
+            sm.run_at(now, cmd);
+            for j in 0..fresh[k % fresh.len()] {
+                sm.run_at(now, Command::Submit(spec(&format!("n{k}-{j}"), 2)));
+            }
+            if k % every == 0 {
+                let plan = sm.s.snapshot_view().plan_in_parts_of(&parts, part_tasks);
+                let next_parts = plan.parts.clone();
+                prop_assert!(next_parts.iter().all(|p| !p.tasks.is_empty() && p.tasks.len() <= part_tasks));
+                let bytes = assemble(plan, &prev);
+                prop_assert_eq!(&bytes, &sm.s.to_bytes());
+                prop_assert_eq!(State::from_bytes(&bytes).unwrap(), sm.s.clone());
+                parts = next_parts;
+                prev = bytes;
+            }
+        }
+    }
+}
