@@ -106,6 +106,8 @@ pub struct NodeMetrics {
     pub snapshot_build: Histogram,
     pub snapshot_install: Histogram,
     pub snapshot_bytes: Gauge,
+    pub snapshot_tasks_copied: Counter,
+    pub snapshot_tasks_encoded: Counter,
     pub peer_rtt: Family<PeerLabel, Histogram>,
     pub peer_clock_rate: Family<PeerLabel, GaugeF64>,
     pub clock_off: Gauge,
@@ -249,6 +251,18 @@ impl NodeMetrics {
                 "snapshot_size_bytes",
                 "Size of the last snapshot built or installed.",
                 Gauge::default()
+            ),
+            snapshot_tasks_copied: reg!(
+                r,
+                "snapshot_tasks_copied",
+                "Tasks snapshot builds copied from the last snapshot file, unchanged since, instead of encoding them.",
+                Counter::default()
+            ),
+            snapshot_tasks_encoded: reg!(
+                r,
+                "snapshot_tasks_encoded",
+                "Tasks snapshot builds encoded (new or changed since the last build, or all of them in a first build).",
+                Counter::default()
             ),
             peer_rtt: reg!(
                 r,

@@ -221,6 +221,16 @@ struct TailRef<'a> {
     secrets: Vec<(Token, LeaseSecret)>,
 }
 
+/// The state's bytes after the task list, decoded (see [`TailRef`]).
+#[derive(Deserialize)]
+struct Tail {
+    leases: Vec<Lease>,
+    last_token: Token,
+    last_revision: Revision,
+    used_claims: Vec<(String, String, Token)>,
+    secrets: Vec<(Token, LeaseSecret)>,
+}
+
 /// The most tasks a part of a snapshot's task list holds when it is encoded anew (see
 /// [`SnapshotView::plan`]).
 pub const PART_TASKS: usize = 4096;
@@ -252,7 +262,7 @@ pub enum Piece {
 }
 
 impl Piece {
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         match self {
             Piece::Kept { len, .. } => *len,
             Piece::New(b) => b.len() as u64,
@@ -317,6 +327,9 @@ fn encode_changed(
     }
     changed.clear();
 }
+
+/// The tasks of a view in the range of a base part (the range's start, the tasks, the part).
+type Segment<'a> = (Revision, &'a [&'a Arc<Task>], Option<&'a Part>);
 
 fn varint(mut n: u64, out: &mut Vec<u8>) {
     loop {
@@ -398,8 +411,12 @@ impl SnapshotView {
     /// [`SnapshotView::plan`] with parts of at most `part_tasks` tasks.
     pub(crate) fn plan_in_parts_of(&self, base: &[Part], part_tasks: usize) -> Plan {
         let part_tasks = part_tasks.max(1);
-        let mut all: Vec<&Arc<Task>> = self.tasks.values().collect();
-        all.sort_unstable_by(|a, b| (a.created_rev, a.id()).cmp(&(b.created_rev, b.id())));
+        // Sorted on the revision read once per task (a comparison that reads tasks would
+        // miss the cache twice on each of its ~20 rounds a task); ids only break ties.
+        let mut keyed: Vec<(Revision, &Arc<Task>)> =
+            self.tasks.values().map(|t| (t.created_rev, t)).collect();
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id().cmp(b.1.id())));
+        let all: Vec<&Arc<Task>> = keyed.into_iter().map(|(_, t)| t).collect();
         let mut head = Vec::with_capacity(24);
         head.extend_from_slice(SNAPSHOT_MAGIC);
         head.extend_from_slice(&[0; 4]);
@@ -415,7 +432,7 @@ impl SnapshotView {
         };
         // The tasks in the range of base part `i` (the first part's range has no start).
         let mut rest = &all[..];
-        let mut segments: Vec<(Revision, &[&Arc<Task>], Option<&Part>)> = Vec::new();
+        let mut segments: Vec<Segment<'_>> = Vec::new();
         for (i, part) in base.iter().enumerate() {
             let end = match base.get(i + 1) {
                 Some(next) => rest.partition_point(|t| t.created_rev < next.from_rev),
@@ -589,7 +606,7 @@ impl State {
                     },
                 }
             };
-        Self::from_persisted(p)
+        Self::from_persisted(p).map(|(s, _)| s)
     }
 
     /// The state from its persisted parts, as a checkpoint holds them (see [`Record`]): the
@@ -603,9 +620,11 @@ impl State {
             used_claims: parts.used_claims,
             secrets: parts.secrets,
         })
+        .map(|(s, _)| s)
     }
 
-    fn from_persisted(p: Persisted<Arc<Task>>) -> Result<Self, SnapshotError> {
+    /// The state, and its tasks in the order `p` holds them.
+    fn from_persisted(p: Persisted<Arc<Task>>) -> Result<(Self, Vec<Arc<Task>>), SnapshotError> {
         let secrets: BTreeMap<Token, LeaseSecret> = p.secrets.into_iter().collect();
         let mut s = State {
             last_token: p.last_token,
@@ -671,7 +690,7 @@ impl State {
             }
         })
         .map_err(|_| SnapshotError::Inconsistent("the task map could not be built".into()))?;
-        drop(tasks);
+        let in_order = tasks;
         let tasks = &s.tasks;
         s.leases = std::mem::take(&mut s.leases)
             .into_iter()
@@ -684,7 +703,67 @@ impl State {
             .collect();
         s.validate_in_parallel()
             .map_err(SnapshotError::Inconsistent)?;
-        Ok(s)
+        Ok((s, in_order))
+    }
+
+    /// Loads snapshot bytes as [`State::from_bytes`] does and, where they are of this version's
+    /// layout with the tasks in the order builds write them (see [`SnapshotView::plan`]), also
+    /// returns their task list's parts of at most `part_tasks` tasks, so that the next build
+    /// copies the parts that did not change from these bytes (a start's first build, or the
+    /// first after an install, then encodes only what changed since).
+    pub fn from_bytes_with_parts(
+        bytes: &[u8],
+        part_tasks: usize,
+    ) -> Result<(Self, Option<Vec<Part>>), SnapshotError> {
+        let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
+            return Ok((Self::from_bytes(bytes)?, None));
+        };
+        let body = snapshot_body(rest)?;
+        let (count, mut cur) = postcard::take_from_bytes::<u64>(body)?;
+        // Each task takes more than one byte: the bytes bound what is reserved.
+        let room = usize::try_from(count).unwrap_or(usize::MAX).min(cur.len());
+        let mut tasks: Vec<Arc<Task>> = Vec::with_capacity(room);
+        let mut offsets: Vec<usize> = Vec::with_capacity(room);
+        for _ in 0..count {
+            offsets.push(bytes.len() - cur.len());
+            let (t, next) = postcard::take_from_bytes::<Arc<Task>>(cur)?;
+            tasks.push(t);
+            cur = next;
+        }
+        let tail_at = bytes.len() - cur.len();
+        let tail: Tail = postcard::from_bytes(cur)?;
+        let (state, tasks) = Self::from_persisted(Persisted {
+            tasks,
+            leases: tail.leases,
+            last_token: tail.last_token,
+            last_revision: tail.last_revision,
+            used_claims: tail.used_claims,
+            secrets: tail.secrets,
+        })?;
+        let in_order = tasks
+            .windows(2)
+            .all(|w| (w[0].created_rev, w[0].id()) < (w[1].created_rev, w[1].id()));
+        if !in_order {
+            return Ok((state, None));
+        }
+        let part_tasks = part_tasks.max(1);
+        let parts = tasks
+            .chunks(part_tasks)
+            .enumerate()
+            .map(|(k, chunk)| {
+                let first = k * part_tasks;
+                let offset = offsets[first];
+                let end = offsets.get(first + chunk.len()).copied().unwrap_or(tail_at);
+                Part {
+                    from_rev: if k == 0 { 0 } else { chunk[0].created_rev },
+                    tasks: chunk.to_vec(),
+                    offset: offset as u64,
+                    len: (end - offset) as u64,
+                    crc: crc32fast::hash(&bytes[offset..end]),
+                }
+            })
+            .collect();
+        Ok((state, Some(parts)))
     }
 }
 

@@ -1616,6 +1616,13 @@ proptest! {
                 let bytes = assemble(plan, &prev);
                 prop_assert_eq!(&bytes, &sm.s.to_bytes());
                 prop_assert_eq!(State::from_bytes(&bytes).unwrap(), sm.s.clone());
+                // Loaded with its parts (a restart), its plan copies every task.
+                let (loaded, loaded_parts) = State::from_bytes_with_parts(&bytes, part_tasks).unwrap();
+                prop_assert_eq!(&loaded, &sm.s);
+                let loaded_parts = loaded_parts.expect("the parts of bytes in creation order");
+                let again = loaded.snapshot_view().plan_in_parts_of(&loaded_parts, part_tasks);
+                prop_assert_eq!(again.encoded_tasks, 0);
+                prop_assert_eq!(assemble(again, &bytes), bytes.clone());
                 parts = next_parts;
                 prev = bytes;
             }

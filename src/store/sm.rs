@@ -16,7 +16,7 @@ use super::snapshot_data::{SnapshotData, Source};
 use super::EventLog;
 use crate::clock::{Clock, LeaseTimers};
 use crate::raft::{codec, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::state::{Effects, Response, SnapshotView, State};
+use crate::state::{Effects, Part, Piece, Response, SnapshotView, State};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -189,6 +189,18 @@ pub struct StateMachineStore {
     /// what changed since the last one, and a whole snapshot is serialized only to be sent.
     /// `None`: whole snapshots in the file at `path`.
     ckpt: Option<Arc<Checkpoints>>,
+    /// The file the last build wrote and the parts of its task list: the next build copies the
+    /// parts whose tasks did not change from it instead of encoding them again.
+    last_build: Arc<Mutex<Option<LastBuild>>>,
+    /// The most tasks a part of the task list holds ([`crate::state::PART_TASKS`]).
+    part_tasks: usize,
+}
+
+/// A built snapshot file, open, with where its state's bytes start and their parts.
+struct LastBuild {
+    file: Arc<std::fs::File>,
+    start: u64,
+    parts: Vec<Part>,
 }
 
 /// Runs `f` on a thread of its own at the lowest CPU priority (nice 19), for a snapshot build:
@@ -264,6 +276,8 @@ impl StateMachineStore {
             durable: Arc::new(watch::channel(None).0),
             blocking: true,
             ckpt: None,
+            last_build: Arc::default(),
+            part_tasks: crate::state::PART_TASKS,
         };
         *sm.shared.spool.lock() = sm.path.parent().map(Path::to_path_buf);
         if let Some(state_dir) = sm.path.parent().map(|d| d.join(STATE_DIR)) {
@@ -285,21 +299,38 @@ impl StateMachineStore {
             }
         }
         let started = std::time::Instant::now();
-        if let Some((meta, data)) = sm.read_file()? {
+        if let Some(opened) = sm.open_file()? {
+            let (meta, body) = opened.map_err(|e| sm.damaged(e))?;
+            // Kept open for the first build, which copies the unchanged parts from it.
+            let kept = match &body {
+                Source::File { file, start, .. } => {
+                    Some((file.try_clone().map_err(read_err)?, *start))
+                }
+                Source::Bytes(_) => None,
+            };
+            let data = body.into_bytes().map_err(read_err)?;
             *sm.on_disk.lock() = meta.last_log_id;
             sm.durable.send_replace(meta.last_log_id);
             let read_ms = started.elapsed().as_millis() as u64;
-            let state = State::from_bytes(&data).map_err(|e| {
-                read_err(std::io::Error::other(format!(
+            let (state, parts) =
+                State::from_bytes_with_parts(&data, sm.part_tasks).map_err(|e| {
+                    read_err(std::io::Error::other(format!(
                     "{}: {e}. This node's log is purged up to that snapshot, so it cannot start \
                      from it: move the node's data directory aside and add the node again \
                      (`leasekeeper node remove`, then `node add`), and it is sent a snapshot by \
                      the leader",
                     sm.path.display()
                 )))
-            })?;
+                })?;
             let tasks = state.task_count();
             sm.shared.replace(state, &meta);
+            if let (Some((file, start)), Some(parts)) = (kept, parts) {
+                *sm.last_build.lock() = Some(LastBuild {
+                    file: Arc::new(file),
+                    start,
+                    parts,
+                });
+            }
             drop(data);
             return_freed_memory();
             tracing::info!(
@@ -328,6 +359,8 @@ impl StateMachineStore {
             durable: Arc::new(watch::channel(None).0),
             blocking: true,
             ckpt: Some(ckpt.clone()),
+            last_build: Arc::default(),
+            part_tasks: crate::state::PART_TASKS,
         };
         *sm.shared.spool.lock() = Some(dir.to_path_buf());
         let loaded_ms = started.elapsed().as_millis() as u64;
@@ -444,19 +477,28 @@ impl StateMachineStore {
         tmp: &str,
         pace: Option<u64>,
     ) -> std::io::Result<bool> {
+        Ok(self
+            .save_from(meta, data.reader()?, data.len(), tmp, pace)?
+            .is_some())
+    }
+
+    /// [`Self::save`] of the `len` bytes `data` reads; returns the file written, open, where
+    /// it replaced the snapshot file.
+    fn save_from(
+        &self,
+        meta: &SnapshotMeta,
+        data: impl Read,
+        len: u64,
+        tmp: &str,
+        pace: Option<u64>,
+    ) -> std::io::Result<Option<std::fs::File>> {
         let tmp = self.path.with_extension(tmp);
-        write_synced(
-            &tmp,
-            &file_header(meta, data.len()),
-            data.reader()?,
-            data.len(),
-            pace,
-        )?;
+        let file = write_synced(&tmp, &file_header(meta, len), data, len, pace)?;
         let mut on_disk = self.on_disk.lock();
         if *on_disk > meta.last_log_id {
             drop(on_disk);
             let _ = std::fs::remove_file(&tmp);
-            return Ok(false);
+            return Ok(None);
         }
         std::fs::rename(&tmp, &self.path)?;
         *on_disk = meta.last_log_id;
@@ -471,7 +513,7 @@ impl StateMachineStore {
             }
             later
         });
-        Ok(true)
+        Ok(Some(file))
     }
 
     /// The last log id of the snapshot durable in the file, as it changes.
@@ -566,8 +608,13 @@ fn write_synced(
     body: impl Read,
     body_len: u64,
     bytes_per_s: Option<u64>,
-) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(tmp)?;
+) -> std::io::Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)?;
     let total = header.len() as u64 + body_len;
     let mut src = header.chain(body.take(body_len));
     let mut buf = vec![0u8; (WRITEBACK_STEP as u64).min(total).max(1) as usize];
@@ -600,7 +647,8 @@ fn write_synced(
             format!("the snapshot's bytes ended after {written} of {total}"),
         ));
     }
-    f.sync_all()
+    f.sync_all()?;
+    Ok(f)
 }
 
 /// Starts writing `len` bytes at `offset` of `f` back to the disk, and waits until the range
@@ -697,55 +745,177 @@ impl StateMachineStore {
     /// openraft keeps only the meta of a built snapshot (and would drop the bytes on the
     /// runtime, where freeing hundreds of MiB stalls it), and a snapshot to send is read from
     /// the file.
+    ///
+    /// The parts of the task list whose tasks did not change since the last build are copied
+    /// from the last build's file, each checked against its CRC as it is copied (see
+    /// [`SnapshotView::plan`]); only the changed parts and the rest of the state are encoded.
+    /// If a copied part no longer matches its CRC, the build starts again with nothing copied.
     async fn build_file(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // Serialized on a thread of its own at nice 19: a large state takes long enough to
-        // stall a runtime worker (and with it Raft heartbeats) otherwise.
         let started = std::time::Instant::now();
-        let this = self.clone();
-        let (data, view, meta, locked_us) = in_background(self.blocking, move || {
-            // Under the state's read lock only the O(1) copy of the persistent maps: applies
-            // never wait for the serialization below.
-            let (view, meta, locked_us) = this.view_now();
-            let data = view.to_bytes();
-            (data, view, meta, locked_us)
-        })
-        .await?;
-        let serialize_ms = started.elapsed().as_millis() as u64;
-        // Dropping the view frees what applies copied while it was held, and the trim takes
-        // the allocator's locks: both at normal priority, since the applies need those locks
-        // too and would wait for a preempted nice-19 thread that holds one.
-        let this = self.clone();
-        let pace = self.blocking.then_some(BUILD_WRITE_BYTES_PER_S);
-        let m = meta.clone();
-        let (bytes, saved) = off_runtime(self.blocking, move || {
-            drop(view);
-            let data = Source::Bytes(data);
-            let saved = this.save(&m, &data, "build.tmp", pace)?;
-            let bytes = data.len();
-            drop(data);
-            return_freed_memory();
-            Ok::<_, std::io::Error>((bytes, saved))
-        })
-        .await?
-        .map_err(write_err)?;
-        let m = &self.shared.metrics;
-        m.snapshot_build.observe(started.elapsed().as_secs_f64());
-        m.snapshot_bytes.set(bytes as i64);
-        tracing::info!(
-            snapshot = %meta.snapshot_id,
-            bytes,
-            serialize_ms,
-            locked_us,
-            write_ms = started.elapsed().as_millis() as u64 - serialize_ms,
-            "snapshot built"
-        );
-        if !saved {
-            tracing::info!(snapshot = %meta.snapshot_id, "a later snapshot was installed while this one was written: the file keeps the later one");
+        let mut last = self.last_build.lock().take();
+        loop {
+            let copying = last.is_some();
+            // Planned (the changed parts encoded) on a thread of its own at nice 19: a large
+            // state takes long enough to stall a runtime worker (and with it Raft heartbeats)
+            // otherwise.
+            let this = self.clone();
+            let (plan, view, meta, locked_us, last_back) =
+                in_background(self.blocking, move || {
+                    // Under the state's read lock only the O(1) copy of the persistent maps:
+                    // applies never wait for the encoding below.
+                    let (view, meta, locked_us) = this.view_now();
+                    let base = last.as_ref().map_or(&[][..], |l| &l.parts);
+                    let plan = view.plan_in_parts_of(base, this.part_tasks);
+                    (plan, view, meta, locked_us, last)
+                })
+                .await?;
+            let serialize_ms = started.elapsed().as_millis() as u64;
+            let (kept_tasks, encoded_tasks) = (plan.kept_tasks, plan.encoded_tasks);
+            // Dropping the view frees what applies copied while it was held, and the trim
+            // takes the allocator's locks: both at normal priority, since the applies need those
+            // locks too and would wait for a preempted nice-19 thread that holds one.
+            let this = self.clone();
+            let pace = self.blocking.then_some(BUILD_WRITE_BYTES_PER_S);
+            let m = meta.clone();
+            let written = off_runtime(self.blocking, move || {
+                drop(view);
+                let len = plan.len;
+                let source = last_back.as_ref().map(|l| (l.file.clone(), l.start));
+                // The last build's tasks are let go: what changed since is freed.
+                drop(last_back);
+                let reader = PlanReader::new(plan.pieces, source);
+                let start = file_header(&m, len).len() as u64;
+                let saved = this.save_from(&m, reader, len, "build.tmp", pace);
+                return_freed_memory();
+                let last = saved?.map(|file| LastBuild {
+                    file: Arc::new(file),
+                    start,
+                    parts: plan.parts,
+                });
+                Ok::<_, std::io::Error>((len, last))
+            })
+            .await?;
+            let (bytes, saved) = match written {
+                Ok((bytes, last)) => {
+                    let saved = last.is_some();
+                    *self.last_build.lock() = last;
+                    (bytes, saved)
+                }
+                Err(e) if copying && e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::error!(path = %self.path.display(), error = %e, "a part copied from the last snapshot file does not match its CRC; building the whole snapshot from the state in memory");
+                    last = None;
+                    continue;
+                }
+                Err(e) => return Err(write_err(e)),
+            };
+            let m = &self.shared.metrics;
+            m.snapshot_build.observe(started.elapsed().as_secs_f64());
+            m.snapshot_bytes.set(bytes as i64);
+            m.snapshot_tasks_copied.inc_by(kept_tasks);
+            m.snapshot_tasks_encoded.inc_by(encoded_tasks);
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                bytes,
+                kept_tasks,
+                encoded_tasks,
+                serialize_ms,
+                locked_us,
+                write_ms = started.elapsed().as_millis() as u64 - serialize_ms,
+                "snapshot built"
+            );
+            if !saved {
+                tracing::info!(snapshot = %meta.snapshot_id, "a later snapshot was installed while this one was written: the file keeps the later one");
+            }
+            return Ok(Snapshot {
+                meta,
+                snapshot: Box::new(SnapshotData::memory(Vec::new())),
+            });
         }
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(SnapshotData::memory(Vec::new())),
-        })
+    }
+}
+
+/// Reads a planned snapshot's bytes (see [`SnapshotView::plan`]): the pieces encoded for it,
+/// and the pieces kept from the last build's file (`source`: the file and where its state's
+/// bytes start), each checked against its CRC as it is read. A kept piece that does not match
+/// is an `InvalidData` error.
+struct PlanReader {
+    pieces: std::collections::VecDeque<Piece>,
+    source: Option<(Arc<std::fs::File>, u64)>,
+    /// How far into the first piece.
+    pos: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl PlanReader {
+    fn new(pieces: Vec<Piece>, source: Option<(Arc<std::fs::File>, u64)>) -> Self {
+        PlanReader {
+            pieces: pieces.into(),
+            source,
+            pos: 0,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    fn next_piece(&mut self) {
+        self.pieces.pop_front();
+        self.pos = 0;
+        self.crc = crc32fast::Hasher::new();
+    }
+}
+
+impl Read for PlanReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let (offset, len, crc) = match self.pieces.front() {
+                None => return Ok(0),
+                Some(Piece::New(b)) => {
+                    let rest = &b[self.pos as usize..];
+                    if rest.is_empty() {
+                        self.next_piece();
+                        continue;
+                    }
+                    let n = rest.len().min(buf.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Some(Piece::Kept { offset, len, crc }) => (*offset, *len, *crc),
+            };
+            if self.pos == len {
+                let found = std::mem::take(&mut self.crc).finalize();
+                if found != crc {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "the {len} bytes at offset {offset} of the last snapshot's state \
+                             have CRC-32 {found:#010x}, not {crc:#010x} as written"
+                        ),
+                    ));
+                }
+                self.next_piece();
+                continue;
+            }
+            let Some((file, start)) = &self.source else {
+                return Err(std::io::Error::other(
+                    "a snapshot plan keeps bytes of a file it was not given",
+                ));
+            };
+            let want = ((len - self.pos) as usize).min(buf.len());
+            let n = file.read_at(&mut buf[..want], start + offset + self.pos)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the last snapshot file ends inside the part at offset {offset}"),
+                ));
+            }
+            self.crc.update(&buf[..n]);
+            self.pos += n as u64;
+            return Ok(n);
+        }
     }
 }
 
@@ -883,6 +1053,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 tracing::warn!(snapshot = %m.snapshot_id, "the snapshot file already holds a later snapshot than the one installed; it is kept");
             }
             this.shared.replace(state, &m);
+            // The last build's tasks are of the state just replaced, and its file is gone.
+            *this.last_build.lock() = None;
             let bytes = data.len();
             drop(data);
             return_freed_memory();
@@ -1071,6 +1243,86 @@ mod tests {
             .err()
             .expect("refused");
             assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
+        });
+    }
+
+    /// A build copies the parts of the task list that did not change from the last build's
+    /// file, and the file still holds exactly the state's bytes; a part damaged on disk in
+    /// between is caught by its CRC as it is copied, and the whole snapshot is encoded again.
+    #[test]
+    fn a_build_copies_unchanged_parts_from_the_last_file_and_checks_them() {
+        const PART_TASKS: usize = 16;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snapshot");
+        runtime().block_on(async {
+            let shared = new_shared();
+            let mut sm = StateMachineStore::open(path.clone(), shared.clone()).expect("open");
+            sm.part_tasks = PART_TASKS;
+            let n = 2 * PART_TASKS as u64 + 5;
+            sm.apply((1..=n).map(|i| submit_entry(i, &format!("t{i}"))))
+                .await
+                .expect("apply");
+            let file_state = |sm: &StateMachineStore| sm.read_file().unwrap().expect("a file").1;
+            let counts = || {
+                let m = &shared.metrics;
+                (
+                    m.snapshot_tasks_copied.get(),
+                    m.snapshot_tasks_encoded.get(),
+                )
+            };
+            sm.build_snapshot().await.expect("build");
+            assert_eq!(counts(), (0, n), "the first build encodes every task");
+            assert_eq!(file_state(&sm), shared.read().state.to_bytes());
+
+            // The oldest task claimed (the first part changes) and ten new tasks (the last).
+            sm.apply([claim_entry(n + 1)]).await.expect("apply");
+            sm.apply((n + 2..n + 12).map(|i| submit_entry(i, &format!("t{i}"))))
+                .await
+                .expect("apply");
+            sm.build_snapshot().await.expect("build");
+            let second = PART_TASKS as u64;
+            assert_eq!(
+                counts(),
+                (second, n + (n + 10 - second)),
+                "the untouched second part is copied"
+            );
+            assert_eq!(file_state(&sm), shared.read().state.to_bytes());
+
+            // A byte of the second part flipped on disk: noticed while copying it.
+            let at = {
+                let last = sm.last_build.lock();
+                let last = last.as_ref().expect("a last build");
+                last.start + last.parts[1].offset + 7
+            };
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at as usize] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            sm.apply([submit_entry(n + 20, "late")])
+                .await
+                .expect("apply");
+            let before = counts();
+            sm.build_snapshot().await.expect("built anew");
+            let after = counts();
+            assert_eq!(after.1 - before.1, n + 11, "every task encoded again");
+            assert_eq!(file_state(&sm), shared.read().state.to_bytes());
+            // A start loads it, and keeps its parts (one here: parts of the default size):
+            // its first build copies every task unchanged since, and the file is the state's
+            // bytes still.
+            drop(sm);
+            let again = new_shared();
+            let mut sm = StateMachineStore::open(path.clone(), again.clone()).expect("reopen");
+            assert_eq!(again.read().state, shared.read().state);
+            sm.build_snapshot().await.expect("build");
+            let m = &again.metrics;
+            assert_eq!(
+                (
+                    m.snapshot_tasks_copied.get(),
+                    m.snapshot_tasks_encoded.get()
+                ),
+                (n + 11, 0),
+                "the parts read at the start are copied"
+            );
+            assert_eq!(file_state(&sm), again.read().state.to_bytes());
         });
     }
 
