@@ -121,7 +121,7 @@ fn main() {
     // oldest pending tasks, as a FIFO queue takes them, and 2 500 new tasks), only the parts
     // those touched are encoded; the rest is copied from the last build's bytes.
     let t = std::time::Instant::now();
-    let first = state.snapshot_view().plan(&[]);
+    let first = state.snapshot_view().plan(Vec::new());
     let first_ms = t.elapsed().as_secs_f64() * 1e3;
     let parts = first.parts.clone();
     let prev = assemble(first, &[]);
@@ -156,7 +156,7 @@ fn main() {
         }
     }
     let t = std::time::Instant::now();
-    let next = state.snapshot_view().plan(&parts);
+    let next = state.snapshot_view().plan(parts);
     let next_ms = t.elapsed().as_secs_f64() * 1e3;
     let (kept, encoded) = (next.kept_tasks, next.encoded_tasks);
     let t = std::time::Instant::now();

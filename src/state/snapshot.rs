@@ -282,6 +282,9 @@ pub struct Plan {
     /// Tasks copied from the previous bytes / encoded anew.
     pub kept_tasks: u64,
     pub encoded_tasks: u64,
+    /// The parts of the base that were not kept, for the caller to drop where it likes: they
+    /// may hold the last references to tasks changed since, whose memory their drop frees.
+    pub replaced: Vec<Part>,
 }
 
 impl Plan {
@@ -329,7 +332,7 @@ fn encode_changed(
 }
 
 /// The tasks of a view in the range of a base part (the range's start, the tasks, the part).
-type Segment<'a> = (Revision, &'a [&'a Arc<Task>], Option<&'a Part>);
+type Segment<'a> = (Revision, &'a [&'a Arc<Task>], Option<Part>);
 
 fn varint(mut n: u64, out: &mut Vec<u8>) {
     loop {
@@ -395,21 +398,22 @@ impl State {
 impl SnapshotView {
     /// The snapshot bytes: [`SNAPSHOT_MAGIC`], a CRC-32 of the body, the body.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.plan(&[]).concat()
+        self.plan(Vec::new()).concat()
     }
 
     /// The snapshot bytes as pieces, reusing the parts of the previous build's bytes (`base`,
-    /// its [`Plan::parts`]) whose tasks are all unchanged. Tasks are written in the order they
+    /// its [`Plan::parts`], taken so that a kept part's tasks move on without being counted
+    /// again) whose tasks are all unchanged. Tasks are written in the order they
     /// were created (their creation revision, then id), so the tasks of an old part, mostly
     /// finished ones that never change again, stay together and keep their bytes, while new
     /// and changing tasks gather in the last parts. The bytes are the same whatever the base:
     /// only which pieces are copied and which are encoded differs.
-    pub fn plan(&self, base: &[Part]) -> Plan {
+    pub fn plan(&self, base: Vec<Part>) -> Plan {
         self.plan_in_parts_of(base, PART_TASKS)
     }
 
     /// [`SnapshotView::plan`] with parts of at most `part_tasks` tasks.
-    pub(crate) fn plan_in_parts_of(&self, base: &[Part], part_tasks: usize) -> Plan {
+    pub(crate) fn plan_in_parts_of(&self, base: Vec<Part>, part_tasks: usize) -> Plan {
         let part_tasks = part_tasks.max(1);
         // Sorted on the revision read once per task (a comparison that reads tasks would
         // miss the cache twice on each of its ~20 rounds a task); ids only break ties.
@@ -429,27 +433,30 @@ impl SnapshotView {
             len: head.len() as u64,
             kept_tasks: 0,
             encoded_tasks: 0,
+            replaced: Vec::new(),
         };
         // The tasks in the range of base part `i` (the first part's range has no start).
+        let starts: Vec<Revision> = base.iter().map(|p| p.from_rev).collect();
         let mut rest = &all[..];
         let mut segments: Vec<Segment<'_>> = Vec::new();
-        for (i, part) in base.iter().enumerate() {
-            let end = match base.get(i + 1) {
-                Some(next) => rest.partition_point(|t| t.created_rev < next.from_rev),
+        let empty = base.is_empty();
+        for (i, part) in base.into_iter().enumerate() {
+            let end = match starts.get(i + 1) {
+                Some(next) => rest.partition_point(|t| t.created_rev < *next),
                 None => rest.len(),
             };
             let (these, after) = rest.split_at(end);
             segments.push((if i == 0 { 0 } else { part.from_rev }, these, Some(part)));
             rest = after;
         }
-        if base.is_empty() {
+        if empty {
             segments.push((0, rest, None));
         }
         // Runs of changed segments are encoded together, cut into parts of `PART_TASKS`.
         let mut changed: Vec<&Arc<Task>> = Vec::new();
         let mut changed_from = 0;
         for (from, tasks, part) in segments {
-            let same = part.is_some_and(|p| {
+            let same = part.as_ref().is_some_and(|p| {
                 p.tasks.len() == tasks.len()
                     && p.tasks.iter().zip(tasks).all(|(a, b)| Arc::ptr_eq(a, b))
             });
@@ -462,17 +469,16 @@ impl SnapshotView {
                         len: p.len,
                         crc: p.crc,
                     });
-                    plan.parts.push(Part {
-                        from_rev: from,
-                        tasks: p.tasks.clone(),
-                        offset: plan.len,
-                        len: p.len,
-                        crc: p.crc,
-                    });
                     plan.len += p.len;
                     plan.kept_tasks += tasks.len() as u64;
+                    plan.parts.push(Part {
+                        from_rev: from,
+                        offset: plan.len - p.len,
+                        ..p
+                    });
                 }
-                _ => {
+                part => {
+                    plan.replaced.extend(part);
                     if changed.is_empty() {
                         changed_from = from;
                     }

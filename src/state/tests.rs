@@ -1552,7 +1552,7 @@ fn a_plan_copies_the_parts_whose_tasks_did_not_change() {
     for i in 0..100 {
         sm.run(Command::Submit(spec(&format!("t{i:03}"), 3)));
     }
-    let first = sm.s.snapshot_view().plan_in_parts_of(&[], 10);
+    let first = sm.s.snapshot_view().plan_in_parts_of(Vec::new(), 10);
     assert_eq!((first.kept_tasks, first.encoded_tasks), (0, 100));
     assert_eq!(first.parts.len(), 10);
     let parts = first.parts.clone();
@@ -1560,7 +1560,7 @@ fn a_plan_copies_the_parts_whose_tasks_did_not_change() {
     assert_eq!(prev, sm.s.to_bytes());
 
     // Nothing changed: every part is copied.
-    let same = sm.s.snapshot_view().plan_in_parts_of(&parts, 10);
+    let same = sm.s.snapshot_view().plan_in_parts_of(parts.clone(), 10);
     assert_eq!((same.kept_tasks, same.encoded_tasks), (100, 0));
     // One task of the 4th part claimed (the oldest pending one is t000: claim by id), and ten
     // new tasks: the changed part and the new ones are encoded, the rest copied.
@@ -1575,7 +1575,7 @@ fn a_plan_copies_the_parts_whose_tasks_did_not_change() {
     for i in 100..110 {
         sm.run(Command::Submit(spec(&format!("t{i:03}"), 3)));
     }
-    let next = sm.s.snapshot_view().plan_in_parts_of(&parts, 10);
+    let next = sm.s.snapshot_view().plan_in_parts_of(parts, 10);
     assert_eq!((next.kept_tasks, next.encoded_tasks), (80, 30));
     let bytes = assemble(next, &prev);
     assert_eq!(
@@ -1610,7 +1610,7 @@ proptest! {
                 sm.run_at(now, Command::Submit(spec(&format!("n{k}-{j}"), 2)));
             }
             if k % every == 0 {
-                let plan = sm.s.snapshot_view().plan_in_parts_of(&parts, part_tasks);
+                let plan = sm.s.snapshot_view().plan_in_parts_of(std::mem::take(&mut parts), part_tasks);
                 let next_parts = plan.parts.clone();
                 prop_assert!(next_parts.iter().all(|p| !p.tasks.is_empty() && p.tasks.len() <= part_tasks));
                 let bytes = assemble(plan, &prev);
@@ -1620,7 +1620,7 @@ proptest! {
                 let (loaded, loaded_parts) = State::from_bytes_with_parts(&bytes, part_tasks).unwrap();
                 prop_assert_eq!(&loaded, &sm.s);
                 let loaded_parts = loaded_parts.expect("the parts of bytes in creation order");
-                let again = loaded.snapshot_view().plan_in_parts_of(&loaded_parts, part_tasks);
+                let again = loaded.snapshot_view().plan_in_parts_of(loaded_parts, part_tasks);
                 prop_assert_eq!(again.encoded_tasks, 0);
                 prop_assert_eq!(assemble(again, &bytes), bytes.clone());
                 parts = next_parts;

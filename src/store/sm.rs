@@ -767,16 +767,19 @@ impl StateMachineStore {
             // state takes long enough to stall a runtime worker (and with it Raft heartbeats)
             // otherwise.
             let this = self.clone();
-            let (plan, view, meta, locked_us, last_back, serialize_cpu_ms) =
+            let (base, source) = match last.take() {
+                Some(l) => (l.parts, Some((l.file, l.start))),
+                None => (Vec::new(), None),
+            };
+            let (plan, view, meta, locked_us, serialize_cpu_ms) =
                 in_background(self.blocking, move || {
                     // Under the state's read lock only the O(1) copy of the persistent maps:
                     // applies never wait for the encoding below.
                     let (view, meta, locked_us) = this.view_now();
                     let cpu = thread_cpu_time();
-                    let base = last.as_ref().map_or(&[][..], |l| &l.parts);
                     let plan = view.plan_in_parts_of(base, this.part_tasks);
                     let cpu_ms = thread_cpu_time().saturating_sub(cpu).as_millis() as u64;
-                    (plan, view, meta, locked_us, last, cpu_ms)
+                    (plan, view, meta, locked_us, cpu_ms)
                 })
                 .await?;
             let serialize_ms = started.elapsed().as_millis() as u64;
@@ -790,9 +793,8 @@ impl StateMachineStore {
             let written = off_runtime(self.blocking, move || {
                 drop(view);
                 let len = plan.len;
-                let source = last_back.as_ref().map(|l| (l.file.clone(), l.start));
-                // The last build's tasks are let go: what changed since is freed.
-                drop(last_back);
+                // The last build's parts not kept are let go: what changed since is freed.
+                drop(plan.replaced);
                 let reader = PlanReader::new(plan.pieces, source);
                 let start = file_header(&m, len).len() as u64;
                 let saved = this.save_from(&m, reader, len, "build.tmp", pace);
