@@ -726,8 +726,12 @@ impl State {
         };
         let body = snapshot_body(rest)?;
         let (count, mut cur) = postcard::take_from_bytes::<u64>(body)?;
-        // Each task takes more than one byte: the bytes bound what is reserved.
-        let room = usize::try_from(count).unwrap_or(usize::MAX).min(cur.len());
+        // Reserved as serde reserves a sequence, cautiously: a count from a peer is not trusted
+        // beyond what the bytes can hold, nor beyond 64 Ki tasks before they are decoded.
+        let room = usize::try_from(count)
+            .unwrap_or(usize::MAX)
+            .min(cur.len())
+            .min(1 << 16);
         let mut tasks: Vec<Arc<Task>> = Vec::with_capacity(room);
         let mut offsets: Vec<usize> = Vec::with_capacity(room);
         for _ in 0..count {

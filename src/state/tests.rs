@@ -1629,3 +1629,25 @@ proptest! {
         }
     }
 }
+
+/// A snapshot whose task count claims more tasks than its bytes hold (its CRC made to match)
+/// is refused without reserving room for the count.
+#[test]
+fn a_snapshot_claiming_endless_tasks_is_refused() {
+    let mut body = Vec::new();
+    let mut n: u64 = 1 << 62;
+    while n >= 0x80 {
+        body.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    body.push(n as u8);
+    body.extend_from_slice(&[1, 2, 3]);
+    let mut bytes = SNAPSHOT_MAGIC.to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    assert!(matches!(
+        State::from_bytes_with_parts(&bytes, 16),
+        Err(SnapshotError::Decode(_))
+    ));
+    assert!(State::from_bytes(&bytes).is_err());
+}
