@@ -32,15 +32,7 @@ fn main() {
     let mut fx = Effects::default();
     for i in 0..n {
         fx.clear();
-        let spec = TaskSpec {
-            id: format!("bench-{}-{i}", i % 64).into(),
-            queue: "bench".into(),
-            payload: vec![b'x'; 64],
-            max_attempts: 3,
-            lease_ttl_ms: 30_000,
-            initial_backoff_ms: 1_000,
-            max_backoff_ms: 60_000,
-        };
+        let spec = bench_spec(format!("bench-{}-{i}", i % 64));
         let req = Request {
             now_unix_ms: 1,
             cmd: Command::Submit(spec),
@@ -91,15 +83,7 @@ fn main() {
         fx.clear();
         let req = Request {
             now_unix_ms: 1,
-            cmd: Command::Submit(TaskSpec {
-                id: format!("bench-{}-{i}", i % 64).into(),
-                queue: "bench".into(),
-                payload: vec![b'x'; 64],
-                max_attempts: 3,
-                lease_ttl_ms: 30_000,
-                initial_backoff_ms: 1_000,
-                max_backoff_ms: 60_000,
-            }),
+            cmd: Command::Submit(bench_spec(format!("bench-{}-{i}", i % 64))),
         };
         let one = std::time::Instant::now();
         state.apply_entry(i + 1, &req, &voters, &mut fx);
@@ -136,15 +120,7 @@ fn main() {
                 claim_id: format!("c{k}"),
                 secret: 7,
             },
-            Command::Submit(TaskSpec {
-                id: format!("new-{k}").into(),
-                queue: "bench".into(),
-                payload: vec![b'x'; 64],
-                max_attempts: 3,
-                lease_ttl_ms: 30_000,
-                initial_backoff_ms: 1_000,
-                max_backoff_ms: 60_000,
-            }),
+            Command::Submit(bench_spec(format!("new-{k}"))),
         ] {
             fx.clear();
             i += 1;
@@ -172,6 +148,19 @@ fn main() {
          entries planned in {next_ms:.0} ms ({kept} tasks kept, {encoded} encoded), its kept \
          bytes copied in {copy_ms:.0} ms"
     );
+}
+
+/// A task as `leasekeeper bench --shape submit` submits it, with id `id`.
+fn bench_spec(id: String) -> TaskSpec {
+    TaskSpec {
+        id: id.into(),
+        queue: "bench".into(),
+        payload: vec![b'x'; 64],
+        max_attempts: 3,
+        lease_ttl_ms: 30_000,
+        initial_backoff_ms: 1_000,
+        max_backoff_ms: 60_000,
+    }
 }
 
 /// The bytes of `plan`, its kept pieces copied from `prev`.

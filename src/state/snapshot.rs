@@ -334,18 +334,6 @@ fn encode_changed(
 /// The tasks of a view in the range of a base part (the range's start, the tasks, the part).
 type Segment<'a> = (Revision, &'a [&'a Arc<Task>], Option<Part>);
 
-fn varint(mut n: u64, out: &mut Vec<u8>) {
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
 /// The body of a snapshot after its magic, once its CRC-32 matches.
 fn snapshot_body(rest: &[u8]) -> Result<&[u8], SnapshotError> {
     let (crc, body) = rest.split_at_checked(4).ok_or(SnapshotError::Checksum {
@@ -421,10 +409,11 @@ impl SnapshotView {
             self.tasks.values().map(|t| (t.created_rev, t)).collect();
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id().cmp(b.1.id())));
         let all: Vec<&Arc<Task>> = keyed.into_iter().map(|(_, t)| t).collect();
-        let mut head = Vec::with_capacity(24);
+        let mut head: Vec<u8> = Vec::with_capacity(24);
         head.extend_from_slice(SNAPSHOT_MAGIC);
         head.extend_from_slice(&[0; 4]);
-        varint(all.len() as u64, &mut head);
+        // The task count, as postcard writes a sequence's length.
+        let mut head = postcard::to_extend(&(all.len() as u64), head).expect("a u64 serializes");
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head[SNAPSHOT_MAGIC.len() + 4..]);
         let mut plan = Plan {

@@ -537,18 +537,8 @@ type Opened = Result<(SnapshotMeta, Source), String>;
 /// as a varint, then `data`, the state's bytes. This is the part before `data`, so that a large
 /// snapshot is written (and sent) from where it is without being copied into one buffer.
 fn file_header(meta: &SnapshotMeta, data_len: u64) -> Vec<u8> {
-    let mut out = codec::encode(meta);
-    let mut n = data_len;
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            break;
-        }
-        out.push(b | 0x80);
-    }
-    out
+    // postcard writes a u64 as the varint it writes a length as.
+    postcard::to_extend(&data_len, codec::encode(meta)).expect("a u64 serializes")
 }
 
 /// The most of a snapshot file read to find its header: the meta holds the membership, a few
