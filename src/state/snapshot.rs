@@ -231,6 +231,41 @@ struct Tail {
     secrets: Vec<(Token, LeaseSecret)>,
 }
 
+/// A current snapshot decoded: the state persisted, each task's offset, the tail's offset.
+type Decoded = (Persisted<Arc<Task>>, Vec<usize>, usize);
+
+/// Decodes the body of a snapshot of the current layout ([`SNAPSHOT_MAGIC`]), the last
+/// `total` bytes long in all (offsets count from the start of the whole): the persisted
+/// state, the offset of each task (in the same order), and the offset where the tail starts.
+fn decode_current(total: usize, body: &[u8]) -> Result<Decoded, SnapshotError> {
+    let (count, mut cur) = postcard::take_from_bytes::<u64>(body)?;
+    // Reserved as serde reserves a sequence, cautiously: a count from a peer is not trusted
+    // beyond what the bytes can hold, nor beyond 64 Ki tasks before they are decoded.
+    let room = usize::try_from(count)
+        .unwrap_or(usize::MAX)
+        .min(cur.len())
+        .min(1 << 16);
+    let mut tasks: Vec<Arc<Task>> = Vec::with_capacity(room);
+    let mut offsets: Vec<usize> = Vec::with_capacity(room);
+    for _ in 0..count {
+        offsets.push(total - cur.len());
+        let (t, next) = postcard::take_from_bytes::<Arc<Task>>(cur)?;
+        tasks.push(t);
+        cur = next;
+    }
+    let tail_at = total - cur.len();
+    let tail: Tail = postcard::from_bytes(cur)?;
+    let p = Persisted {
+        tasks,
+        leases: tail.leases,
+        last_token: tail.last_token,
+        last_revision: tail.last_revision,
+        used_claims: tail.used_claims,
+        secrets: tail.secrets,
+    };
+    Ok((p, offsets, tail_at))
+}
+
 /// The most tasks a part of a snapshot's task list holds when it is encoded anew (see
 /// [`SnapshotView::plan`]).
 pub const PART_TASKS: usize = 4096;
@@ -259,15 +294,6 @@ pub enum Piece {
     Kept { offset: u64, len: u64, crc: u32 },
     /// Bytes encoded now.
     New(Vec<u8>),
-}
-
-impl Piece {
-    pub fn size(&self) -> u64 {
-        match self {
-            Piece::Kept { len, .. } => *len,
-            Piece::New(b) => b.len() as u64,
-        }
-    }
 }
 
 /// A view's snapshot bytes as pieces, in order: [`SNAPSHOT_MAGIC`], the CRC-32 of the body and
@@ -441,7 +467,7 @@ impl SnapshotView {
         if empty {
             segments.push((0, rest, None));
         }
-        // Runs of changed segments are encoded together, cut into parts of `PART_TASKS`.
+        // Runs of changed segments are encoded together, cut into parts of `part_tasks`.
         let mut changed: Vec<&Arc<Task>> = Vec::new();
         let mut changed_from = 0;
         for (from, tasks, part) in segments {
@@ -570,7 +596,7 @@ impl State {
         // built (about 290 MB more at a million tasks).
         let p: Persisted<Arc<Task>> =
             if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) {
-                postcard::from_bytes(snapshot_body(rest)?)?
+                decode_current(bytes.len(), snapshot_body(rest)?)?.0
             } else if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC_V3.as_slice()) {
                 postcard::from_bytes::<Persisted<TaskV3>>(snapshot_body(rest)?)?.upgrade()
             } else if let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC_V2.as_slice()) {
@@ -713,32 +739,8 @@ impl State {
         let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
             return Ok((Self::from_bytes(bytes)?, None));
         };
-        let body = snapshot_body(rest)?;
-        let (count, mut cur) = postcard::take_from_bytes::<u64>(body)?;
-        // Reserved as serde reserves a sequence, cautiously: a count from a peer is not trusted
-        // beyond what the bytes can hold, nor beyond 64 Ki tasks before they are decoded.
-        let room = usize::try_from(count)
-            .unwrap_or(usize::MAX)
-            .min(cur.len())
-            .min(1 << 16);
-        let mut tasks: Vec<Arc<Task>> = Vec::with_capacity(room);
-        let mut offsets: Vec<usize> = Vec::with_capacity(room);
-        for _ in 0..count {
-            offsets.push(bytes.len() - cur.len());
-            let (t, next) = postcard::take_from_bytes::<Arc<Task>>(cur)?;
-            tasks.push(t);
-            cur = next;
-        }
-        let tail_at = bytes.len() - cur.len();
-        let tail: Tail = postcard::from_bytes(cur)?;
-        let (state, tasks) = Self::from_persisted(Persisted {
-            tasks,
-            leases: tail.leases,
-            last_token: tail.last_token,
-            last_revision: tail.last_revision,
-            used_claims: tail.used_claims,
-            secrets: tail.secrets,
-        })?;
+        let (p, offsets, tail_at) = decode_current(bytes.len(), snapshot_body(rest)?)?;
+        let (state, tasks) = Self::from_persisted(p)?;
         let in_order = tasks
             .windows(2)
             .all(|w| (w[0].created_rev, w[0].id()) < (w[1].created_rev, w[1].id()));
